@@ -1,0 +1,41 @@
+# make test      create .venv if needed, install dht[test], run the whole suite
+# make lint      ruff and mypy --strict
+# make generate  regenerate dht/wire/fb from schema/kademlia.fbs with flatc
+# make bench     benchmarks (bench/)
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: test lint generate bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Stamps re-run the install when the package metadata changes.
+$(VENV)/.test-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.test-installed
+
+test: $(VENV)/.test-installed
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check dht tests bench schema
+	$(BIN)/ruff format --check dht tests bench schema
+	$(BIN)/mypy --strict dht
+
+generate: $(VENV)/.dev-installed
+	$(BIN)/python schema/generate.py $(BIN)/flatc dht/wire/fb
+
+bench: $(VENV)/.test-installed
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,107 @@
+"""The error hierarchy: everything the library raises derives from DHTError.
+
+Bad input from the network is a ProtocolError, which the node counts and drops
+(it never reaches user code). Bad input from the caller is an ArgumentError
+naming what was wrong. Outcomes of Store/Find are reported with the errors at
+the bottom of this module.
+"""
+
+from __future__ import annotations
+
+
+class DHTError(Exception):
+    """Base class of every error raised by this library."""
+
+
+class ProtocolError(DHTError, ValueError):
+    """A datagram or event from the network is malformed.
+
+    ``reason`` is a short, stable slug (for example ``"short-datagram"``) that
+    the node uses to count drops; the message says what exactly was wrong.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+class FramingError(ProtocolError):
+    """A datagram's 24-byte header or chunk is inconsistent (PROTOCOL.md 3)."""
+
+
+class DecodeError(ProtocolError):
+    """A reassembled event is not a valid FlatBuffers ``Event`` (PROTOCOL.md 4, 5)."""
+
+
+class ReassemblyFull(ProtocolError):
+    """A fragment was refused because reassembly is at its memory caps."""
+
+
+class ArgumentError(DHTError, ValueError):
+    """The caller passed an invalid argument; the message names it."""
+
+
+class ConfigError(ArgumentError):
+    """A ``Config`` field is invalid. ``field`` names it."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"Config.{field}: {problem}")
+        self.field = field
+
+
+class EventTooLarge(ArgumentError):
+    """An encoded event is longer than the framing allows (65535 bytes)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"encoded event is {size} bytes, the limit is {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
+class ValueTooLarge(ArgumentError):
+    """A value is longer than the 32768 bytes the protocol allows."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"value is {size} bytes, at most {limit} bytes are allowed")
+        self.size = size
+        self.limit = limit
+
+
+class RequestTimeout(DHTError, TimeoutError):
+    """A request got no response within the timeout (seconds)."""
+
+    def __init__(self, address: tuple[str, int], timeout: float) -> None:
+        super().__init__(f"no response from {address[0]}:{address[1]} within {timeout:g} s")
+        self.address = address
+        self.timeout = timeout
+
+
+class BootstrapError(DHTError):
+    """No bootstrap address answered, so the node could not join a network."""
+
+
+class StoreError(DHTError):
+    """Too few nodes acknowledged a Store. Says how many were tried and answered."""
+
+    def __init__(self, key: bytes, tried: int, acknowledged: int, needed: int) -> None:
+        super().__init__(
+            f"store of key {key.hex()} acknowledged by {acknowledged} of {tried} nodes "
+            f"(needed {needed})"
+        )
+        self.key = key
+        self.tried = tried
+        self.acknowledged = acknowledged
+        self.needed = needed
+
+
+class NotFoundError(DHTError, LookupError):
+    """A Find ended without finding any value for the key."""
+
+    def __init__(self, key: bytes, queried: int = 0) -> None:
+        super().__init__(f"no value found for key {key.hex()} ({queried} nodes queried)")
+        self.key = key
+        self.queried = queried
+
+
+class ClosedError(DHTError):
+    """The node was closed before the operation could finish."""

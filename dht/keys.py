@@ -1,0 +1,69 @@
+"""Keys, node ids and XOR distance (PROTOCOL.md 5.1, 7.1, 7.13)."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from .errors import ArgumentError
+
+K = 20
+"""Replication factor, bucket size and lookup width."""
+KEY_BITS = 160
+KEY_BYTES = 20
+ALPHA = 3
+"""Requests a lookup keeps in flight."""
+
+_INT64_MIN = -(1 << 63)
+_INT64_MAX = (1 << 63) - 1
+
+
+def Key(x: str | bytes | int) -> bytes:
+    """Return the 20-byte key for ``x``, exactly as the Go library's ``dht.Key``.
+
+    The key is the SHA-1 digest of: a string's UTF-8 bytes; the bytes
+    themselves; an integer's 8-byte little-endian two's complement (Go's
+    64-bit ``int``). So the same key gives the same id in Go and Python.
+
+    Raises ``TypeError`` for any other type (``bool`` included: Go's bool is
+    not an int) and ``ValueError`` for integers outside the signed 64-bit range.
+    """
+    if isinstance(x, str):
+        data = x.encode("utf-8")
+    elif isinstance(x, bytes | bytearray | memoryview):
+        data = bytes(x)
+    elif isinstance(x, int) and not isinstance(x, bool):
+        if not _INT64_MIN <= x <= _INT64_MAX:
+            raise ValueError(f"integer key {x} is outside the signed 64-bit range")
+        data = (x & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little")
+    else:
+        raise TypeError(f"unsupported key type {type(x).__name__}: use str, bytes or int")
+    return hashlib.sha1(data).digest()
+
+
+def random_id() -> bytes:
+    """A new random 20-byte id from the OS's cryptographic source.
+
+    Used for node ids and for event ids, which must be unpredictable so that
+    an off-path attacker cannot forge responses (defect D14).
+    """
+    return secrets.token_bytes(KEY_BYTES)
+
+
+def check_id(value: bytes, what: str) -> bytes:
+    """Return ``value`` as bytes if it is 20 bytes long, else raise ArgumentError."""
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise ArgumentError(f"{what} must be bytes, not {type(value).__name__}")
+    if len(value) != KEY_BYTES:
+        raise ArgumentError(f"{what} must be {KEY_BYTES} bytes, got {len(value)}")
+    return bytes(value)
+
+
+def distance(a: bytes, b: bytes) -> int:
+    """XOR distance of two ids as an unsigned 160-bit integer (smaller is closer)."""
+    return int.from_bytes(a, "big") ^ int.from_bytes(b, "big")
+
+
+def common_prefix_length(a: bytes, b: bytes) -> int:
+    """Number of leading bits on which ``a`` and ``b`` agree (0..160)."""
+    return KEY_BITS - distance(a, b).bit_length()

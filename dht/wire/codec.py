@@ -1,0 +1,370 @@
+"""Encode events to FlatBuffers bytes and decode them back (PROTOCOL.md 4, 5).
+
+Encoding uses the flatc-generated builders in ``dht.wire.fb``. Decoding is a
+hand-written, bounds-checked reader: the FlatBuffers Python runtime does not
+verify buffers, and a hostile datagram could otherwise raise arbitrary errors
+or make it loop over a forged vector length. ``decode`` raises ``DecodeError``
+(a ``ProtocolError``) for every malformed input, and nothing else. Generated
+classes never leave this module.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Sequence
+
+import flatbuffers
+
+from ..errors import ArgumentError, DecodeError
+from ..keys import KEY_BYTES
+from .events import (
+    PAYLOAD_CLASS,
+    Address,
+    Event,
+    EventType,
+    FindNode,
+    FindValue,
+    Node,
+    Payload,
+    Store,
+    Value,
+)
+from .fb import Event as fb_event
+from .fb import FindNode as fb_find_node
+from .fb import FindValue as fb_find_value
+from .fb import Node as fb_node
+from .fb import Store as fb_store
+from .fb import Value as fb_value
+
+ADDRESS_BYTES = 6
+"""IPv4 address (4 bytes) then the UDP port, little-endian (PROTOCOL.md 5.3)."""
+
+_INT64_MIN = -(1 << 63)
+_INT64_MAX = (1 << 63) - 1
+
+# Union type codes, in the schema's declaration order (PROTOCOL.md 4.2).
+_UNION_TAG: dict[type[Payload], int] = {FindNode: 1, FindValue: 2, Store: 3}
+_UNION_TAG_BY_EVENT = {event: _UNION_TAG[cls] for event, cls in PAYLOAD_CLASS.items()}
+
+# ---------------------------------------------------------------------------
+# Encoding
+
+
+def encode(event: Event) -> bytes:
+    """Serialize ``event`` to a FlatBuffers ``Event``.
+
+    Raises ``ArgumentError`` if the event is not valid for the wire (ids and
+    keys not 20 bytes, a payload that does not match the type, an address that
+    is not IPv4, an integer outside int64). The length limit is applied by
+    the framing (``dht.wire.framing.fragment``), not here.
+    """
+    _check_id(event.id, "event id")
+    _check_id(event.sender, "sender")
+    payload = event.payload
+    if payload is not None and PAYLOAD_CLASS.get(event.type) is not type(payload):
+        raise ArgumentError(
+            f"a {event.type.name} event cannot carry a {type(payload).__name__} payload"
+        )
+    builder = flatbuffers.Builder(256)
+    payload_offset = _build_payload(builder, payload) if payload is not None else 0
+    id_offset = builder.CreateByteVector(event.id)
+    sender_offset = builder.CreateByteVector(event.sender)
+    fb_event.Start(builder)
+    fb_event.AddId(builder, id_offset)
+    fb_event.AddSender(builder, sender_offset)
+    fb_event.AddEvent(builder, int(event.type))
+    fb_event.AddResponse(builder, event.response)
+    if payload is not None:
+        fb_event.AddPayloadType(builder, _UNION_TAG[type(payload)])
+        fb_event.AddPayload(builder, payload_offset)
+    builder.Finish(fb_event.End(builder))
+    return bytes(builder.Output())
+
+
+def _build_payload(builder: flatbuffers.Builder, payload: Payload) -> int:
+    if isinstance(payload, Store):
+        values = _build_values(builder, payload.values)
+        fb_store.Start(builder)
+        fb_store.AddValues(builder, values)
+        return int(fb_store.End(builder))
+    if isinstance(payload, FindNode):
+        nodes = _build_nodes(builder, payload.nodes) if payload.nodes else 0
+        key = _build_key(builder, payload.key)
+        fb_find_node.Start(builder)
+        if key:
+            fb_find_node.AddKey(builder, key)
+        if nodes:
+            fb_find_node.AddNodes(builder, nodes)
+        return int(fb_find_node.End(builder))
+    values = _build_values(builder, payload.values) if payload.values else 0
+    nodes = _build_nodes(builder, payload.nodes) if payload.nodes else 0
+    key = _build_key(builder, payload.key)
+    fb_find_value.Start(builder)
+    if key:
+        fb_find_value.AddKey(builder, key)
+    if values:
+        fb_find_value.AddValues(builder, values)
+    if nodes:
+        fb_find_value.AddNodes(builder, nodes)
+    fb_find_value.AddFrom(builder, _check_int64(payload.from_ns, "from_ns"))
+    fb_find_value.AddFound(builder, _check_int64(payload.found, "found"))
+    return int(fb_find_value.End(builder))
+
+
+def _build_key(builder: flatbuffers.Builder, key: bytes | None) -> int:
+    if key is None:
+        return 0
+    return int(builder.CreateByteVector(_check_id(key, "key")))
+
+
+def _build_values(builder: flatbuffers.Builder, values: Sequence[Value]) -> int:
+    offsets = []
+    for value in values:
+        key = builder.CreateByteVector(_check_id(value.key, "value key"))
+        data = builder.CreateByteVector(bytes(value.value))
+        fb_value.Start(builder)
+        fb_value.AddKey(builder, key)
+        fb_value.AddValue(builder, data)
+        fb_value.AddTtl(builder, _check_int64(value.ttl_ns, "ttl_ns"))
+        fb_value.AddCreated(builder, _check_int64(value.created_ns, "created_ns"))
+        offsets.append(fb_value.End(builder))
+    return _build_table_vector(builder, offsets)
+
+
+def _build_nodes(builder: flatbuffers.Builder, nodes: Sequence[Node]) -> int:
+    offsets = []
+    for node in nodes:
+        node_id = builder.CreateByteVector(_check_id(node.id, "node id"))
+        address = builder.CreateByteVector(encode_address(node.address))
+        fb_node.Start(builder)
+        fb_node.AddId(builder, node_id)
+        fb_node.AddAddress(builder, address)
+        offsets.append(fb_node.End(builder))
+    return _build_table_vector(builder, offsets)
+
+
+def _build_table_vector(builder: flatbuffers.Builder, offsets: list[int]) -> int:
+    builder.StartVector(4, len(offsets), 4)
+    for offset in reversed(offsets):
+        builder.PrependUOffsetTRelative(offset)
+    return int(builder.EndVector())
+
+
+def encode_address(address: Address) -> bytes:
+    """The 6-byte wire form of an IPv4 ``(host, port)``: 4 address bytes, port LE."""
+    host, port = address
+    try:
+        packed = socket.inet_pton(socket.AF_INET, host)
+    except (OSError, TypeError):
+        raise ArgumentError(f"node address {host!r} is not a dotted IPv4 address") from None
+    if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
+        raise ArgumentError(f"node port {port!r} is not in 0..65535")
+    return packed + port.to_bytes(2, "little")
+
+
+def decode_address(data: bytes) -> Address:
+    """Inverse of ``encode_address`` (``data`` must be 6 bytes)."""
+    return socket.inet_ntoa(data[:4]), data[4] | (data[5] << 8)
+
+
+def _check_id(value: bytes | None, what: str) -> bytes:
+    if not isinstance(value, bytes) or len(value) != KEY_BYTES:
+        shown = len(value) if isinstance(value, bytes) else type(value).__name__
+        raise ArgumentError(f"{what} must be {KEY_BYTES} bytes, got {shown}")
+    return value
+
+
+def _check_int64(value: int, what: str) -> int:
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        raise ArgumentError(f"{what} = {value} does not fit in int64")
+    return value
+
+
+# ---------------------------------------------------------------------------
+# Decoding
+
+_u32 = struct.Struct("<I").unpack_from
+_i32 = struct.Struct("<i").unpack_from
+_u16 = struct.Struct("<H").unpack_from
+_2u16 = struct.Struct("<HH").unpack_from
+
+Buffer = bytes | bytearray | memoryview
+
+
+class _Table:
+    """One bounds-checked table of a buffer: where its fields are."""
+
+    __slots__ = ("buf", "end", "pos", "table_size", "vtable", "vtable_size")
+
+    def __init__(self, buf: Buffer, end: int, pos: int) -> None:
+        if pos + 4 > end:
+            raise DecodeError("bad-offset", f"table at {pos} is past the end ({end})")
+        vtable = pos - _i32(buf, pos)[0]
+        if vtable < 0 or vtable + 4 > end:
+            raise DecodeError("bad-offset", f"vtable at {vtable} is outside the buffer")
+        vtable_size, table_size = _2u16(buf, vtable)
+        if vtable_size < 4 or vtable_size & 1 or vtable + vtable_size > end:
+            raise DecodeError("bad-vtable", f"vtable size {vtable_size} at {vtable}")
+        if table_size < 4 or pos + table_size > end:
+            raise DecodeError("bad-vtable", f"table size {table_size} at {pos}")
+        self.buf = buf
+        self.end = end
+        self.pos = pos
+        self.vtable = vtable
+        self.vtable_size = vtable_size
+        self.table_size = table_size
+
+    def field(self, slot: int, width: int) -> int:
+        """Absolute position of field ``slot`` (``width`` bytes), or 0 if absent."""
+        entry = 4 + 2 * slot
+        if entry >= self.vtable_size:
+            return 0
+        offset: int = _u16(self.buf, self.vtable + entry)[0]
+        if offset == 0:
+            return 0
+        if offset < 4 or offset + width > self.table_size:
+            raise DecodeError("bad-field", f"field {slot} at offset {offset} is outside its table")
+        return self.pos + offset
+
+    def scalar(self, slot: int, unpack: struct.Struct) -> int:
+        position = self.field(slot, unpack.size)
+        return int(unpack.unpack_from(self.buf, position)[0]) if position else 0
+
+    def vector(self, slot: int, element_size: int) -> tuple[int, int] | None:
+        """(start, length) of a vector field, or None if absent."""
+        position = self.field(slot, 4)
+        if not position:
+            return None
+        vector = position + _u32(self.buf, position)[0]
+        if vector + 4 > self.end:
+            raise DecodeError("bad-offset", f"vector at {vector} is past the end")
+        length = _u32(self.buf, vector)[0]
+        start = vector + 4
+        if start + length * element_size > self.end:
+            raise DecodeError("bad-vector", f"vector of {length} elements runs past the end")
+        return start, length
+
+    def byte_vector(self, slot: int) -> bytes | None:
+        found = self.vector(slot, 1)
+        if found is None:
+            return None
+        start, length = found
+        return bytes(self.buf[start : start + length])
+
+    def tables(self, slot: int) -> list[_Table]:
+        found = self.vector(slot, 4)
+        if found is None:
+            return []
+        start, length = found
+        buf, end = self.buf, self.end
+        return [
+            _Table(buf, end, element + _u32(buf, element)[0])
+            for element in range(start, start + 4 * length, 4)
+        ]
+
+
+_I8 = struct.Struct("<b")
+_U8 = struct.Struct("<B")
+_I64 = struct.Struct("<q")
+
+
+def decode(buffer: Buffer) -> Event:
+    """Parse one serialized event (the reassembled bytes after the headers).
+
+    Validates every offset against the buffer, the lengths of ids, keys and
+    addresses, the event type, and that the payload fits the type (requests
+    of STORE, FIND_NODE and FIND_VALUE must carry theirs; FIND_NODE and
+    FIND_VALUE requests must carry a key). The payload table is chosen by the
+    event type; a union tag of NONE is accepted (Go nodes never set it), any
+    other tag must match. Raises ``DecodeError`` for anything malformed.
+    The returned event owns its bytes; ``buffer`` may be reused afterwards.
+    """
+    end = len(buffer)
+    if end < 8:
+        raise DecodeError("short-event", f"{end} bytes")
+    root = _Table(buffer, end, _u32(buffer, 0)[0])
+    event_id = _required_id(root, 0, "event id")
+    sender = _required_id(root, 1, "sender")
+    raw_type = root.scalar(2, _I8)
+    try:
+        event_type = EventType(raw_type)
+    except ValueError:
+        raise DecodeError("unknown-event-type", f"event type {raw_type}") from None
+    response = root.scalar(3, _U8) != 0
+    tag = root.scalar(4, _U8)
+    payload_position = root.field(5, 4)
+
+    expected_tag = _UNION_TAG_BY_EVENT.get(event_type, 0)
+    if tag not in (0, expected_tag):
+        raise DecodeError(
+            "payload-mismatch", f"{event_type.name} event with payload type tag {tag}"
+        )
+    payload: Payload | None = None
+    if payload_position:
+        if not expected_tag:
+            raise DecodeError("payload-mismatch", f"{event_type.name} event with a payload")
+        table = _Table(buffer, end, payload_position + _u32(buffer, payload_position)[0])
+        payload = _decode_payload(event_type, table)
+    if not response:
+        _check_request(event_type, payload)
+    return Event(event_id, sender, event_type, response, payload)
+
+
+def _check_request(event_type: EventType, payload: Payload | None) -> None:
+    if event_type in PAYLOAD_CLASS and payload is None:
+        raise DecodeError("missing-payload", f"{event_type.name} request without a payload")
+    if isinstance(payload, FindNode | FindValue) and payload.key is None:
+        raise DecodeError("missing-key", f"{event_type.name} request without a key")
+
+
+def _decode_payload(event_type: EventType, table: _Table) -> Payload:
+    if event_type is EventType.STORE:
+        return Store(_decode_values(table, 0))
+    if event_type is EventType.FIND_NODE:
+        return FindNode(_optional_id(table, 0, "key"), _decode_nodes(table, 1))
+    return FindValue(
+        key=_optional_id(table, 0, "key"),
+        values=_decode_values(table, 1),
+        nodes=_decode_nodes(table, 2),
+        from_ns=table.scalar(3, _I64),
+        found=table.scalar(4, _I64),
+    )
+
+
+def _decode_values(table: _Table, slot: int) -> tuple[Value, ...]:
+    return tuple(
+        Value(
+            key=_required_id(value, 0, "value key"),
+            value=value.byte_vector(1) or b"",
+            ttl_ns=value.scalar(2, _I64),
+            created_ns=value.scalar(3, _I64),
+        )
+        for value in table.tables(slot)
+    )
+
+
+def _decode_nodes(table: _Table, slot: int) -> tuple[Node, ...]:
+    nodes = []
+    for node in table.tables(slot):
+        node_id = _required_id(node, 0, "node id")
+        address = node.byte_vector(1)
+        if address is None or len(address) != ADDRESS_BYTES:
+            shown = "absent" if address is None else f"{len(address)} bytes"
+            raise DecodeError("bad-address", f"node address is {shown}, expected 6 bytes")
+        nodes.append(Node(node_id, decode_address(address)))
+    return tuple(nodes)
+
+
+def _optional_id(table: _Table, slot: int, what: str) -> bytes | None:
+    value = table.byte_vector(slot)
+    if value is not None and len(value) != KEY_BYTES:
+        raise DecodeError("bad-length", f"{what} is {len(value)} bytes, expected {KEY_BYTES}")
+    return value
+
+
+def _required_id(table: _Table, slot: int, what: str) -> bytes:
+    value = _optional_id(table, slot, what)
+    if value is None:
+        raise DecodeError("missing-field", f"{what} is absent")
+    return value

@@ -1,0 +1,249 @@
+"""Datagram framing: split events into datagrams and reassemble them (PROTOCOL.md 3).
+
+Every datagram is a 24-byte header (event id, 1-based part, total parts, event
+size as u16 little-endian) followed by one chunk of the serialized event.
+``fragment`` is the sender side. ``Reassembler`` is the receiver side, built
+for hostile input: headers are checked for consistency, records are keyed by
+(source, event id, total, size) with a set of received parts, and memory is
+capped by record count and buffered bytes, overall and per source. Time is
+passed in (``now``, seconds on any monotonic clock); nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from ..errors import EventTooLarge, FramingError, ReassemblyFull
+from ..keys import KEY_BYTES
+from .events import Address
+
+HEADER_SIZE = 24
+MAX_DATAGRAM = 1472
+"""1500-byte MTU minus the IPv4 and UDP headers."""
+MAX_CHUNK = MAX_DATAGRAM - HEADER_SIZE  # 1448
+MAX_EVENT_SIZE = 0xFFFF
+"""The header's size field is 16 bits."""
+MAX_PARTS = -(-MAX_EVENT_SIZE // MAX_CHUNK)  # 46
+
+_HEADER = struct.Struct("<20sBBH")
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """The 24-byte datagram header."""
+
+    event_id: bytes
+    part: int
+    total: int
+    size: int
+
+
+def fragment(event_id: bytes, event: bytes) -> list[bytes]:
+    """Cut a serialized event into datagrams, parts 1..total in sending order.
+
+    Every datagram but the last carries exactly 1448 event bytes. Raises
+    ``EventTooLarge`` for an event over 65535 bytes (the size field would wrap).
+    """
+    size = len(event)
+    if size > MAX_EVENT_SIZE:
+        raise EventTooLarge(size, MAX_EVENT_SIZE)
+    if size == 0:
+        raise ValueError("cannot frame an empty event")
+    if len(event_id) != KEY_BYTES:
+        raise ValueError(f"event id must be {KEY_BYTES} bytes, got {len(event_id)}")
+    if size <= MAX_CHUNK:
+        return [_HEADER.pack(event_id, 1, 1, size) + event]
+    total = -(-size // MAX_CHUNK)
+    return [
+        _HEADER.pack(event_id, part + 1, total, size)
+        + event[part * MAX_CHUNK : (part + 1) * MAX_CHUNK]
+        for part in range(total)
+    ]
+
+
+def parse_header(datagram: bytes | bytearray | memoryview) -> Header:
+    """Read and validate a datagram's header against its own length.
+
+    Raises ``FramingError`` when the datagram is too short or too long, or
+    when part, total, size and chunk length are inconsistent (D1, D2, D10).
+    """
+    length = len(datagram)
+    if length <= HEADER_SIZE:
+        raise FramingError("short-datagram", f"{length} bytes")
+    if length > MAX_DATAGRAM:
+        raise FramingError("long-datagram", f"{length} bytes, at most {MAX_DATAGRAM}")
+    event_id, part, total, size = _HEADER.unpack_from(datagram)
+    if not 1 <= part <= total:
+        raise FramingError("bad-part", f"part {part} of {total}")
+    if size == 0 or total != -(-size // MAX_CHUNK):
+        raise FramingError("bad-size", f"event size {size} does not fit {total} parts")
+    chunk = length - HEADER_SIZE
+    expected = MAX_CHUNK if part < total else size - (total - 1) * MAX_CHUNK
+    if chunk != expected:
+        raise FramingError(
+            "bad-chunk-length", f"part {part}/{total} carries {chunk} bytes, expected {expected}"
+        )
+    return Header(event_id, part, total, size)
+
+
+class _Record:
+    """One event being reassembled."""
+
+    __slots__ = ("chunks", "deadline", "held", "source")
+
+    def __init__(self, source: Address, deadline: float) -> None:
+        self.source = source
+        self.deadline = deadline
+        self.chunks: dict[int, bytes] = {}
+        self.held = 0
+
+
+_RecordKey = tuple[Address, bytes, int, int]
+
+
+class Reassembler:
+    """Joins the datagrams of fragmented events, within bounded memory.
+
+    ``feed`` returns the complete event bytes, or None while parts are missing.
+    Limits (all configurable): at most ``max_records`` events in progress
+    holding ``max_bytes`` of chunks in all, and per source address at most
+    ``max_records_per_source`` and ``max_bytes_per_source``. A source over its
+    own limits loses its oldest records first; when the overall limits are
+    hit, the oldest record of the source holding the most bytes goes. A record
+    is dropped ``timeout`` seconds after its first fragment arrived.
+
+    Not thread-safe: give each listener thread its own (the kernel steers all
+    datagrams from one source address to the same SO_REUSEPORT socket).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_records: int = 1024,
+        max_bytes: int = 16 * 1024 * 1024,
+        max_records_per_source: int = 64,
+        max_bytes_per_source: int = 1024 * 1024,
+        max_event_size: int = MAX_EVENT_SIZE,
+        timeout: float = 5.0,
+    ) -> None:
+        for name, value in (
+            ("max_records", max_records),
+            ("max_bytes", max_bytes),
+            ("max_records_per_source", max_records_per_source),
+            ("max_bytes_per_source", max_bytes_per_source),
+            ("max_event_size", max_event_size),
+        ):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        self.max_records = max_records
+        self.max_bytes = max_bytes
+        self.max_records_per_source = max_records_per_source
+        self.max_bytes_per_source = max_bytes_per_source
+        self.max_event_size = min(max_event_size, MAX_EVENT_SIZE)
+        self.timeout = timeout
+        # Insertion order is creation order, so it is also deadline order.
+        self._records: dict[_RecordKey, _Record] = {}
+        self._by_source: dict[Address, dict[_RecordKey, None]] = {}
+        self._source_bytes: dict[Address, int] = {}
+        self.held_bytes = 0
+        """Chunk bytes held by incomplete events."""
+        self.evicted = 0
+        """Records dropped to stay within the limits (not counting timeouts)."""
+        self.expired = 0
+        """Records dropped because their timeout passed."""
+
+    @property
+    def records(self) -> int:
+        """Number of events being reassembled."""
+        return len(self._records)
+
+    def next_deadline(self) -> float | None:
+        """When the oldest record expires, or None if there is none."""
+        for record in self._records.values():
+            return record.deadline
+        return None
+
+    def feed(
+        self, datagram: bytes | bytearray | memoryview, source: Address, now: float
+    ) -> bytes | memoryview | None:
+        """Take one datagram from ``source``; return a complete event or None.
+
+        A single-part event is returned as a slice of ``datagram`` (no copy; it
+        is valid as long as ``datagram`` is). Raises ``FramingError`` for a bad
+        header, a duplicate part or an event over ``max_event_size``, and
+        ``ReassemblyFull`` if a new record cannot fit; neither disturbs the
+        other records.
+        """
+        self.expire(now)
+        header = parse_header(datagram)
+        if header.size > self.max_event_size:
+            raise FramingError(
+                "event-too-large", f"{header.size} bytes, at most {self.max_event_size}"
+            )
+        chunk = memoryview(datagram)[HEADER_SIZE:]
+        if header.total == 1:
+            return chunk
+        key = (source, header.event_id, header.total, header.size)
+        record = self._records.get(key)
+        if record is None:
+            record = self._open(key, source, len(chunk), now)
+        elif header.part in record.chunks:
+            raise FramingError("duplicate-part", f"part {header.part} of {header.total}")
+        record.chunks[header.part] = bytes(chunk)
+        record.held += len(chunk)
+        self.held_bytes += len(chunk)
+        self._source_bytes[source] += len(chunk)
+        if len(record.chunks) < header.total:
+            return None
+        self._remove(key)
+        chunks = record.chunks
+        return b"".join(chunks[part] for part in range(1, header.total + 1))
+
+    def _open(self, key: _RecordKey, source: Address, size: int, now: float) -> _Record:
+        if size > self.max_bytes_per_source or size > self.max_bytes:
+            raise ReassemblyFull("reassembly-full", f"a {size}-byte chunk exceeds the caps")
+        own = self._by_source.get(source)
+        while own and (
+            len(own) >= self.max_records_per_source
+            or self._source_bytes[source] + size > self.max_bytes_per_source
+        ):
+            self._remove(next(iter(own)))
+            self.evicted += 1
+            own = self._by_source.get(source)
+        while len(self._records) >= self.max_records or self.held_bytes + size > self.max_bytes:
+            heaviest = max(self._source_bytes, key=self._source_bytes.__getitem__)
+            self._remove(next(iter(self._by_source[heaviest])))
+            self.evicted += 1
+        record = _Record(source, now + self.timeout)
+        self._records[key] = record
+        self._by_source.setdefault(source, {})[key] = None
+        self._source_bytes.setdefault(source, 0)
+        return record
+
+    def _remove(self, key: _RecordKey) -> None:
+        record = self._records.pop(key)
+        self.held_bytes -= record.held
+        source = record.source
+        own = self._by_source[source]
+        del own[key]
+        if own:
+            self._source_bytes[source] -= record.held
+        else:
+            del self._by_source[source]
+            del self._source_bytes[source]
+
+    def expire(self, now: float) -> int:
+        """Drop records whose deadline has passed; return how many."""
+        dropped = 0
+        records = self._records
+        while records:
+            key = next(iter(records))
+            if records[key].deadline > now:
+                break
+            self._remove(key)
+            dropped += 1
+        self.expired += dropped
+        return dropped
