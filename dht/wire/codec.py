@@ -61,11 +61,19 @@ def encode(event: Event) -> bytes:
     """
     _check_id(event.id, "event id")
     _check_id(event.sender, "sender")
+    try:
+        event_type = EventType(event.type)
+    except ValueError:
+        raise ArgumentError(f"unknown event type {event.type!r}") from None
     payload = event.payload
-    if payload is not None and PAYLOAD_CLASS.get(event.type) is not type(payload):
+    if payload is not None and PAYLOAD_CLASS.get(event_type) is not type(payload):
         raise ArgumentError(
-            f"a {event.type.name} event cannot carry a {type(payload).__name__} payload"
+            f"a {event_type.name} event cannot carry a {type(payload).__name__} payload"
         )
+    if not event.response:
+        problem = _request_problem(event_type, payload)
+        if problem:
+            raise ArgumentError(problem[1])
     builder = flatbuffers.Builder(256)
     payload_offset = _build_payload(builder, payload) if payload is not None else 0
     id_offset = builder.CreateByteVector(event.id)
@@ -73,7 +81,7 @@ def encode(event: Event) -> bytes:
     fb_event.Start(builder)
     fb_event.AddId(builder, id_offset)
     fb_event.AddSender(builder, sender_offset)
-    fb_event.AddEvent(builder, int(event.type))
+    fb_event.AddEvent(builder, int(event_type))
     fb_event.AddResponse(builder, event.response)
     if payload is not None:
         fb_event.AddPayloadType(builder, _UNION_TAG[type(payload)])
@@ -307,15 +315,19 @@ def decode(buffer: Buffer) -> Event:
         table = _Table(buffer, end, payload_position + _u32(buffer, payload_position)[0])
         payload = _decode_payload(event_type, table)
     if not response:
-        _check_request(event_type, payload)
+        problem = _request_problem(event_type, payload)
+        if problem:
+            raise DecodeError(*problem)
     return Event(event_id, sender, event_type, response, payload)
 
 
-def _check_request(event_type: EventType, payload: Payload | None) -> None:
+def _request_problem(event_type: EventType, payload: Payload | None) -> tuple[str, str] | None:
+    """What makes a request unusable, as (reason, message), or None if it is fine."""
     if event_type in PAYLOAD_CLASS and payload is None:
-        raise DecodeError("missing-payload", f"{event_type.name} request without a payload")
+        return "missing-payload", f"{event_type.name} request without a payload"
     if isinstance(payload, FindNode | FindValue) and payload.key is None:
-        raise DecodeError("missing-key", f"{event_type.name} request without a key")
+        return "missing-key", f"{event_type.name} request without a key"
+    return None
 
 
 def _decode_payload(event_type: EventType, table: _Table) -> Payload:

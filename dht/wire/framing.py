@@ -192,6 +192,8 @@ class Reassembler:
             record = self._open(key, source, len(chunk), now)
         elif header.part in record.chunks:
             raise FramingError("duplicate-part", f"part {header.part} of {header.total}")
+        else:
+            self._make_room(source, len(chunk), keep=key)
         record.chunks[header.part] = bytes(chunk)
         record.held += len(chunk)
         self.held_bytes += len(chunk)
@@ -203,25 +205,48 @@ class Reassembler:
         return b"".join(chunks[part] for part in range(1, header.total + 1))
 
     def _open(self, key: _RecordKey, source: Address, size: int, now: float) -> _Record:
-        if size > self.max_bytes_per_source or size > self.max_bytes:
-            raise ReassemblyFull("reassembly-full", f"a {size}-byte chunk exceeds the caps")
         own = self._by_source.get(source)
-        while own and (
-            len(own) >= self.max_records_per_source
-            or self._source_bytes[source] + size > self.max_bytes_per_source
-        ):
-            self._remove(next(iter(own)))
-            self.evicted += 1
+        while own and len(own) >= self.max_records_per_source:
+            self._evict(next(iter(own)))
             own = self._by_source.get(source)
-        while len(self._records) >= self.max_records or self.held_bytes + size > self.max_bytes:
+        while len(self._records) >= self.max_records:
             heaviest = max(self._source_bytes, key=self._source_bytes.__getitem__)
-            self._remove(next(iter(self._by_source[heaviest])))
-            self.evicted += 1
+            self._evict(next(iter(self._by_source[heaviest])))
+        self._make_room(source, size, keep=None)
         record = _Record(source, now + self.timeout)
         self._records[key] = record
         self._by_source.setdefault(source, {})[key] = None
         self._source_bytes.setdefault(source, 0)
         return record
+
+    def _make_room(self, source: Address, size: int, keep: _RecordKey | None) -> None:
+        """Evict records until ``size`` more bytes from ``source`` fit the caps.
+
+        A source over its own cap loses its oldest records; over the overall
+        cap, the source holding the most bytes does. The record ``keep`` (the
+        one growing) goes last: if it alone is too big, it is dropped and
+        ``ReassemblyFull`` raised.
+        """
+        if size > self.max_bytes_per_source or size > self.max_bytes:
+            raise ReassemblyFull("reassembly-full", f"a {size}-byte chunk exceeds the caps")
+        while self._source_bytes.get(source, 0) + size > self.max_bytes_per_source:
+            self._evict_oldest(source, keep)
+        while self.held_bytes + size > self.max_bytes:
+            heaviest = max(self._source_bytes, key=self._source_bytes.__getitem__)
+            self._evict_oldest(heaviest, keep)
+
+    def _evict_oldest(self, source: Address, keep: _RecordKey | None) -> None:
+        own = self._by_source[source]
+        victim = next((key for key in own if key != keep), None)
+        if victim is None:  # only the growing record is left: it cannot fit
+            assert keep is not None
+            self._evict(keep)
+            raise ReassemblyFull("reassembly-full", "an event is larger than the reassembly caps")
+        self._evict(victim)
+
+    def _evict(self, key: _RecordKey) -> None:
+        self._remove(key)
+        self.evicted += 1
 
     def _remove(self, key: _RecordKey) -> None:
         record = self._records.pop(key)
