@@ -1,5 +1,13 @@
-"""dht: a Kademlia distributed hash table, wire compatible with purehyperbole/dht."""
+"""dht: a Kademlia distributed hash table, wire compatible with purehyperbole/dht.
 
+import dht
+with dht.New(dht.Config(bootstrap_addresses=["127.0.0.1:9000"])) as node:
+    node.Store(dht.Key("greeting"), b"hello", ttl=3600).result()
+    print(node.Find(dht.Key("greeting")).result())
+"""
+
+from .config import Config
+from .core.storage import MemoryStorage, Storage
 from .errors import (
     ArgumentError,
     BootstrapError,
@@ -17,15 +25,18 @@ from .errors import (
     ValueTooLarge,
 )
 from .keys import ALPHA, KEY_BITS, KEY_BYTES, K, Key
+from .node import DHT, New, ValuesFrom
 from .wire.events import Value
 
 __all__ = [
     "ALPHA",
+    "DHT",
     "KEY_BITS",
     "KEY_BYTES",
     "ArgumentError",
     "BootstrapError",
     "ClosedError",
+    "Config",
     "ConfigError",
     "DHTError",
     "DecodeError",
@@ -33,11 +44,15 @@ __all__ = [
     "FramingError",
     "K",
     "Key",
+    "MemoryStorage",
+    "New",
     "NotFoundError",
     "ProtocolError",
     "ReassemblyFull",
     "RequestTimeout",
+    "Storage",
     "StoreError",
     "Value",
     "ValueTooLarge",
+    "ValuesFrom",
 ]

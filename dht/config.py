@@ -1,0 +1,102 @@
+"""``Config``: the Go library's settings in snake_case, validated on construction."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+
+from .core.storage import Storage
+from .errors import ConfigError
+from .keys import KEY_BYTES
+from .wire.events import Address
+
+
+@dataclass
+class Config:
+    """Settings of a node. Every field is checked when the object is built
+    (``ConfigError`` names the field); times are seconds.
+
+    Defaults differ from Go's where Python is better served:
+
+    * ``listeners = 1``: the reference opens one socket per core, but CPython
+      runs Python code on one core at a time (the GIL), so extra listener
+      threads add context switches rather than throughput. Raise it only to
+      spread kernel receive work. (Measured in ``bench/``.)
+    * ``timeout = 2.0``: the reference waits 60 s for a reply, which stalls a
+      lookup for a minute when a node has gone. Lookups here also move on
+      from a slow node after ``timeout / 4`` without waiting for the timeout.
+    """
+
+    local_id: bytes | None = None
+    """This node's 20-byte id; random when None."""
+    listen_address: str = "127.0.0.1:0"
+    """UDP ``host:port`` to bind; port 0 picks a free port."""
+    bootstrap_addresses: list[str] | tuple[str, ...] = field(default_factory=list)
+    """``host:port`` of nodes to join through; empty starts a new network."""
+    listeners: int = 1
+    """Sockets (each with its own thread) bound to ``listen_address``."""
+    timeout: float = 2.0
+    """Seconds to wait for the response to one request."""
+    storage: Storage | None = None
+    """Where values are kept; None means a new in-memory ``MemoryStorage``."""
+    socket_buffer_size: int = 32 * 1024 * 1024
+    """SO_RCVBUF and SO_SNDBUF in bytes (the kernel may cap it)."""
+    logging: bool = False
+    """Log newly discovered nodes at INFO (otherwise DEBUG) on ``dht``'s logger."""
+    refresh_interval: float = 60.0
+    """Seconds between liveness checks of contacts not heard from since."""
+    timer_tick: float = 0.01
+    """Resolution of the timer wheel in seconds: timeouts fire at most this late."""
+
+    def __post_init__(self) -> None:
+        if self.local_id is not None:
+            if not isinstance(self.local_id, bytes | bytearray) or len(self.local_id) != KEY_BYTES:
+                raise ConfigError("local_id", f"must be {KEY_BYTES} bytes or None")
+            self.local_id = bytes(self.local_id)
+        parse_address(self.listen_address, "listen_address")
+        if not isinstance(self.bootstrap_addresses, list | tuple):
+            raise ConfigError("bootstrap_addresses", "must be a list of 'host:port' strings")
+        for address in self.bootstrap_addresses:
+            parse_address(address, "bootstrap_addresses")
+        _positive_int(self.listeners, "listeners")
+        _positive_number(self.timeout, "timeout")
+        _positive_int(self.socket_buffer_size, "socket_buffer_size")
+        _positive_number(self.refresh_interval, "refresh_interval")
+        _positive_number(self.timer_tick, "timer_tick")
+        if self.timer_tick > self.timeout:
+            raise ConfigError("timer_tick", "must not be longer than timeout")
+        if self.storage is not None and not isinstance(self.storage, Storage):
+            raise ConfigError("storage", "must implement Get, Set and Iterate (dht.Storage)")
+
+
+def parse_address(text: str, field_name: str) -> tuple[str, int]:
+    """Split ``host:port``; ConfigError naming ``field_name`` if malformed."""
+    if not isinstance(text, str) or ":" not in text:
+        raise ConfigError(field_name, f"{text!r} is not 'host:port'")
+    host, _, port_text = text.rpartition(":")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 0xFFFF:
+        raise ConfigError(field_name, f"{text!r} has no valid port")
+    return host or "0.0.0.0", int(port_text)
+
+
+def resolve(text: str, field_name: str) -> Address:
+    """``host:port`` to an IPv4 ``(ip, port)``, resolving host names."""
+    host, port = parse_address(text, field_name)
+    try:
+        infos = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_DGRAM)
+    except OSError as error:
+        raise ConfigError(field_name, f"cannot resolve {text!r}: {error}") from None
+    ip, resolved_port = infos[0][4][:2]
+    return str(ip), int(resolved_port)
+
+
+def _positive_int(value: object, name: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(name, f"must be a positive integer, got {value!r}")
+
+
+def _positive_number(value: object, name: str) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+        raise ConfigError(name, f"must be a positive number of seconds, got {value!r}")
+    if value != value or value == float("inf"):
+        raise ConfigError(name, f"must be finite, got {value!r}")

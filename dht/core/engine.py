@@ -1,0 +1,790 @@
+"""The protocol engine: what a node does, without sockets or threads.
+
+The shell gives it a ``transport`` (send these datagrams to that address),
+``timers`` (schedule/cancel a callback), clocks and an id source, and feeds
+it decoded events with ``receive``. It keeps the routing table, the pending
+requests (one table shared by every listener: a reply may arrive on any
+socket) and the running operations (bootstrap, Store, Find).
+
+Threading: ``receive`` runs on listener threads, timeouts on the timer
+thread, ``store``/``find``/``bootstrap`` on user threads, all concurrently.
+Shared state is guarded by small locks; no lock is held while calling a
+user callback (operations deliver through a serial outbox, see ``_Operation``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from ..errors import (
+    BootstrapError,
+    ClosedError,
+    DHTError,
+    NotFoundError,
+    RequestTimeout,
+    StoreError,
+)
+from ..keys import K, distance
+from ..wire.codec import encode
+from ..wire.events import (
+    Address,
+    Event,
+    EventType,
+    FindNode,
+    FindValue,
+    Node,
+    Payload,
+    Store,
+    Value,
+)
+from ..wire.framing import fragment
+from .handler import answer, batch_values
+from .lookup import Lookup, State
+from .routing import RoutingTable
+from .storage import Storage
+
+log = logging.getLogger("dht.engine")
+
+Transport = Callable[[list[bytes], Address], None]
+"""Sends datagrams to an address; raises OSError on failure."""
+
+MAX_VERIFYING = 256
+"""Unsolicited senders being pinged at once (bounds work under a flood)."""
+
+_RESPONSE_TYPE = {EventType.PING: EventType.PONG}
+
+
+class Timers(Protocol):
+    """Schedules callbacks on the timer thread."""
+
+    def schedule(self, delay: float, callback: Callable[[], None]) -> object: ...
+
+    def cancel(self, handle: object) -> None: ...
+
+
+class Stats:
+    """Thread-safe event counters, by name."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+
+    def incr(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[name] = self._counts.get(name, 0) + n
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
+class _Request:
+    __slots__ = (
+        "address",
+        "event",
+        "kind",
+        "node_id",
+        "on_failure",
+        "on_response",
+        "retries",
+        "timer",
+    )
+
+    def __init__(
+        self,
+        event: Event,
+        address: Address,
+        node_id: bytes | None,
+        on_response: Callable[[Event, Address], bool],
+        on_failure: Callable[[Exception], object],
+        retries: int,
+    ) -> None:
+        self.event = event
+        self.kind = _RESPONSE_TYPE.get(event.type, event.type)
+        self.address = address
+        self.node_id = node_id
+        self.on_response = on_response
+        self.on_failure = on_failure
+        self.retries = retries
+        self.timer: object = None
+
+
+class Engine:
+    """One node's protocol logic. See the module docstring for threading."""
+
+    def __init__(
+        self,
+        local_id: bytes,
+        *,
+        storage: Storage,
+        transport: Transport,
+        timers: Timers,
+        clock: Callable[[], float],
+        wall_clock_ns: Callable[[], int],
+        new_id: Callable[[], bytes],
+        timeout: float,
+        stall_after: float | None = None,
+        refresh_interval: float = 60.0,
+    ) -> None:
+        self.local_id = local_id
+        self.table = RoutingTable(local_id)
+        self.storage = storage
+        self.stats = Stats()
+        self.timeout = timeout
+        self.stall_after = stall_after if stall_after is not None else timeout / 4
+        self.refresh_interval = refresh_interval
+        self._transport = transport
+        self._timers = timers
+        self._clock = clock
+        self._wall_clock_ns = wall_clock_ns
+        self._new_id = new_id
+        self._lock = threading.Lock()  # guards the three fields below
+        self._pending: dict[bytes, _Request] = {}
+        self._operations: set[_Operation] = set()
+        self._verifying: set[bytes] = set()
+        self.closed = False
+        self._refresh_timer: object = None
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the periodic liveness check."""
+        self._refresh_timer = self._timers.schedule(self.refresh_interval, self._refresh)
+
+    def close(self) -> None:
+        """End every operation and pending request once with ``ClosedError``.
+        Runs their callbacks on the calling thread. Idempotent."""
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            operations = list(self._operations)
+            self._operations.clear()
+            pending = list(self._pending.values())
+            self._pending.clear()
+        if self._refresh_timer is not None:
+            self._timers.cancel(self._refresh_timer)
+        error = ClosedError("the node was closed")
+        for operation in operations:
+            operation.finish(error)
+        for request in pending:
+            self._timers.cancel(request.timer)
+            _call(request.on_failure, error)
+
+    def _register(self, operation: _Operation) -> bool:
+        with self._lock:
+            if self.closed:
+                return False
+            self._operations.add(operation)
+            return True
+
+    def _unregister(self, operation: _Operation) -> None:
+        with self._lock:
+            self._operations.discard(operation)
+
+    @property
+    def pending_requests(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    # -- sending ------------------------------------------------------------
+
+    def request(
+        self,
+        address: Address,
+        node_id: bytes | None,
+        event_type: EventType,
+        payload: Payload | None,
+        on_response: Callable[[Event, Address], bool],
+        on_failure: Callable[[Exception], object],
+        *,
+        retries: int = 0,
+    ) -> None:
+        """Send a request; ``on_response(event, source)`` runs for each response
+        event (return True when no more are expected), ``on_failure(error)``
+        once if it times out (after ``retries`` resends) or cannot be sent.
+        A response is accepted only from ``address`` and, when ``node_id`` is
+        given, only with that sender id (D14)."""
+        event = Event(self._new_id(), self.local_id, event_type, False, payload)
+        request = _Request(event, address, node_id, on_response, on_failure, retries)
+        with self._lock:
+            if self.closed:
+                raise ClosedError("the node was closed")
+            self._pending[event.id] = request
+            request.timer = self._timers.schedule(self.timeout, lambda: self._expired(request))
+        self._send_request(request)
+
+    def _send_request(self, request: _Request) -> None:
+        try:
+            self._send(request.event, request.address)
+        except (OSError, DHTError) as error:
+            with self._lock:
+                if self._pending.get(request.event.id) is not request:
+                    return
+                del self._pending[request.event.id]
+            self._timers.cancel(request.timer)
+            self.stats.incr("send-failed")
+            # Report from the timer thread, not re-entrantly from the caller (D23).
+            failure: Exception = error
+            self._timers.schedule(0.0, lambda: _discard(_call(request.on_failure, failure)))
+
+    def _send(self, event: Event, address: Address) -> None:
+        self._transport(fragment(event.id, encode(event)), address)
+
+    def _expired(self, request: _Request) -> None:
+        with self._lock:
+            if self._pending.get(request.event.id) is not request:
+                return
+            if request.retries > 0 and not self.closed:
+                request.retries -= 1
+                request.timer = self._timers.schedule(self.timeout, lambda: self._expired(request))
+                resend = True
+            else:
+                del self._pending[request.event.id]
+                resend = False
+        if resend:
+            self.stats.incr("request-retried")
+            self._send_request(request)
+            return
+        self.stats.incr("request-timeout")
+        if request.node_id is not None:
+            self.table.failed(request.node_id)
+        _call(request.on_failure, RequestTimeout(request.address, self.timeout))
+
+    # -- receiving ----------------------------------------------------------
+
+    def receive(self, event: Event, source: Address) -> None:
+        """Handle one decoded event that arrived from ``source``."""
+        if event.sender == self.local_id:
+            self.stats.incr("drop-own-id")
+            return
+        if event.response:
+            self._on_response(event, source)
+        else:
+            self._on_request(event, source)
+
+    def _on_response(self, event: Event, source: Address) -> None:
+        with self._lock:
+            request = self._pending.get(event.id)
+        if request is None:
+            self.stats.incr("drop-unsolicited-response")
+            return
+        if request.address != source or (
+            request.node_id is not None and request.node_id != event.sender
+        ):
+            self.stats.incr("drop-spoofed-response")
+            return
+        if event.type is not request.kind:
+            self.stats.incr("drop-wrong-response-type")
+            return
+        now = self._clock()
+        newly_seen = self.table.add_verified(event.sender, source, now)
+        finished = _call(request.on_response, event, source) is not False
+        if finished:
+            with self._lock:
+                if self._pending.get(event.id) is request:
+                    del self._pending[event.id]
+                else:
+                    finished = False
+            if finished:
+                self._timers.cancel(request.timer)
+        if newly_seen:
+            self._transfer_keys(Node(event.sender, source))
+
+    def _on_request(self, event: Event, source: Address) -> None:
+        sender = event.sender
+        if not self.table.touch(sender, source, self._clock()):
+            if self.table.wants(sender, source):
+                self._verify(sender, source)
+            else:
+                self.table.add_candidate(sender, source, self._clock())
+        for response in answer(
+            event, Node(sender, source), self.table, self.storage, self.stats.incr
+        ):
+            try:
+                self._send(response, source)
+            except (OSError, DHTError) as error:
+                self.stats.incr("send-failed")
+                log.debug("cannot answer %s: %s", source, error)
+
+    def _verify(self, node_id: bytes, address: Address) -> None:
+        """Ping an unsolicited sender; it enters the table when it answers."""
+        with self._lock:
+            if node_id in self._verifying or len(self._verifying) >= MAX_VERIFYING:
+                return
+            self._verifying.add(node_id)
+
+        def done(*_: object) -> bool:
+            with self._lock:
+                self._verifying.discard(node_id)
+            return True
+
+        try:
+            self.request(address, node_id, EventType.PING, None, done, done)
+        except ClosedError:
+            done()
+
+    # -- key transfer and liveness -------------------------------------------
+
+    def _transfer_keys(self, node: Node) -> None:
+        """Hand a newly seen node the values it is closer to than we are
+        (all of them while the network is smaller than K)."""
+        everything = len(self.table) < K
+        chosen: list[Value] = []
+
+        def select(value: Value) -> bool:
+            if everything or distance(node.id, value.key) < distance(self.local_id, value.key):
+                chosen.append(value)
+            return True
+
+        self.storage.Iterate(select)
+        for batch in batch_values(chosen):
+            try:
+                self.request(node.address, node.id, EventType.STORE, Store(batch), _ignore, _ignore)
+            except ClosedError:
+                return
+            self.stats.incr("values-transferred", len(batch))
+
+    def _refresh(self) -> None:
+        """Periodic: ping contacts not heard from recently and candidates
+        waiting for room; sweep expired values."""
+        if self.closed:
+            return
+        now = self._clock()
+        for contact in self.table.stale(now, self.refresh_interval):
+            self._ping(contact.id, contact.address)
+        for contact in self.table.candidates_to_verify():
+            self._verify(contact.id, contact.address)
+        expire = getattr(self.storage, "expire", None)
+        if callable(expire):
+            expire()
+        with self._lock:
+            if not self.closed:
+                self._refresh_timer = self._timers.schedule(self.refresh_interval, self._refresh)
+
+    def _ping(self, node_id: bytes, address: Address) -> None:
+        with contextlib.suppress(ClosedError):
+            self.request(address, node_id, EventType.PING, None, _ignore, _ignore)
+
+    # -- operations ----------------------------------------------------------
+
+    def bootstrap(
+        self, addresses: list[Address], on_done: Callable[[Exception | None], None]
+    ) -> None:
+        """Join through ``addresses`` by a FIND_NODE lookup of our own id.
+        ``on_done(None)`` on success, ``on_done(BootstrapError)`` if none answered."""
+        _Bootstrap(self, addresses, on_done).start()
+
+    def store(
+        self,
+        key: bytes,
+        value: bytes,
+        ttl_ns: int,
+        on_done: Callable[[Exception | None], None],
+    ) -> None:
+        """Find the K closest nodes to ``key`` and store the value on them."""
+        created = self._wall_clock_ns()
+        _StoreOperation(self, Value(key, value, ttl_ns, created), on_done).start()
+
+    def find(
+        self,
+        key: bytes,
+        from_ns: int,
+        on_value: Callable[[bytes], None],
+        on_done: Callable[[Exception | None, list[bytes]], None],
+    ) -> None:
+        """Look up ``key``: ``on_value`` once per distinct value, then ``on_done``."""
+        _FindOperation(self, key, from_ns, on_value, on_done).start()
+
+
+def _call(fn: Callable[..., object], *args: object) -> object:
+    """Run a callback; log and swallow what it raises (it must not kill a thread)."""
+    try:
+        return fn(*args)
+    except Exception:
+        log.exception("callback %r raised", fn)
+        return None
+
+
+def _ignore(*_: object) -> bool:
+    return True
+
+
+def _discard(_: object) -> None:
+    pass
+
+
+class _Operation:
+    """A Store, Find or bootstrap in progress, ending exactly once.
+
+    User callbacks go through ``post`` and ``flush``: they are queued under
+    the operation's lock and run outside it by one thread at a time, in order,
+    so a Find's values always come before its end and never concurrently.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.lock = threading.Lock()
+        self.finished = False
+        self._outbox: list[Callable[[], None]] = []
+        self._flushing = False
+
+    def post(self, fn: Callable[[], None]) -> None:
+        """Queue a callback; call with ``self.lock`` held."""
+        self._outbox.append(fn)
+
+    def flush(self) -> None:
+        with self.lock:
+            if self._flushing:
+                return
+            self._flushing = True
+        while True:
+            with self.lock:
+                batch, self._outbox = self._outbox, []
+                if not batch:
+                    self._flushing = False
+                    return
+            for fn in batch:
+                _call(fn)
+
+    def finish(self, error: Exception | None) -> None:
+        """End the operation (once); later calls do nothing."""
+        with self.lock:
+            if self.finished:
+                return
+            self.finished = True
+            self.post(lambda: self.report(error))
+        self.engine._unregister(self)
+        self.flush()
+
+    def report(self, error: Exception | None) -> None:
+        raise NotImplementedError
+
+
+class _LookupOperation(_Operation):
+    """Drives a ``Lookup``: keeps up to alpha requests in flight until done."""
+
+    kind = EventType.FIND_NODE
+
+    def __init__(self, engine: Engine, target: bytes) -> None:
+        super().__init__(engine)
+        self.target = target
+        self.lookup = Lookup(engine.local_id, target)
+
+    def payload(self) -> Payload:
+        return FindNode(key=self.target)
+
+    def drive(self) -> None:
+        with self.lock:
+            if self.finished:
+                return
+            done = self.lookup.done and self.ready()
+            to_query = [] if done else self.lookup.next()
+        if done:
+            self.complete()
+            return
+        for node in to_query:
+            self.query(node)
+
+    def ready(self) -> bool:
+        """Whether the lookup may end now (subclasses wait for more)."""
+        return True
+
+    def query(self, node: Node) -> None:
+        engine = self.engine
+
+        def on_response(event: Event, source: Address) -> bool:
+            finished = self.on_response(node, event, source)
+            self.drive()
+            return finished
+
+        def on_failure(error: Exception) -> None:
+            with self.lock:
+                self.lookup.failed(node.id)
+                self.on_failure(node)
+            self.drive()
+
+        try:
+            engine.request(
+                node.address, node.id, self.kind, self.payload(), on_response, on_failure
+            )
+        except ClosedError as error:
+            self.finish(error)
+            return
+        if engine.stall_after < engine.timeout:
+            engine._timers.schedule(engine.stall_after, lambda: self.stalled(node))
+
+    def stalled(self, node: Node) -> None:
+        with self.lock:
+            self.lookup.stalled(node.id)
+        self.drive()
+
+    def on_response(self, node: Node, event: Event, source: Address) -> bool:
+        payload = event.payload
+        nodes = payload.nodes if isinstance(payload, FindNode | FindValue) else ()
+        with self.lock:
+            self.lookup.answered(node.id)
+            self.lookup.add(usable_nodes(nodes, event.sender, source))
+        return True
+
+    def on_failure(self, node: Node) -> None:
+        """Called with ``self.lock`` held when a query failed."""
+
+    def complete(self) -> None:
+        raise NotImplementedError
+
+
+def usable_nodes(nodes: Iterable[Node], sender: bytes, source: Address) -> list[Node]:
+    """Nodes from a response, with the reference's 0.0.0.0 self-entry repaired
+    from the datagram's source and other 0.0.0.0 entries dropped (5.3, D16)."""
+    out = []
+    for node in nodes:
+        host, port = node.address
+        if host == "0.0.0.0" or port == 0:
+            if node.id != sender or port == 0:
+                continue
+            node = Node(node.id, (source[0], port))
+        out.append(node)
+    return out
+
+
+class _Bootstrap(_LookupOperation):
+    def __init__(
+        self,
+        engine: Engine,
+        addresses: list[Address],
+        on_done: Callable[[Exception | None], None],
+    ) -> None:
+        super().__init__(engine, engine.local_id)
+        self.addresses = addresses
+        self.on_done = on_done
+        self.answered = 0
+        self.failed = 0
+
+    def start(self) -> None:
+        if not self.engine._register(self):
+            self.finish(ClosedError("the node was closed"))
+            return
+        if not self.addresses:
+            self.finish(None)
+            return
+        for address in self.addresses:
+            try:
+                self.engine.request(
+                    address,
+                    None,
+                    EventType.FIND_NODE,
+                    FindNode(key=self.target),
+                    self.on_entry_response,
+                    self.on_entry_failure,
+                )
+            except ClosedError as error:
+                self.finish(error)
+                return
+
+    def ready(self) -> bool:
+        return self.answered > 0
+
+    def on_entry_response(self, event: Event, source: Address) -> bool:
+        payload = event.payload
+        nodes = payload.nodes if isinstance(payload, FindNode) else ()
+        with self.lock:
+            self.answered += 1
+            self.lookup.add([Node(event.sender, source)], State.ANSWERED)
+            self.lookup.add(usable_nodes(nodes, event.sender, source))
+        self.drive()
+        return True
+
+    def on_entry_failure(self, error: Exception) -> None:
+        with self.lock:
+            self.failed += 1
+            hopeless = self.failed == len(self.addresses)
+        if hopeless:
+            tried = ", ".join(f"{host}:{port}" for host, port in self.addresses)
+            self.finish(BootstrapError(f"no bootstrap node answered ({tried}): {error}"))
+
+    def complete(self) -> None:
+        self.finish(None)
+
+    def report(self, error: Exception | None) -> None:
+        self.on_done(error)
+
+
+class _FindOperation(_LookupOperation):
+    kind = EventType.FIND_VALUE
+
+    def __init__(
+        self,
+        engine: Engine,
+        key: bytes,
+        from_ns: int,
+        on_value: Callable[[bytes], None],
+        on_done: Callable[[Exception | None, list[bytes]], None],
+    ) -> None:
+        super().__init__(engine, key)
+        self.from_ns = from_ns
+        self.on_value = on_value
+        self.on_done = on_done
+        self.values: list[bytes] = []
+        self._seen: set[bytes] = set()
+        self._partial = 0  # requests whose split answer is still arriving
+
+    def payload(self) -> Payload:
+        return FindValue(key=self.target, from_ns=self.from_ns)
+
+    def start(self) -> None:
+        if not self.engine._register(self):
+            self.finish(ClosedError("the node was closed"))
+            return
+        local = self.engine.storage.Get(self.target, self.from_ns)
+        if local:
+            with self.lock:
+                self._deliver(value.value for value in local)
+            self.finish(None)
+            return
+        with self.lock:
+            self.lookup.add(self.engine.table.closest(self.target, K))
+        self.drive()
+
+    def _deliver(self, values: Iterable[bytes]) -> None:
+        """Queue new distinct values for the user; call with the lock held."""
+        for data in values:
+            if data not in self._seen:
+                self._seen.add(data)
+                self.values.append(data)
+                self.post(lambda data=data: self.on_value(data))  # type: ignore[misc]
+
+    def ready(self) -> bool:
+        return self._partial == 0
+
+    def query(self, node: Node) -> None:
+        received = 0
+        engine = self.engine
+
+        def on_response(event: Event, source: Address) -> bool:
+            nonlocal received
+            payload = event.payload
+            if isinstance(payload, FindValue) and payload.values:
+                with self.lock:
+                    if received == 0:
+                        self.lookup.answered(node.id)
+                    received += len(payload.values)
+                    finished = received >= payload.found
+                    self._partial += (not finished) - (received > len(payload.values) and True)
+                    self._deliver(value.value for value in payload.values)
+                self.flush()
+            else:
+                finished = self.on_response(node, event, source)
+            self.drive()
+            return finished
+
+        def on_failure(error: Exception) -> None:
+            with self.lock:
+                if received:
+                    self._partial -= 1  # the rest of a split answer never came
+                else:
+                    self.lookup.failed(node.id)
+            self.drive()
+
+        try:
+            engine.request(
+                node.address, node.id, self.kind, self.payload(), on_response, on_failure
+            )
+        except ClosedError as error:
+            self.finish(error)
+            return
+        if engine.stall_after < engine.timeout:
+            engine._timers.schedule(engine.stall_after, lambda: self.stalled(node))
+
+    def complete(self) -> None:
+        if self.values:
+            self.finish(None)
+        else:
+            self.finish(NotFoundError(self.target, self.lookup.queried))
+
+    def report(self, error: Exception | None) -> None:
+        if error is None and not self.values:
+            error = NotFoundError(self.target, self.lookup.queried)
+        self.on_done(error, list(self.values))
+
+
+class _StoreOperation(_LookupOperation):
+    def __init__(
+        self, engine: Engine, value: Value, on_done: Callable[[Exception | None], None]
+    ) -> None:
+        super().__init__(engine, value.key)
+        self.value = value
+        self.on_done = on_done
+        self.tried = 0
+        self.acknowledged = 0
+        self.failures = 0
+        self.needed = 0
+
+    def start(self) -> None:
+        if not self.engine._register(self):
+            self.finish(ClosedError("the node was closed"))
+            return
+        with self.lock:
+            self.lookup.add(self.engine.table.closest(self.target, K))
+        self.drive()
+
+    def complete(self) -> None:
+        """The lookup is done: store on the K closest (this node included if
+        it is one of them) and wait for a majority to acknowledge."""
+        engine = self.engine
+        key = self.target
+        targets = self.lookup.closest(K)
+        local = len(targets) < K or distance(engine.local_id, key) < distance(targets[-1].id, key)
+        if local:
+            targets = targets[: K - 1]
+        value = self.value
+        with self.lock:
+            self.tried = len(targets) + local
+            self.needed = self.tried // 2 + 1
+            if local and engine.storage.Set(key, value.value, value.created_ns, value.ttl_ns):
+                self.acknowledged += 1
+            elif local:
+                self.failures += 1
+        self.check()
+        for node in targets:
+            try:
+                engine.request(
+                    node.address,
+                    node.id,
+                    EventType.STORE,
+                    Store((value,)),
+                    self.on_ack,
+                    self.on_nack,
+                    retries=1,
+                )
+            except ClosedError as error:
+                self.finish(error)
+                return
+
+    def on_ack(self, event: Event, source: Address) -> bool:
+        with self.lock:
+            self.acknowledged += 1
+        self.check()
+        return True
+
+    def on_nack(self, error: Exception) -> None:
+        with self.lock:
+            self.failures += 1
+        self.check()
+
+    def check(self) -> None:
+        with self.lock:
+            if self.acknowledged >= self.needed:
+                outcome: Exception | None = None
+            elif self.tried - self.failures < self.needed:
+                outcome = StoreError(self.target, self.tried, self.acknowledged, self.needed)
+            else:
+                return
+        self.finish(outcome)
+
+    def report(self, error: Exception | None) -> None:
+        self.on_done(error)

@@ -1,0 +1,133 @@
+"""The iterative lookup state machine (the reference's "journey", PROTOCOL.md 7.5).
+
+Pure state: the engine tells it what happened (``answered``, ``failed``,
+``stalled``, ``add``) and asks what to query next. Candidates are kept in
+XOR-distance order to the target. Up to ``alpha`` requests are in flight;
+one that is slow (``stalled``) stops counting against ``alpha`` so the lookup
+moves on without waiting for its timeout. The lookup is done when the ``k``
+closest candidates that have not failed or stalled have all answered, or when
+nothing is left to ask (D30's convergence rule).
+"""
+
+from __future__ import annotations
+
+import bisect
+import enum
+from collections.abc import Iterable
+
+from ..keys import ALPHA, K
+from ..wire.events import Node
+
+
+class State(enum.IntEnum):
+    UNQUERIED = 0
+    IN_FLIGHT = 1
+    STALLED = 2
+    ANSWERED = 3
+    FAILED = 4
+
+
+class Candidate:
+    __slots__ = ("distance", "node", "state")
+
+    def __init__(self, node: Node, distance: int, state: State) -> None:
+        self.node = node
+        self.distance = distance
+        self.state = state
+
+
+def _distance_of(candidate: Candidate) -> int:
+    return candidate.distance
+
+
+class Lookup:
+    """Which nodes to ask next when looking for ``target``; not thread-safe."""
+
+    def __init__(self, local_id: bytes, target: bytes, *, k: int = K, alpha: int = ALPHA) -> None:
+        self.local_id = local_id
+        self.target = target
+        self.k = k
+        self.alpha = alpha
+        self._target = int.from_bytes(target, "big")
+        self._ordered: list[Candidate] = []
+        self._by_id: dict[bytes, Candidate] = {}
+
+    def add(self, nodes: Iterable[Node], state: State = State.UNQUERIED) -> None:
+        """Add nodes learned from the routing table or from a response.
+        Known ids and the local id are ignored."""
+        for node in nodes:
+            if node.id == self.local_id:
+                continue
+            existing = self._by_id.get(node.id)
+            if existing is not None:
+                if state is State.ANSWERED:
+                    existing.state = state
+                continue
+            candidate = Candidate(node, int.from_bytes(node.id, "big") ^ self._target, state)
+            self._by_id[node.id] = candidate
+            bisect.insort(self._ordered, candidate, key=_distance_of)
+
+    def _window(self) -> list[Candidate]:
+        """The k closest candidates still in the running (not failed or stalled)."""
+        window = []
+        for candidate in self._ordered:
+            if candidate.state < State.STALLED or candidate.state is State.ANSWERED:
+                window.append(candidate)
+                if len(window) == self.k:
+                    break
+        return window
+
+    def next(self) -> list[Node]:
+        """Nodes to query now (they become in flight), closest first."""
+        window = self._window()
+        active = sum(1 for c in self._ordered if c.state is State.IN_FLIGHT)
+        chosen = []
+        for candidate in window:
+            if active >= self.alpha:
+                break
+            if candidate.state is State.UNQUERIED:
+                candidate.state = State.IN_FLIGHT
+                chosen.append(candidate.node)
+                active += 1
+        return chosen
+
+    def _set(self, node_id: bytes, state: State) -> None:
+        candidate = self._by_id.get(node_id)
+        if candidate is not None and candidate.state is not State.ANSWERED:
+            candidate.state = state
+
+    def answered(self, node_id: bytes) -> None:
+        self._set(node_id, State.ANSWERED)
+
+    def failed(self, node_id: bytes) -> None:
+        self._set(node_id, State.FAILED)
+
+    def stalled(self, node_id: bytes) -> None:
+        candidate = self._by_id.get(node_id)
+        if candidate is not None and candidate.state is State.IN_FLIGHT:
+            candidate.state = State.STALLED
+
+    @property
+    def done(self) -> bool:
+        window = self._window()
+        if window and all(c.state is State.ANSWERED for c in window):
+            return True
+        return not any(
+            c.state in (State.UNQUERIED, State.IN_FLIGHT, State.STALLED) for c in self._ordered
+        )
+
+    def closest(self, n: int | None = None) -> list[Node]:
+        """The closest nodes that answered, closest first (``k`` by default)."""
+        limit = self.k if n is None else n
+        out = []
+        for candidate in self._ordered:
+            if candidate.state is State.ANSWERED:
+                out.append(candidate.node)
+                if len(out) == limit:
+                    break
+        return out
+
+    @property
+    def queried(self) -> int:
+        """How many nodes were asked so far."""
+        return sum(1 for c in self._ordered if c.state is not State.UNQUERIED)

@@ -1,0 +1,263 @@
+"""The routing table: 160 buckets of K contacts, XOR metric (PROTOCOL.md 7.2).
+
+Differences from the reference, on purpose:
+
+* ``closest`` returns the true n closest contacts by XOR distance (D17).
+* Only *verified* contacts, nodes that answered a request of ours, enter a
+  bucket. A sender we have only heard from in unsolicited requests is a
+  *candidate*: the engine pings it when its bucket has room, and it is
+  inserted when it answers (so forged senders cannot fill the table, D15, D20).
+* A full bucket keeps its contacts; newcomers wait in a bounded replacement
+  cache and are promoted when a contact fails (D18).
+* The local node is not in its own table.
+
+Lock striping: each bucket has its own lock; no operation holds two at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from ..keys import KEY_BITS, K, common_prefix_length
+from ..wire.events import Address, Node
+
+FAILURES_BEFORE_EVICTION = 2
+"""Consecutive unanswered requests after which a contact is dropped."""
+
+
+@dataclass(slots=True)
+class Contact:
+    """A known node. Mutable: ``last_seen`` (seconds, engine clock) and
+    ``failures`` change under the bucket's lock."""
+
+    id: bytes
+    address: Address
+    last_seen: float
+    failures: int = 0
+    verified: bool = True
+
+    def node(self) -> Node:
+        return Node(self.id, self.address)
+
+
+class Bucket:
+    """Up to ``size`` contacts, least recently seen first, plus replacements."""
+
+    __slots__ = ("contacts", "lock", "replacements", "size")
+
+    def __init__(self, size: int) -> None:
+        self.lock = threading.Lock()
+        self.size = size
+        self.contacts: dict[bytes, Contact] = {}
+        self.replacements: dict[bytes, Contact] = {}
+
+    def _add_replacement(self, contact: Contact) -> None:
+        self.replacements.pop(contact.id, None)
+        self.replacements[contact.id] = contact
+        while len(self.replacements) > self.size:
+            # Prefer dropping the oldest unverified newcomer over a verified one.
+            victim = next((c for c in self.replacements.values() if not c.verified), None)
+            del self.replacements[(victim or next(iter(self.replacements.values()))).id]
+
+
+class RoutingTable:
+    """Thread-safe routing table of the node ``local_id``."""
+
+    def __init__(self, local_id: bytes, *, bucket_size: int = K) -> None:
+        self.local_id = local_id
+        self.bucket_size = bucket_size
+        self._local = int.from_bytes(local_id, "big")
+        self._buckets = [Bucket(bucket_size) for _ in range(KEY_BITS)]
+
+    def bucket_index(self, node_id: bytes) -> int:
+        """``159 - cpl(local, node)``: bucket 159 holds the farthest half."""
+        return KEY_BITS - 1 - common_prefix_length(self.local_id, node_id)
+
+    def _bucket(self, node_id: bytes) -> Bucket | None:
+        if node_id == self.local_id:
+            return None
+        return self._buckets[self.bucket_index(node_id)]
+
+    def touch(self, node_id: bytes, address: Address, now: float) -> bool:
+        """Mark a contact seen because it sent us something. True if it is in
+        a bucket at that address; False means it is unknown (or moved)."""
+        bucket = self._bucket(node_id)
+        if bucket is None:
+            return False
+        with bucket.lock:
+            contact = bucket.contacts.get(node_id)
+            if contact is None or contact.address != address:
+                return False
+            contact.last_seen = now
+            contact.failures = 0
+            bucket.contacts[node_id] = bucket.contacts.pop(node_id)  # to the tail
+            return True
+
+    def wants(self, node_id: bytes, address: Address) -> bool:
+        """Whether an unsolicited sender is worth verifying (a ping): it is not
+        known, and its bucket has room or a contact that has failed."""
+        bucket = self._bucket(node_id)
+        if bucket is None:
+            return False
+        with bucket.lock:
+            if node_id in bucket.contacts:
+                return False
+            if len(bucket.contacts) < bucket.size:
+                return True
+            return any(c.failures for c in bucket.contacts.values())
+
+    def add_candidate(self, node_id: bytes, address: Address, now: float) -> None:
+        """Remember an unverified sender in its bucket's replacement cache."""
+        bucket = self._bucket(node_id)
+        if bucket is None:
+            return
+        with bucket.lock:
+            if node_id not in bucket.contacts and node_id not in bucket.replacements:
+                bucket._add_replacement(Contact(node_id, address, now, verified=False))
+
+    def add_verified(self, node_id: bytes, address: Address, now: float) -> bool:
+        """Insert a node that answered a request of ours. Returns True if it
+        is newly in a bucket (the engine then hands it keys it should hold)."""
+        bucket = self._bucket(node_id)
+        if bucket is None:
+            return False
+        with bucket.lock:
+            contacts = bucket.contacts
+            contact = contacts.get(node_id)
+            if contact is not None:
+                if contact.address == address or contact.failures:
+                    contact.address = address
+                    contact.last_seen = now
+                    contact.failures = 0
+                    contacts[node_id] = contacts.pop(node_id)
+                return False
+            bucket.replacements.pop(node_id, None)
+            fresh = Contact(node_id, address, now)
+            if len(contacts) >= bucket.size:
+                failed = next((c for c in contacts.values() if c.failures), None)
+                if failed is None:
+                    bucket._add_replacement(fresh)
+                    return False
+                del contacts[failed.id]
+            contacts[node_id] = fresh
+            return True
+
+    def failed(self, node_id: bytes) -> bool:
+        """Record an unanswered request. After ``FAILURES_BEFORE_EVICTION`` in
+        a row the contact is removed and the newest verified replacement takes
+        its place. Returns True if it was removed."""
+        bucket = self._bucket(node_id)
+        if bucket is None:
+            return False
+        with bucket.lock:
+            contact = bucket.contacts.get(node_id)
+            if contact is None:
+                bucket.replacements.pop(node_id, None)
+                return False
+            contact.failures += 1
+            if contact.failures < FAILURES_BEFORE_EVICTION:
+                return False
+            del bucket.contacts[node_id]
+            self._promote(bucket)
+            return True
+
+    def remove(self, node_id: bytes) -> None:
+        """Forget a node entirely."""
+        bucket = self._bucket(node_id)
+        if bucket is None:
+            return
+        with bucket.lock:
+            bucket.replacements.pop(node_id, None)
+            if bucket.contacts.pop(node_id, None) is not None:
+                self._promote(bucket)
+
+    @staticmethod
+    def _promote(bucket: Bucket) -> None:
+        for replacement in reversed(bucket.replacements.values()):
+            if replacement.verified:
+                del bucket.replacements[replacement.id]
+                bucket.contacts[replacement.id] = replacement
+                return
+
+    def closest(self, target: bytes, n: int = K) -> list[Node]:
+        """The ``n`` contacts closest to ``target`` by XOR distance, closest first.
+
+        Buckets are visited in distance order, so only as many as needed are
+        read: contacts sharing exactly ``t = cpl(local, target)`` bits with the
+        local id are closest, then all with more (tied on the top bit, merged),
+        then those with ``t-1``, ``t-2``, ... shared bits.
+        """
+        if n <= 0:
+            return []
+        target_int = int.from_bytes(target, "big")
+        t = KEY_BITS - (self._local ^ target_int).bit_length()
+        found: list[tuple[int, Contact]] = []
+        if t == KEY_BITS:  # the target is the local id: bucket order is distance order
+            for index in range(KEY_BITS):
+                self._collect(index, target_int, found)
+                if len(found) >= n:
+                    break
+        else:
+            self._collect(KEY_BITS - 1 - t, target_int, found)
+            if len(found) < n:
+                for index in range(KEY_BITS - 2 - t, -1, -1):  # cpl > t
+                    self._collect(index, target_int, found)
+            for index in range(KEY_BITS - t, KEY_BITS):  # cpl < t, nearest first
+                if len(found) >= n:
+                    break
+                self._collect(index, target_int, found)
+        found.sort(key=_first)
+        return [contact.node() for _, contact in found[:n]]
+
+    def _collect(self, index: int, target: int, into: list[tuple[int, Contact]]) -> None:
+        bucket = self._buckets[index]
+        if not bucket.contacts:
+            return
+        with bucket.lock:
+            contacts = list(bucket.contacts.values())
+        into.extend((int.from_bytes(c.id, "big") ^ target, c) for c in contacts)
+
+    def stale(self, now: float, age: float) -> list[Contact]:
+        """Contacts not heard from for ``age`` seconds (the liveness check's
+        targets; the reference's condition is inverted, D42)."""
+        out: list[Contact] = []
+        for bucket in self._buckets:
+            if bucket.contacts:
+                with bucket.lock:
+                    out.extend(c for c in bucket.contacts.values() if now - c.last_seen >= age)
+        return out
+
+    def candidates_to_verify(self) -> list[Contact]:
+        """Unverified replacements in buckets that have room for them."""
+        out: list[Contact] = []
+        for bucket in self._buckets:
+            if bucket.replacements:
+                with bucket.lock:
+                    room = bucket.size - len(bucket.contacts)
+                    if room > 0:
+                        unverified = [c for c in bucket.replacements.values() if not c.verified]
+                        out.extend(unverified[-room:])
+        return out
+
+    def contacts(self) -> Iterator[Contact]:
+        """A snapshot of every contact in the buckets."""
+        for bucket in self._buckets:
+            if bucket.contacts:
+                with bucket.lock:
+                    snapshot = list(bucket.contacts.values())
+                yield from snapshot
+
+    def __len__(self) -> int:
+        return sum(len(bucket.contacts) for bucket in self._buckets)
+
+    def __contains__(self, node_id: object) -> bool:
+        if not isinstance(node_id, bytes):
+            return False
+        bucket = self._bucket(node_id)
+        return bucket is not None and node_id in bucket.contacts
+
+
+def _first(item: tuple[int, Contact]) -> int:
+    return item[0]

@@ -1,0 +1,179 @@
+"""Storage: the protocol user-defined stores implement, and the default
+in-memory expiring store (PROTOCOL.md 7.11).
+
+Times are integer nanoseconds, as on the wire, so stored values round-trip
+exactly: ``created_ns`` since the Unix epoch, ``ttl_ns`` a duration.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+from sortedcontainers import SortedList
+
+from ..wire.events import Value
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """What a node needs from its store. Must be thread-safe: listener threads
+    call it concurrently. ``Go`` names, like the rest of the API."""
+
+    def Get(self, key: bytes, from_ns: int = 0) -> list[Value]:
+        """Unexpired values under ``key`` created at or after ``from_ns``
+        (``from_ns <= 0``: all of them). An empty list when there are none."""
+        ...
+
+    def Set(self, key: bytes, value: bytes, created_ns: int, ttl_ns: int) -> bool:
+        """Add ``value`` under ``key`` (several values per key are kept). A
+        value already stored under the key is refreshed. False if refused."""
+        ...
+
+    def Iterate(self, fn: Callable[[Value], bool]) -> None:
+        """Call ``fn`` for each stored value until it returns False."""
+        ...
+
+
+class _Entry:
+    __slots__ = ("created_ns", "expires_ns", "ttl_ns")
+
+    def __init__(self, created_ns: int, ttl_ns: int, expires_ns: int) -> None:
+        self.created_ns = created_ns
+        self.ttl_ns = ttl_ns
+        self.expires_ns = expires_ns
+
+
+class MemoryStorage:
+    """The default ``Storage``: values in memory, expiring after their ttl.
+
+    Several values per key, de-duplicated by their bytes. A value expires
+    ``ttl`` after it was created (or after it arrived here, if that is sooner
+    or ``created`` is unknown), so handing a value on does not restart its
+    lifetime (D34). Expiry times are kept in a sorted
+    list, so ``expire`` removes each expired value in O(log n) without
+    scanning the live ones (the reference's sweep is inverted, D36). Limits
+    bound memory: ``max_values_per_key``, ``max_bytes`` (keys + values) and
+    ``max_ttl_ns``; a value that would exceed them is refused, never traded
+    for one already stored.
+
+    ``clock_ns`` returns the current time in nanoseconds (``time.time_ns`` by
+    default; tests pass a fake one).
+    """
+
+    def __init__(
+        self,
+        *,
+        clock_ns: Callable[[], int] | None = None,
+        max_values_per_key: int = 64,
+        max_bytes: int = 256 * 1024 * 1024,
+        max_ttl_ns: int | None = None,
+    ) -> None:
+        if clock_ns is None:
+            import time
+
+            clock_ns = time.time_ns
+        self._clock_ns = clock_ns
+        self.max_values_per_key = max_values_per_key
+        self.max_bytes = max_bytes
+        self.max_ttl_ns = max_ttl_ns
+        self._lock = threading.Lock()
+        self._keys: dict[bytes, dict[bytes, _Entry]] = {}
+        self._expiry: SortedList = SortedList()  # (expires_ns, key, value)
+        self.bytes = 0
+        """Bytes held (keys and values)."""
+        self.refused = 0
+        """Values refused by the limits."""
+
+    def Get(self, key: bytes, from_ns: int = 0) -> list[Value]:
+        now = self._clock_ns()
+        with self._lock:
+            values = self._keys.get(key)
+            if not values:
+                return []
+            return [
+                Value(key, data, entry.ttl_ns, entry.created_ns)
+                for data, entry in values.items()
+                if entry.expires_ns > now and (from_ns <= 0 or entry.created_ns >= from_ns)
+            ]
+
+    def Set(self, key: bytes, value: bytes, created_ns: int, ttl_ns: int) -> bool:
+        if ttl_ns <= 0:
+            return False
+        if self.max_ttl_ns is not None:
+            ttl_ns = min(ttl_ns, self.max_ttl_ns)
+        now = self._clock_ns()
+        expires = now + ttl_ns
+        if created_ns > 0:  # a value handed on keeps its original lifetime (D34)
+            expires = min(expires, created_ns + ttl_ns)
+            if expires <= now:
+                return False
+        key = bytes(key)
+        value = bytes(value)
+        with self._lock:
+            self._expire_locked(now)
+            values = self._keys.get(key)
+            entry = values.get(value) if values else None
+            if entry is not None:  # refresh (D41)
+                if expires > entry.expires_ns:
+                    self._expiry.remove((entry.expires_ns, key, value))
+                    entry.expires_ns = expires
+                    entry.ttl_ns = ttl_ns
+                    self._expiry.add((expires, key, value))
+                entry.created_ns = max(entry.created_ns, created_ns)
+                return True
+            size = len(value) + (0 if values else len(key))
+            if (values and len(values) >= self.max_values_per_key) or (
+                self.bytes + size > self.max_bytes
+            ):
+                self.refused += 1
+                return False
+            if values is None:
+                values = self._keys[key] = {}
+            values[value] = _Entry(created_ns, ttl_ns, expires)
+            self._expiry.add((expires, key, value))
+            self.bytes += size
+            return True
+
+    def Iterate(self, fn: Callable[[Value], bool]) -> None:
+        now = self._clock_ns()
+        with self._lock:  # copy, so fn runs without the lock (it may call Get)
+            snapshot = [
+                Value(key, data, entry.ttl_ns, entry.created_ns)
+                for key, values in self._keys.items()
+                for data, entry in values.items()
+                if entry.expires_ns > now
+            ]
+        for value in snapshot:
+            if not fn(value):
+                return
+
+    def expire(self) -> int:
+        """Remove expired values (and keys left empty); return how many."""
+        with self._lock:
+            return self._expire_locked(self._clock_ns())
+
+    def next_expiry_ns(self) -> int | None:
+        """When the next value expires, or None if the store is empty."""
+        with self._lock:
+            return self._expiry[0][0] if self._expiry else None
+
+    def _expire_locked(self, now: int) -> int:
+        expiry = self._expiry
+        removed = 0
+        while expiry and expiry[0][0] <= now:
+            _, key, value = expiry.pop(0)
+            values = self._keys[key]
+            del values[value]
+            self.bytes -= len(value)
+            if not values:
+                del self._keys[key]
+                self.bytes -= len(key)
+            removed += 1
+        return removed
+
+    def __len__(self) -> int:
+        """Number of values held (expired ones included until swept)."""
+        with self._lock:
+            return len(self._expiry)

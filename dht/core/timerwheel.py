@@ -1,0 +1,102 @@
+"""A hashed timer wheel: O(1) schedule and cancel, fired in tick order.
+
+Pure state, time passed in (seconds on a monotonic clock). A timer due at
+``deadline`` fires at the first tick boundary at or after it, so never early
+and at most one ``tick`` late. ``next_wakeup`` lets the driving thread sleep
+until the next non-empty slot instead of ticking while idle.
+Not thread-safe: the timer thread (``dht.timer``) wraps it in a lock.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+
+class Timer:
+    """A scheduled callback; pass it to ``TimerWheel.cancel``."""
+
+    __slots__ = ("callback", "deadline", "due_tick", "slot")
+
+    def __init__(self, deadline: float, due_tick: int, callback: Callable[[], None]) -> None:
+        self.deadline = deadline
+        self.due_tick = due_tick
+        self.callback = callback
+        self.slot: dict[Timer, None] | None = None
+
+
+class TimerWheel:
+    """``slots`` buckets of ``tick`` seconds each; longer timers go round again."""
+
+    def __init__(self, now: float, *, tick: float = 0.01, slots: int = 512) -> None:
+        if tick <= 0 or slots < 1:
+            raise ValueError("tick must be positive and slots at least 1")
+        self.tick = tick
+        self._slots: list[dict[Timer, None]] = [{} for _ in range(slots)]
+        self._current = math.floor(now / tick)  # last tick processed
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def schedule(self, deadline: float, callback: Callable[[], None]) -> Timer:
+        due = max(math.ceil(deadline / self.tick), self._current + 1)
+        timer = Timer(deadline, due, callback)
+        slot = self._slots[due % len(self._slots)]
+        slot[timer] = None
+        timer.slot = slot
+        self._count += 1
+        return timer
+
+    def cancel(self, timer: Timer) -> bool:
+        """Remove a pending timer. False if it already fired or was cancelled."""
+        slot = timer.slot
+        if slot is None:
+            return False
+        del slot[timer]
+        timer.slot = None
+        self._count -= 1
+        return True
+
+    def advance(self, now: float) -> list[Callable[[], None]]:
+        """Process every tick up to ``now``; return the due callbacks in order."""
+        target = math.floor(now / self.tick)
+        if target <= self._current:
+            return []
+        fired: list[Callable[[], None]] = []
+        slots = self._slots
+        first = self._current + 1
+        # Past one full turn every slot is visited once; what is due fires.
+        for tick in range(first, min(target, first + len(slots) - 1) + 1):
+            slot = slots[tick % len(slots)]
+            if not slot:
+                continue
+            due = [timer for timer in slot if timer.due_tick <= target]
+            due.sort(key=_due_tick)
+            for timer in due:
+                del slot[timer]
+                timer.slot = None
+                fired.append(timer.callback)
+            self._count -= len(due)
+        self._current = target
+        return fired
+
+    def next_wakeup(self) -> float | None:
+        """When the earliest pending timer is due (a tick boundary), or None."""
+        if not self._count:
+            return None
+        slots = self._slots
+        earliest: int | None = None
+        for step in range(1, len(slots) + 1):
+            tick = self._current + step
+            slot = slots[tick % len(slots)]
+            if slot:
+                due = min(timer.due_tick for timer in slot)
+                if due == tick:  # nothing can be due sooner than the first such slot
+                    return tick * self.tick
+                earliest = due if earliest is None else min(earliest, due)
+        return None if earliest is None else earliest * self.tick
+
+
+def _due_tick(timer: Timer) -> int:
+    return timer.due_tick

@@ -1,0 +1,112 @@
+"""A listener: one thread owning one UDP socket and a ``selectors`` loop.
+
+It drains the socket into a preallocated buffer, reassembles datagrams
+(``Reassembler``, one per listener: the kernel steers one source address to
+one SO_REUSEPORT socket), decodes events and hands them to the engine.
+Malformed input is counted by reason and dropped; nothing a remote sends can
+end the loop. ``stop`` wakes the loop through a pipe.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from .core.engine import Stats
+from .errors import ProtocolError
+from .wire.codec import decode
+from .wire.events import Address, Event
+from .wire.framing import MAX_DATAGRAM, Reassembler
+
+log = logging.getLogger("dht.listener")
+
+RECEIVE_BUFFER = 2048
+"""Larger than any valid datagram, so truncation (D10) shows as a long read."""
+
+
+class Listener:
+    """Receives on ``sock`` in its own thread; calls ``deliver(event, source)``."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        deliver: Callable[[Event, Address], None],
+        stats: Stats,
+        *,
+        name: str,
+    ) -> None:
+        self.sock = sock
+        self._deliver = deliver
+        self._stats = stats
+        self.reassembler = Reassembler()
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    @property
+    def thread(self) -> threading.Thread:
+        return self._thread
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the loop to end and wait for it (unless called from it)."""
+        try:
+            os.write(self._wake_write, b"x")
+        except OSError:
+            pass
+        if threading.current_thread() is not self._thread and self._thread.is_alive():
+            self._thread.join()
+        for fd in (self._wake_read, self._wake_write):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _run(self) -> None:
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.sock, selectors.EVENT_READ)
+            selector.register(self._wake_read, selectors.EVENT_READ)
+            buffer = bytearray(RECEIVE_BUFFER)
+            view = memoryview(buffer)
+            while True:
+                for key, _ in selector.select():
+                    if key.fileobj == self._wake_read:
+                        return
+                self._drain(buffer, view)
+
+    def _drain(self, buffer: bytearray, view: memoryview) -> None:
+        sock = self.sock
+        stats = self._stats
+        reassembler = self.reassembler
+        while True:
+            try:
+                size, source = sock.recvfrom_into(buffer)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:  # e.g. ICMP port unreachable reported late
+                stats.incr("receive-error")
+                log.debug("receive error: %s", error)
+                return
+            if size > MAX_DATAGRAM:
+                stats.incr("drop-long-datagram")
+                continue
+            try:
+                data = reassembler.feed(view[:size], source, time.monotonic())
+                if data is None:
+                    continue
+                event = decode(data)
+            except ProtocolError as error:
+                stats.incr("drop-" + error.reason)
+                continue
+            try:
+                self._deliver(event, source)
+            except Exception:  # a bug must not end the loop: log it and go on
+                stats.incr("handler-error")
+                log.exception("error handling %s from %s", event.type.name, source)

@@ -1,0 +1,309 @@
+"""The public node: ``New(cfg)`` starts one; ``Store``, ``Find``, ``Close``.
+
+Threads of a node: ``listeners`` listener threads (one UDP socket each, all
+bound to the same address with SO_REUSEPORT) and one timer thread. User
+callbacks run on one of those threads, or on the calling thread when the
+answer is immediate (a Find answered from local storage, a call after Close);
+they must not block for long. An exception raised by a callback is logged on
+the ``dht`` logger and swallowed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+from .config import Config, parse_address, resolve
+from .core.engine import Engine
+from .core.handler import MAX_VALUE_SIZE
+from .core.storage import MemoryStorage
+from .errors import ArgumentError, BootstrapError, ValueTooLarge
+from .keys import check_id, random_id
+from .listener import Listener
+from .timer import TimerThread
+from .wire.events import NS_PER_SECOND, Address, Event
+
+log = logging.getLogger("dht")
+T = TypeVar("T")
+
+StoreCallback = Callable[[Exception | None], object]
+FindCallback = Callable[[bytes | None, Exception | None], object]
+
+
+class ValuesFrom:
+    """Find option: only values created at or after ``t`` (a ``datetime``, or
+    seconds since the Unix epoch)."""
+
+    __slots__ = ("from_ns",)
+
+    def __init__(self, t: datetime | float) -> None:
+        if isinstance(t, datetime):
+            seconds = t.timestamp()
+        elif isinstance(t, int | float) and not isinstance(t, bool):
+            seconds = float(t)
+        else:
+            raise ArgumentError(f"ValuesFrom takes a datetime or epoch seconds, not {t!r}")
+        self.from_ns = int(seconds * NS_PER_SECOND)
+
+
+class DHT:
+    """A running node. Create it with ``dht.New(cfg)``; use it as a context
+    manager or call ``Close()``. Every method is thread-safe."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.config = cfg
+        self._id = cfg.local_id or random_id()
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._sockets = _bind(cfg)
+        try:
+            host, port = self._sockets[0].getsockname()[:2]
+            self._address: Address = (host, port)
+            self._timers = TimerThread(tick=cfg.timer_tick, name=f"dht-timer-{port}")
+            self._send_from = itertools.cycle(self._sockets)
+            self._engine = Engine(
+                self._id,
+                storage=cfg.storage if cfg.storage is not None else MemoryStorage(),
+                transport=self._transmit,
+                timers=self._timers,
+                clock=time.monotonic,
+                wall_clock_ns=time.time_ns,
+                new_id=random_id,
+                timeout=cfg.timeout,
+                refresh_interval=cfg.refresh_interval,
+            )
+            self._listeners = [
+                Listener(sock, self._receive, self._engine.stats, name=f"dht-listener-{port}-{i}")
+                for i, sock in enumerate(self._sockets)
+            ]
+        except BaseException:
+            for sock in self._sockets:
+                sock.close()
+            raise
+        self._timers.start()
+        for listener in self._listeners:
+            listener.start()
+        self._engine.start()
+
+    # -- properties ----------------------------------------------------------
+
+    @property
+    def id(self) -> bytes:
+        """This node's 20-byte id."""
+        return self._id
+
+    @property
+    def address(self) -> str:
+        """The bound ``host:port``."""
+        return f"{self._address[0]}:{self._address[1]}"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def stats(self) -> dict[str, int]:
+        """Counters: dropped datagrams by reason, timeouts, refusals, ..."""
+        counts = self._engine.stats.snapshot()
+        counts["routing-table-size"] = len(self._engine.table)
+        counts["pending-requests"] = self._engine.pending_requests
+        return counts
+
+    def threads(self) -> list[threading.Thread]:
+        """The node's own threads (listeners and timer)."""
+        return [listener.thread for listener in self._listeners] + [self._timers.thread]
+
+    # -- operations ----------------------------------------------------------
+
+    def Store(
+        self,
+        key: bytes,
+        value: bytes,
+        ttl: float | timedelta,
+        callback: StoreCallback | None = None,
+    ) -> Future[None]:
+        """Store ``value`` under the 20-byte ``key`` for ``ttl`` seconds.
+
+        Finds the K = 20 closest nodes to the key by an iterative lookup and
+        sends them the value (storing it here too when this node is one of
+        them). It succeeds when a majority of those targets acknowledged;
+        otherwise it fails with ``StoreError`` saying how many were tried and
+        how many acknowledged. Ends exactly once: ``callback(None)`` or
+        ``callback(error)``, on a listener or timer thread, and the returned
+        future resolves the same way.
+
+        Raises ``ArgumentError`` (``ValueTooLarge`` for over 32768 bytes) for
+        invalid arguments, before anything is sent.
+        """
+        key = check_id(key, "key")
+        if not isinstance(value, bytes | bytearray | memoryview):
+            raise ArgumentError(f"value must be bytes, not {type(value).__name__}")
+        value = bytes(value)
+        if len(value) > MAX_VALUE_SIZE:
+            raise ValueTooLarge(len(value), MAX_VALUE_SIZE)
+        ttl_ns = _ttl_ns(ttl)
+        future: Future[None] = Future()
+        future.set_running_or_notify_cancel()
+
+        def done(error: Exception | None) -> None:
+            _settle(future, error, None)
+            if callback is not None:
+                callback(error)
+
+        self._engine.store(key, value, ttl_ns, done)
+        return future
+
+    def Find(
+        self, key: bytes, callback: FindCallback | None = None, *opts: ValuesFrom
+    ) -> Future[list[bytes]]:
+        """Find the values stored under the 20-byte ``key``.
+
+        Answers from local storage when it holds the key; otherwise an
+        iterative FIND_VALUE lookup (3 requests in flight) that ends when the
+        20 closest nodes have answered or failed. ``callback(value, None)``
+        runs once per distinct value; if none is found, ``callback(None,
+        NotFoundError)`` runs once. Callbacks run on a listener or timer
+        thread (or the calling thread for a local answer). The future
+        resolves to the list of values, or raises ``NotFoundError``.
+        ``opts`` may hold ``ValuesFrom(t)`` (the first one counts).
+        """
+        key = check_id(key, "key")
+        from_ns = 0
+        for opt in opts:
+            if not isinstance(opt, ValuesFrom):
+                raise ArgumentError(f"unknown Find option {opt!r}")
+        if opts:
+            from_ns = opts[0].from_ns
+        future: Future[list[bytes]] = Future()
+        future.set_running_or_notify_cancel()
+
+        def on_value(value: bytes) -> None:
+            if callback is not None:
+                callback(value, None)
+
+        def on_done(error: Exception | None, values: list[bytes]) -> None:
+            _settle(future, error, values)
+            if error is not None and callback is not None:
+                callback(None, error)
+
+        self._engine.find(key, from_ns, on_value, on_done)
+        return future
+
+    def Close(self) -> None:
+        """Stop the threads, close the sockets, and end every pending Store,
+        Find and request once with ``ClosedError`` (their callbacks run on the
+        calling thread). Idempotent; safe to call from a callback."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        for listener in self._listeners:
+            listener.stop()
+        self._engine.close()
+        self._timers.stop()
+        for sock in self._sockets:
+            sock.close()
+
+    def __enter__(self) -> DHT:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.Close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<dht.DHT {self._id.hex()} at {self.address} ({state})>"
+
+    # -- plumbing -------------------------------------------------------------
+
+    def _bootstrap(self, addresses: list[Address]) -> None:
+        result: Future[None] = Future()
+        self._engine.bootstrap(addresses, lambda error: _settle(result, error, None))
+        # The lookup always ends (every request has a timeout); the bound is a
+        # safety net against a bug, not a behaviour.
+        result.result(timeout=max(60.0, 30 * self.config.timeout))
+
+    def _receive(self, event: Event, source: Address) -> None:
+        self._engine.receive(event, source)
+
+    def _transmit(self, datagrams: list[bytes], address: Address) -> None:
+        sock = next(self._send_from)
+        for datagram in datagrams:
+            sock.sendto(datagram, address)
+
+
+def New(cfg: Config | None = None) -> DHT:
+    """Start a node and join the network through ``cfg.bootstrap_addresses``.
+
+    Returns once the node is usable: its sockets are bound, its threads run,
+    and, when bootstrap addresses are given, a FIND_NODE lookup of its own id
+    through them has finished. Raises ``BootstrapError`` if none of them
+    answered, and ``ConfigError`` for an unresolvable address; on any error
+    no thread or socket is left behind.
+    """
+    cfg = cfg if cfg is not None else Config()
+    addresses = [resolve(text, "bootstrap_addresses") for text in cfg.bootstrap_addresses]
+    node = DHT(cfg)
+    try:
+        if addresses:
+            node._bootstrap(addresses)
+    except BaseException as error:
+        node.Close()
+        if isinstance(error, TimeoutError):
+            raise BootstrapError("bootstrap did not finish") from error
+        raise
+    return node
+
+
+def _bind(cfg: Config) -> list[socket.socket]:
+    host, port = parse_address(cfg.listen_address, "listen_address")
+    host = resolve(f"{host}:{port}", "listen_address")[0]
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(cfg.listeners):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, option, cfg.socket_buffer_size)
+                except OSError:  # the kernel caps it; a smaller buffer still works
+                    pass
+            sock.bind((host, port))
+            port = sock.getsockname()[1]  # port 0: the others bind what the first got
+            sock.setblocking(False)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def _ttl_ns(ttl: float | timedelta) -> int:
+    seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else ttl
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
+        raise ArgumentError(f"ttl must be a positive number of seconds, got {ttl!r}")
+    ttl_ns = int(seconds * NS_PER_SECOND)
+    if ttl_ns <= 0 or ttl_ns >= 1 << 63:
+        raise ArgumentError(f"ttl {ttl!r} is out of range")
+    return ttl_ns
+
+
+def _settle(
+    future: Future[object] | Future[None] | Future[list[bytes]],
+    error: Exception | None,
+    result: object,
+) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)  # type: ignore[arg-type]

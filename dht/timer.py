@@ -1,0 +1,86 @@
+"""The timer thread: runs a ``TimerWheel`` and fires its callbacks.
+
+It sleeps until the next due tick, and indefinitely while nothing is
+scheduled, so an idle node costs no CPU. Callbacks run on this thread, one at
+a time; one that raises is logged and the thread goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+
+from .core.timerwheel import Timer, TimerWheel
+
+log = logging.getLogger("dht.timer")
+
+
+class TimerThread:
+    """Thread-safe ``schedule``/``cancel`` on a wheel driven by its own thread."""
+
+    def __init__(self, *, tick: float = 0.01, name: str = "dht-timer") -> None:
+        self._clock = time.monotonic
+        self._wheel = TimerWheel(self._clock(), tick=tick)
+        self._cond = threading.Condition()
+        self._sleep_until = math.inf
+        self._running = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    @property
+    def thread(self) -> threading.Thread:
+        return self._thread
+
+    def start(self) -> None:
+        self._running = True
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread (pending timers are dropped) and wait for it,
+        unless called from a timer callback."""
+        with self._cond:
+            self._running = False
+            self._cond.notify()
+        if threading.current_thread() is not self._thread and self._thread.is_alive():
+            self._thread.join()
+
+    def schedule(self, delay: float, callback: Callable[[], None]) -> Timer:
+        """Run ``callback`` on the timer thread ``delay`` seconds from now
+        (at most one tick late)."""
+        with self._cond:
+            deadline = self._clock() + delay
+            timer = self._wheel.schedule(deadline, callback)
+            if timer.due_tick * self._wheel.tick < self._sleep_until:
+                self._cond.notify()  # wake up earlier than planned
+            return timer
+
+    def cancel(self, handle: object) -> None:
+        if isinstance(handle, Timer):
+            with self._cond:
+                self._wheel.cancel(handle)
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._wheel)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if not self._running:
+                        return
+                    now = self._clock()
+                    due = self._wheel.advance(now)
+                    if due:
+                        self._sleep_until = now
+                        break
+                    wake = self._wheel.next_wakeup()
+                    self._sleep_until = math.inf if wake is None else wake
+                    self._cond.wait(None if wake is None else max(wake - now, 0.0))
+            for callback in due:
+                try:
+                    callback()
+                except Exception:
+                    log.exception("timer callback %r raised", callback)
