@@ -46,6 +46,8 @@ class Listener:
         self.reassembler = Reassembler()
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
+        self._wake_lock = threading.Lock()
+        self._wake_open = True
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     @property
@@ -56,30 +58,33 @@ class Listener:
         self._thread.start()
 
     def stop(self) -> None:
-        """Ask the loop to end and wait for it (unless called from it)."""
-        try:
-            os.write(self._wake_write, b"x")
-        except OSError:
-            pass
+        """Ask the loop to end and wait for it (unless called from it: then
+        it ends when the current datagram's handling returns)."""
+        with self._wake_lock:  # the fds may already be closed (and reused)
+            if self._wake_open:
+                os.write(self._wake_write, b"x")
         if threading.current_thread() is not self._thread and self._thread.is_alive():
             self._thread.join()
-        for fd in (self._wake_read, self._wake_write):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
 
     def _run(self) -> None:
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.sock, selectors.EVENT_READ)
-            selector.register(self._wake_read, selectors.EVENT_READ)
-            buffer = bytearray(RECEIVE_BUFFER)
-            view = memoryview(buffer)
-            while True:
-                for key, _ in selector.select():
-                    if key.fileobj == self._wake_read:
-                        return
-                self._drain(buffer, view)
+        buffer = bytearray(RECEIVE_BUFFER)
+        view = memoryview(buffer)
+        try:
+            with selectors.DefaultSelector() as selector:
+                selector.register(self.sock, selectors.EVENT_READ)
+                selector.register(self._wake_read, selectors.EVENT_READ)
+                while True:
+                    for key, _ in selector.select():
+                        if key.fileobj == self._wake_read:
+                            return
+                    self._drain(buffer, view)
+        except (OSError, ValueError) as error:  # the socket was closed under us
+            log.debug("listener stopped: %s", error)
+        finally:
+            with self._wake_lock:
+                self._wake_open = False
+                os.close(self._wake_read)
+                os.close(self._wake_write)
 
     def _drain(self, buffer: bytearray, view: memoryview) -> None:
         sock = self.sock

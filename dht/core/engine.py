@@ -474,15 +474,17 @@ class _LookupOperation(_Operation):
         super().__init__(engine)
         self.target = target
         self.lookup = Lookup(engine.local_id, target)
+        self.completing = False
 
     def payload(self) -> Payload:
         return FindNode(key=self.target)
 
     def drive(self) -> None:
         with self.lock:
-            if self.finished:
+            if self.finished or self.completing:
                 return
             done = self.lookup.done and self.ready()
+            self.completing = done  # only one thread may complete
             to_query = [] if done else self.lookup.next()
         if done:
             self.complete()
@@ -670,11 +672,12 @@ class _FindOperation(_LookupOperation):
             payload = event.payload
             if isinstance(payload, FindValue) and payload.values:
                 with self.lock:
-                    if received == 0:
+                    was_partial = received > 0  # an earlier event left more to come
+                    if not was_partial:
                         self.lookup.answered(node.id)
                     received += len(payload.values)
                     finished = received >= payload.found
-                    self._partial += (not finished) - (received > len(payload.values) and True)
+                    self._partial += int(not finished) - int(was_partial)
                     self._deliver(value.value for value in payload.values)
                 self.flush()
             else:
@@ -745,6 +748,12 @@ class _StoreOperation(_LookupOperation):
         with self.lock:
             self.tried = len(targets) + local
             self.needed = self.tried // 2 + 1
+            if not targets and self.lookup.queried:
+                # Nodes are known but none answered: storing only here would
+                # hide that the network is unreachable, so count them as tried.
+                self.tried += self.lookup.queried
+                self.failures += self.lookup.queried
+                self.needed = self.tried // 2 + 1
             if local and engine.storage.Set(key, value.value, value.created_ns, value.ttl_ns):
                 self.acknowledged += 1
             elif local:

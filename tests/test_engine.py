@@ -1,0 +1,164 @@
+"""Core tests: engines on an in-memory network with virtual time (tests/simnet.py)."""
+
+from __future__ import annotations
+
+import pytest
+from simnet import Outcome, SimNetwork, build_network
+
+from dht.errors import ClosedError, NotFoundError, StoreError
+from dht.keys import K, distance
+
+HOUR_NS = 3600 * 10**9
+
+
+def store(net: SimNetwork, node, key: bytes, value: bytes) -> Outcome:
+    outcome = Outcome()
+    node.engine.store(key, value, HOUR_NS, outcome.store_done)
+    assert net.run_until(lambda: outcome.ended)
+    return outcome
+
+
+def find(net: SimNetwork, node, key: bytes, from_ns: int = 0) -> Outcome:
+    outcome = Outcome()
+    node.engine.find(key, from_ns, outcome.value, outcome.find_done)
+    assert net.run_until(lambda: outcome.ended)
+    return outcome
+
+
+def test_two_hundred_nodes_join_store_and_find():
+    net = build_network(200, seed=7)
+    nodes = list(net.nodes.values())
+    assert all(len(node.engine.table) > 0 for node in nodes)
+    rng = net.rng
+    keys = [rng.randbytes(20) for _ in range(30)]
+    for i, key in enumerate(keys):
+        outcome = store(net, rng.choice(nodes), key, b"value-%d" % i)
+        assert outcome.ends == [None]
+    for i, key in enumerate(keys):
+        outcome = find(net, rng.choice(nodes), key)
+        assert outcome.ends == [None], outcome.ends
+        assert outcome.values == [b"value-%d" % i]
+        assert outcome.final_values == [b"value-%d" % i]
+
+
+def test_store_reaches_the_k_closest_nodes():
+    net = build_network(60, seed=3)
+    nodes = list(net.nodes.values())
+    key = net.rng.randbytes(20)
+    assert store(net, nodes[5], key, b"v").ends == [None]
+    net.run_until(lambda: False, limit=2.0)  # let the remaining acks arrive
+    closest = sorted(nodes, key=lambda node: distance(node.id, key))[:K]
+    holders = [node for node in nodes if node.storage.Get(key)]
+    # Every holder is among the K closest and nearly all K closest hold it.
+    assert set(map(id, holders)) <= set(map(id, closest))
+    assert len(holders) >= K - 2
+
+
+def test_find_missing_key_ends_once_with_not_found():
+    net = build_network(30, seed=4)
+    outcome = find(net, list(net.nodes.values())[3], b"\x42" * 20)
+    net.run_until(lambda: False, limit=5.0)
+    assert len(outcome.ends) == 1
+    assert isinstance(outcome.ends[0], NotFoundError)
+    assert outcome.values == []
+
+
+def test_lone_node_find_reports_not_found_and_store_is_local():
+    net = SimNetwork()
+    node = net.add_node()
+    outcome = find(net, node, b"\x01" * 20)
+    assert len(outcome.ends) == 1 and isinstance(outcome.ends[0], NotFoundError)  # D27
+    assert store(net, node, b"\x01" * 20, b"x").ends == [None]
+    assert find(net, node, b"\x01" * 20).values == [b"x"]
+
+
+def test_split_find_value_answer_is_reassembled():
+    """Values larger in total than one event come back over several events (D7, D8)."""
+    net = build_network(5, seed=5)
+    nodes = list(net.nodes.values())
+    key = net.rng.randbytes(20)
+    big = [bytes([i]) * 32768 for i in range(4)]
+    holder = nodes[1]
+    for value in big:
+        assert holder.storage.Set(key, value, net.clock.wall_ns(), HOUR_NS)
+    outcome = find(net, nodes[4], key)
+    assert outcome.ends == [None]
+    assert sorted(outcome.values) == sorted(big)
+    assert len(outcome.values) == len(set(outcome.values)) == 4
+
+
+def test_values_survive_when_nodes_crash():
+    net = build_network(60, seed=9)
+    nodes = list(net.nodes.values())
+    keys = [net.rng.randbytes(20) for _ in range(40)]
+    for key in keys:
+        assert store(net, net.rng.choice(nodes), key, key[:4]).ends == [None]
+    for node in net.rng.sample(nodes[1:], 18):  # 30% leave abruptly
+        node.crash()
+    alive = [node for node in nodes if node.online]
+    found = sum(find(net, net.rng.choice(alive), key).values == [key[:4]] for key in keys)
+    assert found == len(keys)
+
+
+def test_later_joiner_receives_the_keys_it_is_closest_to():
+    net = build_network(30, seed=11)
+    nodes = list(net.nodes.values())
+    key = net.rng.randbytes(20)
+    assert store(net, nodes[2], key, b"mine").ends == [None]
+    newcomer = net.add_node(node_id=bytes(key[:19]) + bytes([key[19] ^ 1]))
+    joined = Outcome()
+    newcomer.engine.bootstrap([nodes[0].address], joined.store_done)
+    assert net.run_until(lambda: joined.ended) and joined.ends == [None]
+    assert net.run_until(lambda: bool(newcomer.storage.Get(key)), limit=30.0)
+    assert find(net, newcomer, key).values == [b"mine"]
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_lossy_network_stores_and_finds(seed):
+    """10% of datagrams lost: retries and stalled-request handling keep it working."""
+    net = build_network(30, seed=seed)
+    net.loss = 0.10
+    nodes = list(net.nodes.values())
+    keys = [net.rng.randbytes(20) for _ in range(100)]
+    stored = [store(net, net.rng.choice(nodes), key, key[:8]) for key in keys]
+    assert all(len(outcome.ends) == 1 for outcome in stored)
+    ok_stores = sum(outcome.ends == [None] for outcome in stored)
+    finds = [find(net, net.rng.choice(nodes), key) for key in keys]
+    net.run_until(lambda: False, limit=10.0)  # late events must not end anything twice
+    assert all(len(outcome.ends) == 1 for outcome in stored + finds)
+    ok_finds = sum(outcome.values == [key[:8]] for outcome, key in zip(finds, keys, strict=True))
+    assert ok_stores >= 99 and ok_finds >= 99, (ok_stores, ok_finds, net.dropped)
+
+
+def test_close_ends_pending_operations_once():
+    net = build_network(10, seed=6)
+    nodes = list(net.nodes.values())
+    outcomes = []
+    for i in range(20):
+        outcome = Outcome()
+        nodes[1].engine.find(bytes([i]) * 20, 0, outcome.value, outcome.find_done)
+        outcomes.append(outcome)
+        outcome = Outcome()
+        nodes[1].engine.store(bytes([i + 100]) * 20, b"v", HOUR_NS, outcome.store_done)
+        outcomes.append(outcome)
+    nodes[1].engine.close()
+    net.run_until(lambda: False, limit=5.0)
+    assert all(len(outcome.ends) == 1 for outcome in outcomes)
+    assert all(isinstance(outcome.ends[0], ClosedError) for outcome in outcomes)
+    after = Outcome()
+    nodes[1].engine.store(b"\x07" * 20, b"v", HOUR_NS, after.store_done)
+    assert len(after.ends) == 1 and isinstance(after.ends[0], ClosedError)
+
+
+def test_store_fails_with_counts_when_targets_are_gone():
+    net = build_network(8, seed=8)
+    nodes = list(net.nodes.values())
+    # Every peer of node 1 goes silent after the lookup phase would need them.
+    for node in nodes:
+        if node is not nodes[1]:
+            node.online = False
+    outcome = store(net, nodes[1], b"\x33" * 20, b"v")
+    assert len(outcome.ends) == 1
+    error = outcome.ends[0]
+    assert isinstance(error, StoreError)
+    assert error.tried >= 1 and error.acknowledged <= 1 and error.needed > error.acknowledged
