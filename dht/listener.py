@@ -27,6 +27,8 @@ log = logging.getLogger("dht.listener")
 
 RECEIVE_BUFFER = 2048
 """Larger than any valid datagram, so truncation (D10) shows as a long read."""
+DRAIN_BATCH = 256
+"""Datagrams handled per wake-up before checking for a stop request."""
 
 
 class Listener:
@@ -87,10 +89,12 @@ class Listener:
                 os.close(self._wake_write)
 
     def _drain(self, buffer: bytearray, view: memoryview) -> None:
+        """Handle what the socket holds, at most ``DRAIN_BATCH`` datagrams, then
+        return to ``select`` so a stop request is seen even under a flood."""
         sock = self.sock
         stats = self._stats
         reassembler = self.reassembler
-        while True:
+        for _ in range(DRAIN_BATCH):
             try:
                 size, source = sock.recvfrom_into(buffer)
             except (BlockingIOError, InterruptedError):

@@ -119,7 +119,9 @@ class Lookup:
     def closest(self, n: int | None = None) -> list[Node]:
         """The closest nodes that answered, closest first (``k`` by default)."""
         limit = self.k if n is None else n
-        out = []
+        out: list[Node] = []
+        if limit <= 0:
+            return out
         for candidate in self._ordered:
             if candidate.state is State.ANSWERED:
                 out.append(candidate.node)

@@ -40,7 +40,10 @@ class TimerWheel:
         return self._count
 
     def schedule(self, deadline: float, callback: Callable[[], None]) -> Timer:
-        due = max(math.ceil(deadline / self.tick), self._current + 1)
+        due = math.ceil(deadline / self.tick)
+        if due * self.tick < deadline:  # float rounding must never make it early
+            due += 1
+        due = max(due, self._current + 1)
         timer = Timer(deadline, due, callback)
         slot = self._slots[due % len(self._slots)]
         slot[timer] = None
@@ -61,25 +64,26 @@ class TimerWheel:
     def advance(self, now: float) -> list[Callable[[], None]]:
         """Process every tick up to ``now``; return the due callbacks in order."""
         target = math.floor(now / self.tick)
+        if target * self.tick > now:  # float rounding must never make it early
+            target -= 1
         if target <= self._current:
             return []
-        fired: list[Callable[[], None]] = []
+        due: list[Timer] = []
         slots = self._slots
         first = self._current + 1
         # Past one full turn every slot is visited once; what is due fires.
         for tick in range(first, min(target, first + len(slots) - 1) + 1):
             slot = slots[tick % len(slots)]
-            if not slot:
-                continue
-            due = [timer for timer in slot if timer.due_tick <= target]
-            due.sort(key=_due_tick)
-            for timer in due:
-                del slot[timer]
-                timer.slot = None
-                fired.append(timer.callback)
-            self._count -= len(due)
+            if slot:
+                due.extend(timer for timer in slot if timer.due_tick <= target)
+        due.sort(key=_due_tick)  # slot order is due order only within one turn
+        for timer in due:
+            assert timer.slot is not None
+            del timer.slot[timer]
+            timer.slot = None
+        self._count -= len(due)
         self._current = target
-        return fired
+        return [timer.callback for timer in due]
 
     def next_wakeup(self) -> float | None:
         """When the earliest pending timer is due (a tick boundary), or None."""

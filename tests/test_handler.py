@@ -1,0 +1,362 @@
+"""Answers to incoming requests (dht.core.handler; PROTOCOL.md 6, D8, D12, D40).
+
+``answer`` runs against a real ``RoutingTable`` and a ``MemoryStorage`` with
+a fake clock. Split FIND_VALUE answers are checked by their real encoded size
+(``dht.wire.codec.encode``), which must stay within the 65535-byte framing
+limit.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dht.core.handler import MAX_VALUE_SIZE, answer, batch_values
+from dht.core.routing import RoutingTable
+from dht.core.storage import MemoryStorage
+from dht.keys import KEY_BYTES, K, Key, distance
+from dht.wire.codec import encode
+from dht.wire.events import Event, EventType, FindNode, FindValue, Node, Store, Value
+from dht.wire.framing import MAX_EVENT_SIZE, fragment
+
+T0 = 1_700_000_000 * 10**9
+HOUR = 3600 * 10**9
+LOCAL = Key("local node")
+EVENT_ID = Key("event id")
+KEY = Key("stored key")
+REQUESTER = Node(Key("requester"), ("10.0.0.9", 4000))
+
+
+class Harness:
+    def __init__(self, **limits: int) -> None:
+        self.table = RoutingTable(LOCAL)
+        self.storage = MemoryStorage(clock_ns=lambda: T0, **limits)
+        self.counts: list[str] = []
+
+    def answer(self, event_type: EventType, payload: object = None) -> list[Event]:
+        request = Event(EVENT_ID, REQUESTER.id, event_type, False, payload)  # type: ignore[arg-type]
+        return answer(request, REQUESTER, self.table, self.storage, self.counts.append)
+
+    def add_contacts(self, count: int, seed: int = 0) -> list[bytes]:
+        rng = random.Random(seed)
+        ids = [rng.randbytes(KEY_BYTES) for _ in range(count)]
+        for i, node_id in enumerate(ids):
+            self.table.add_verified(node_id, ("10.1.0.1", 5000 + i), float(i))
+        return ids
+
+    def held(self) -> list[bytes]:
+        return [contact.id for contact in self.table.contacts()]
+
+
+def is_response(event: Event, event_type: EventType) -> bool:
+    return (
+        event.id == EVENT_ID
+        and event.sender == LOCAL
+        and event.type is event_type
+        and event.response is True
+    )
+
+
+# ---------------------------------------------------------------------------
+# PING
+
+
+def test_ping_gets_one_pong() -> None:
+    harness = Harness()
+    assert harness.answer(EventType.PING) == [Event(EVENT_ID, LOCAL, EventType.PONG, True, None)]
+    assert harness.counts == []
+
+
+def test_pong_request_is_ignored() -> None:
+    harness = Harness()
+    assert harness.answer(EventType.PONG) == []
+    assert harness.counts == ["ignored-request"]
+
+
+# ---------------------------------------------------------------------------
+# STORE
+
+
+def test_store_stores_each_valid_value() -> None:
+    harness = Harness()
+    values = (
+        Value(KEY, b"first", HOUR, T0),
+        Value(KEY, b"", HOUR, T0),
+        Value(KEY, b"x" * MAX_VALUE_SIZE, HOUR, T0),  # exactly the limit is fine
+        Value(Key("another key"), b"second key", HOUR, 0),
+    )
+    responses = harness.answer(EventType.STORE, Store(values))
+    assert responses == [Event(EVENT_ID, LOCAL, EventType.STORE, True, None)]
+    assert harness.counts == []
+    stored = {v.value for v in harness.storage.Get(KEY)}
+    assert stored == {b"first", b"", b"x" * MAX_VALUE_SIZE}
+    assert [v.value for v in harness.storage.Get(Key("another key"))] == [b"second key"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        Value(KEY, b"y" * (MAX_VALUE_SIZE + 1), HOUR, T0),
+        Value(KEY, b"zero ttl", 0, T0),
+        Value(KEY, b"negative ttl", -HOUR, T0),
+    ],
+    ids=["too-large", "zero-ttl", "negative-ttl"],
+)
+def test_store_skips_invalid_values(bad: Value) -> None:
+    harness = Harness()
+    good = Value(KEY, b"good", HOUR, T0)
+    responses = harness.answer(EventType.STORE, Store((bad, good)))
+    assert responses == [Event(EVENT_ID, LOCAL, EventType.STORE, True, None)]
+    assert harness.counts == ["store-invalid-value"]
+    assert [v.value for v in harness.storage.Get(KEY)] == [b"good"]
+
+
+def test_store_with_only_invalid_values_still_gets_one_response() -> None:
+    harness = Harness()
+    values = (
+        Value(KEY, b"a" * (MAX_VALUE_SIZE + 1), HOUR, T0),
+        Value(KEY, b"b", 0, T0),
+    )
+    responses = harness.answer(EventType.STORE, Store(values))
+    assert len(responses) == 1
+    assert is_response(responses[0], EventType.STORE)
+    assert responses[0].payload is None
+    assert harness.counts == ["store-invalid-value", "store-invalid-value"]
+    assert harness.storage.Get(KEY) == []
+    assert len(harness.storage) == 0
+
+
+def test_store_refused_by_the_storage_is_counted() -> None:
+    harness = Harness(max_values_per_key=1)
+    values = (Value(KEY, b"kept", HOUR, T0), Value(KEY, b"refused", HOUR, T0))
+    responses = harness.answer(EventType.STORE, Store(values))
+    assert responses == [Event(EVENT_ID, LOCAL, EventType.STORE, True, None)]
+    assert harness.counts == ["store-refused"]
+    assert [v.value for v in harness.storage.Get(KEY)] == [b"kept"]
+
+
+def test_empty_store_gets_a_response() -> None:
+    harness = Harness()
+    assert harness.answer(EventType.STORE, Store(())) == [
+        Event(EVENT_ID, LOCAL, EventType.STORE, True, None)
+    ]
+
+
+# ---------------------------------------------------------------------------
+# FIND_NODE
+
+
+def test_find_node_returns_the_closest_contacts_without_the_requester() -> None:
+    harness = Harness()
+    harness.add_contacts(40)
+    harness.table.add_verified(REQUESTER.id, REQUESTER.address, 100.0)
+    assert REQUESTER.id in harness.table
+    for target in (REQUESTER.id, KEY, LOCAL):
+        [response] = harness.answer(EventType.FIND_NODE, FindNode(key=target))
+        assert is_response(response, EventType.FIND_NODE)
+        assert isinstance(response.payload, FindNode)
+        assert response.payload.key is None
+        got = [node.id for node in response.payload.nodes]
+        others = [i for i in harness.held() if i != REQUESTER.id]
+        assert got == sorted(others, key=lambda i, t=target: distance(i, t))[:K]
+        assert len(got) == K
+        assert REQUESTER.id not in got and LOCAL not in got
+        by_id = {c.id: c.address for c in harness.table.contacts()}
+        assert all(node.address == by_id[node.id] for node in response.payload.nodes)
+        assert len(encode(response)) <= MAX_EVENT_SIZE
+
+
+def test_find_node_with_few_contacts() -> None:
+    harness = Harness()
+    assert harness.answer(EventType.FIND_NODE, FindNode(key=KEY)) == [
+        Event(EVENT_ID, LOCAL, EventType.FIND_NODE, True, FindNode(nodes=()))
+    ]
+    ids = harness.add_contacts(4)
+    harness.table.add_verified(REQUESTER.id, REQUESTER.address, 100.0)
+    [response] = harness.answer(EventType.FIND_NODE, FindNode(key=KEY))
+    assert isinstance(response.payload, FindNode)
+    assert [n.id for n in response.payload.nodes] == sorted(ids, key=lambda i: distance(i, KEY))
+
+
+# ---------------------------------------------------------------------------
+# FIND_VALUE
+
+
+def test_find_value_without_a_match_returns_nodes_only() -> None:
+    harness = Harness()
+    harness.add_contacts(30)
+    harness.table.add_verified(REQUESTER.id, REQUESTER.address, 100.0)
+    [response] = harness.answer(EventType.FIND_VALUE, FindValue(key=KEY))
+    assert is_response(response, EventType.FIND_VALUE)
+    payload = response.payload
+    assert isinstance(payload, FindValue)
+    assert payload.values == () and payload.found == 0
+    assert payload.key is None
+    others = [i for i in harness.held() if i != REQUESTER.id]
+    assert [n.id for n in payload.nodes] == sorted(others, key=lambda i: distance(i, KEY))[:K]
+
+
+def test_find_value_with_values() -> None:
+    harness = Harness()
+    harness.add_contacts(10)
+    for data in (b"one", b"two", b"three"):
+        harness.storage.Set(KEY, data, T0 - 1, HOUR)
+    [response] = harness.answer(EventType.FIND_VALUE, FindValue(key=KEY))
+    assert is_response(response, EventType.FIND_VALUE)
+    payload = response.payload
+    assert isinstance(payload, FindValue)
+    assert payload.nodes == ()
+    assert payload.found == 3
+    assert sorted(v.value for v in payload.values) == [b"one", b"three", b"two"]
+    assert all(v.key == KEY and v.ttl_ns == HOUR for v in payload.values)
+
+
+@pytest.mark.parametrize(
+    ("count", "size"),
+    [(2, 32768), (3, 30000), (100, 5000), (14, 32768)],
+    ids=["2x32768", "3x30000", "100x5000", "14x32768"],
+)
+def test_find_value_answer_is_split_within_the_framing_limit(count: int, size: int) -> None:
+    # D8: the reference's batches exceed 65535 bytes and can never be read.
+    harness = Harness(max_values_per_key=count)
+    stored = set()
+    for i in range(count):
+        data = i.to_bytes(4, "big") * (size // 4)
+        assert len(data) == size
+        assert harness.storage.Set(KEY, data, T0 - i, HOUR)
+        stored.add(data)
+    responses = harness.answer(EventType.FIND_VALUE, FindValue(key=KEY))
+    assert len(responses) > 1
+    received: list[bytes] = []
+    for response in responses:
+        assert is_response(response, EventType.FIND_VALUE)
+        payload = response.payload
+        assert isinstance(payload, FindValue)
+        assert payload.found == count
+        assert payload.nodes == ()
+        assert payload.values
+        encoded = encode(response)
+        assert len(encoded) <= MAX_EVENT_SIZE
+        assert fragment(response.id, encoded)  # the framing accepts it
+        received.extend(v.value for v in payload.values)
+    assert len(received) == count  # no value twice
+    assert set(received) == stored
+    # Not split far more than needed: events are nearly full.
+    if 2 * (size + 1024) <= MAX_EVENT_SIZE:
+        assert len(responses) <= -(-count * size // (MAX_EVENT_SIZE - 4096)) + 1
+
+
+def test_find_value_from_filter_is_applied() -> None:
+    harness = Harness()
+    harness.add_contacts(5)
+    # Inserted out of created order (D38).
+    for created, data in ((T0 - 100, b"new"), (T0 - 300, b"old"), (T0 - 200, b"mid")):
+        harness.storage.Set(KEY, data, created, HOUR)
+    [response] = harness.answer(EventType.FIND_VALUE, FindValue(key=KEY, from_ns=T0 - 200))
+    assert isinstance(response.payload, FindValue)
+    assert sorted(v.value for v in response.payload.values) == [b"mid", b"new"]
+    assert response.payload.found == 2
+    # D12: from <= 0 means every value.
+    for no_filter in (0, -1, -6795364578871345152):
+        [response] = harness.answer(EventType.FIND_VALUE, FindValue(key=KEY, from_ns=no_filter))
+        assert isinstance(response.payload, FindValue)
+        assert response.payload.found == 3
+    # Everything filtered out: the closest nodes instead.
+    [response] = harness.answer(EventType.FIND_VALUE, FindValue(key=KEY, from_ns=T0))
+    assert isinstance(response.payload, FindValue)
+    assert response.payload.values == () and response.payload.found == 0
+    assert len(response.payload.nodes) == 5
+
+
+# ---------------------------------------------------------------------------
+# batch_values
+
+
+def find_value_response(values: tuple[Value, ...], found: int) -> Event:
+    return Event(EVENT_ID, LOCAL, EventType.FIND_VALUE, True, FindValue(values=values, found=found))
+
+
+value_specs = st.lists(
+    st.tuples(
+        st.integers(0, MAX_VALUE_SIZE),
+        st.integers(1, 2**63 - 1),  # ttl
+        st.one_of(st.just(0), st.integers(1, 2**63 - 1)),  # created
+    ),
+    max_size=12,
+)
+small_value_specs = st.lists(
+    st.tuples(st.integers(0, 64), st.integers(1, 2**63 - 1), st.integers(0, 2**63 - 1)),
+    max_size=1500,
+)
+
+
+def build_values(specs: list[tuple[int, int, int]]) -> list[Value]:
+    return [
+        Value(KEY, bytes([i % 256]) * size, ttl, created)
+        for i, (size, ttl, created) in enumerate(specs)
+    ]
+
+
+def check_batches(values: list[Value]) -> None:
+    batches = batch_values(values)
+    assert [v for batch in batches for v in batch] == values
+    assert all(batches)
+    for batch in batches:
+        size = len(encode(find_value_response(batch, 2**63 - 1)))
+        assert size <= MAX_EVENT_SIZE, (size, [len(v.value) for v in batch])
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(value_specs)
+def test_batch_values_fit_the_budget(specs: list[tuple[int, int, int]]) -> None:
+    check_batches(build_values(specs))
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(small_value_specs)
+def test_batch_values_fit_the_budget_with_many_small_values(
+    specs: list[tuple[int, int, int]],
+) -> None:
+    check_batches(build_values(specs))
+
+
+@pytest.mark.parametrize(("first", "count"), [(0, 2), (0, 3), (0, 4), (MAX_VALUE_SIZE, 1)])
+def test_batch_values_at_the_budget_boundary(first: int, count: int) -> None:
+    # Value bytes summing to just under and just over the framing limit,
+    # where an underestimated overhead would produce an oversized event.
+    # ``first`` bytes go to a leading value, the rest is split ``count`` ways.
+    for total in range(MAX_EVENT_SIZE - 700, MAX_EVENT_SIZE + 20, 3):
+        rest = total - first
+        sizes = [rest // count] * count
+        sizes[0] += rest - sum(sizes)
+        if first:
+            sizes.insert(0, first)
+        if max(sizes) > MAX_VALUE_SIZE:
+            continue  # only near the top of the range with few values
+        check_batches(build_values([(size, HOUR, T0) for size in sizes]))
+
+
+def test_batch_values_examples() -> None:
+    assert batch_values([]) == []
+    one = Value(KEY, b"v", HOUR, T0)
+    assert batch_values([one]) == [(one,)]
+    big = [Value(KEY, bytes([i]) * MAX_VALUE_SIZE, HOUR, T0) for i in range(5)]
+    batches = batch_values(big)
+    assert [len(b) for b in batches] == [1] * 5  # two 32768-byte values never fit
+    many_small = [Value(KEY, bytes([i % 256]), HOUR, T0) for i in range(3000)]
+    batches = batch_values(many_small)
+    assert 1 < len(batches) < len(many_small)
+    check_batches(many_small)
