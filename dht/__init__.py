@@ -25,7 +25,7 @@ from .errors import (
     ValueTooLarge,
 )
 from .keys import ALPHA, KEY_BITS, KEY_BYTES, K, Key
-from .node import DHT, New, ValuesFrom
+from .node import DHT, FirstValue, New, ValuesFrom
 from .wire.events import Value
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "DHTError",
     "DecodeError",
     "EventTooLarge",
+    "FirstValue",
     "FramingError",
     "K",
     "Key",

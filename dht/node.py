@@ -53,6 +53,17 @@ class ValuesFrom:
         self.from_ns = int(seconds * NS_PER_SECOND)
 
 
+class FirstValue:
+    """Find option: end at the first node that holds the key (classic Kademlia
+    FIND_VALUE), instead of asking the K closest nodes. Values that other
+    requests bring back before then are delivered too. Much faster (about 3
+    requests instead of about 20); use it when any holder's copy will do,
+    which is the case for keys stored with ``Store`` (every value of a key
+    goes to the same K nodes)."""
+
+    __slots__ = ()
+
+
 class DHT:
     """A running node. Create it with ``dht.New(cfg)``; use it as a context
     manager or call ``Close()``. Every method is thread-safe."""
@@ -160,7 +171,7 @@ class DHT:
         return future
 
     def Find(
-        self, key: bytes, callback: FindCallback | None = None, *opts: ValuesFrom
+        self, key: bytes, callback: FindCallback | None = None, *opts: ValuesFrom | FirstValue
     ) -> Future[list[bytes]]:
         """Find the values stored under the 20-byte ``key``.
 
@@ -171,15 +182,19 @@ class DHT:
         NotFoundError)`` runs once. Callbacks run on a listener or timer
         thread (or the calling thread for a local answer). The future
         resolves to the list of values, or raises ``NotFoundError``.
-        ``opts`` may hold ``ValuesFrom(t)`` (the first one counts).
+        ``opts`` may hold ``ValuesFrom(t)`` (the first one counts) and
+        ``FirstValue()``.
         """
         key = check_id(key, "key")
         from_ns = 0
+        first_only = False
         for opt in opts:
-            if not isinstance(opt, ValuesFrom):
+            if isinstance(opt, ValuesFrom):
+                from_ns = from_ns or opt.from_ns
+            elif isinstance(opt, FirstValue):
+                first_only = True
+            else:
                 raise ArgumentError(f"unknown Find option {opt!r}")
-        if opts:
-            from_ns = opts[0].from_ns
         future: Future[list[bytes]] = Future()
         future.set_running_or_notify_cancel()
 
@@ -192,7 +207,7 @@ class DHT:
             if error is not None and callback is not None:
                 callback(None, error)
 
-        self._engine.find(key, from_ns, on_value, on_done)
+        self._engine.find(key, from_ns, on_value, on_done, first_only=first_only)
         return future
 
     def Close(self) -> None:

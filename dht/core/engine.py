@@ -396,9 +396,15 @@ class Engine:
         from_ns: int,
         on_value: Callable[[bytes], None],
         on_done: Callable[[Exception | None, list[bytes]], None],
+        *,
+        first_only: bool = False,
     ) -> None:
-        """Look up ``key``: ``on_value`` once per distinct value, then ``on_done``."""
-        _FindOperation(self, key, from_ns, on_value, on_done).start()
+        """Look up ``key``: ``on_value`` once per distinct value, then ``on_done``.
+
+        The lookup ends when the K closest nodes have answered (or failed), or,
+        with ``first_only``, as soon as one node holding the key has given its
+        whole answer (values other requests bring before then count too)."""
+        _FindOperation(self, key, from_ns, on_value, on_done, first_only).start()
 
 
 def _call(fn: Callable[..., object], *args: object) -> object:
@@ -626,8 +632,10 @@ class _FindOperation(_LookupOperation):
         from_ns: int,
         on_value: Callable[[bytes], None],
         on_done: Callable[[Exception | None, list[bytes]], None],
+        first_only: bool,
     ) -> None:
         super().__init__(engine, key)
+        self.first_only = first_only
         self.from_ns = from_ns
         self.on_value = on_value
         self.on_done = on_done
@@ -662,6 +670,18 @@ class _FindOperation(_LookupOperation):
 
     def ready(self) -> bool:
         return self._partial == 0
+
+    def drive(self) -> None:
+        with self.lock:
+            done = self.first_only and bool(self.values) and self._partial == 0
+            if done:
+                if self.finished or self.completing:
+                    return
+                self.completing = True
+        if done:
+            self.complete()
+        else:
+            super().drive()
 
     def query(self, node: Node) -> None:
         received = 0
