@@ -184,40 +184,38 @@ class RoutingTable:
     def closest(self, target: bytes, n: int = K) -> list[Node]:
         """The ``n`` contacts closest to ``target`` by XOR distance, closest first.
 
-        Buckets are visited in distance order, so only as many as needed are
-        read: contacts sharing exactly ``t = cpl(local, target)`` bits with the
-        local id are closest, then all with more (tied on the top bit, merged),
-        then those with ``t-1``, ``t-2``, ... shared bits.
+        Only occupied buckets are read, in distance order, and only as many as
+        needed: with ``t = cpl(local, target)``, contacts sharing exactly ``t``
+        bits with the local id are closest, then all those sharing more (tied
+        on the top bit, so merged), then those sharing ``t-1``, ``t-2``, ...
         """
         if n <= 0:
             return []
         target_int = int.from_bytes(target, "big")
         t = KEY_BITS - (self._local ^ target_int).bit_length()
+        occupied = [(i, bucket) for i, bucket in enumerate(self._buckets) if bucket.contacts]
         found: list[tuple[int, Contact]] = []
-        if t == KEY_BITS:  # the target is the local id: bucket order is distance order
-            for index in range(KEY_BITS):
-                self._collect(index, target_int, found)
-                if len(found) >= n:
+        if sum(len(bucket.contacts) for _, bucket in occupied) > n:
+            home = KEY_BITS - 1 - t  # the bucket of contacts sharing exactly t bits
+
+            def group(index: int) -> int:
+                if t == KEY_BITS or index > home:
+                    return index + 2  # bucket order is distance order past home
+                return 0 if index == home else 1
+
+            occupied.sort(key=lambda item: group(item[0]))
+            current = -1
+            for index, bucket in occupied:
+                rank = group(index)
+                if rank != current and len(found) >= n:
                     break
-        else:
-            self._collect(KEY_BITS - 1 - t, target_int, found)
-            if len(found) < n:
-                for index in range(KEY_BITS - 2 - t, -1, -1):  # cpl > t
-                    self._collect(index, target_int, found)
-            for index in range(KEY_BITS - t, KEY_BITS):  # cpl < t, nearest first
-                if len(found) >= n:
-                    break
-                self._collect(index, target_int, found)
+                current = rank
+                _collect(bucket, target_int, found)
+        else:  # a small table: everything is a candidate
+            for _, bucket in occupied:
+                _collect(bucket, target_int, found)
         found.sort(key=_first)
         return [contact.node() for _, contact in found[:n]]
-
-    def _collect(self, index: int, target: int, into: list[tuple[int, Contact]]) -> None:
-        bucket = self._buckets[index]
-        if not bucket.contacts:
-            return
-        with bucket.lock:
-            contacts = list(bucket.contacts.values())
-        into.extend((int.from_bytes(c.id, "big") ^ target, c) for c in contacts)
 
     def stale(self, now: float, age: float) -> list[Contact]:
         """Contacts not heard from for ``age`` seconds (the liveness check's
@@ -261,3 +259,9 @@ class RoutingTable:
 
 def _first(item: tuple[int, Contact]) -> int:
     return item[0]
+
+
+def _collect(bucket: Bucket, target: int, into: list[tuple[int, Contact]]) -> None:
+    with bucket.lock:
+        contacts = list(bucket.contacts.values())
+    into.extend((int.from_bytes(c.id, "big") ^ target, c) for c in contacts)
