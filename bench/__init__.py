@@ -1,0 +1,1 @@
+"""Benchmarks of dht against its peers (kademlia, opendht). See bench/README.md."""

@@ -1,0 +1,1 @@
+"""One module per implementation: ``run_cluster(params)``, ``run_micro(params)``."""

@@ -1,0 +1,128 @@
+"""Driver for this library (``dht``): the cluster and micro workloads."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from concurrent.futures import Future
+
+import dht
+from bench.workload import (
+    Completion,
+    Op,
+    Params,
+    PhaseResult,
+    idle_cpu,
+    plan,
+    process_figures,
+    run_callback_phase,
+)
+from dht.wire.events import EventType, FindValue
+
+TTL = 3600.0
+
+
+def run_cluster(params: Params) -> dict[str, object]:
+    work = plan(params)
+    nodes: list[dht.DHT] = []
+    try:
+        t0 = time.perf_counter()
+        nodes.append(dht.New(dht.Config(local_id=work.node_ids[0])))
+        bootstrap = [nodes[0].address]
+        for node_id in work.node_ids[1:]:
+            nodes.append(dht.New(dht.Config(local_id=node_id, bootstrap_addresses=bootstrap)))
+        join_s = time.perf_counter() - t0
+        idle = idle_cpu(2.0)
+
+        def store(op: Op, complete: Completion) -> None:
+            nodes[op.node].Store(op.key, op.value, TTL, lambda error: complete(error is None))
+
+        def find(op: Op, complete: Completion) -> None:
+            future = nodes[op.node].Find(op.key, None, dht.FirstValue())
+            future.add_done_callback(lambda f: _complete_find(f, op, complete))
+
+        stores = run_callback_phase(work.stores, params.concurrency, store)
+        finds = run_callback_phase(work.finds, params.concurrency, find)
+        figures = process_figures()
+    finally:
+        for node in nodes:
+            node.Close()
+    return {
+        "impl": "dht",
+        "workload": "cluster",
+        "concurrency": params.concurrency,
+        "nodes": params.nodes,
+        "join_s": join_s,
+        "store": stores.summary(),
+        "find": finds.summary(),
+        "idle_cpu_per_s": idle,
+        **figures,
+    }
+
+
+def _complete_find(future: Future[list[bytes]], op: Op, complete: Completion) -> None:
+    try:
+        values = future.result()
+    except dht.DHTError:
+        complete(False)
+        return
+    complete(op.value in values)
+
+
+def run_micro(params: Params, requests: int = 5000) -> dict[str, object]:
+    """Node A sends node B ``requests`` FIND_VALUE requests for absent keys."""
+    import random
+
+    rng = random.Random(params.seed)
+    server = dht.New(dht.Config())
+    client = dht.New(dht.Config(bootstrap_addresses=[server.address]))
+    try:
+        engine = client._engine
+        host, port = server.address.rsplit(":", 1)
+        target = (host, int(port))
+        ops = [Op("find", 0, rng.randbytes(20), b"") for _ in range(requests)]
+
+        def send(op: Op, complete: Completion) -> None:
+            def answered(event: object, source: object) -> bool:
+                complete(True)
+                return True
+
+            engine.request(
+                target,
+                server.id,
+                EventType.FIND_VALUE,
+                FindValue(key=op.key),
+                answered,
+                lambda error: complete(False),
+            )
+
+        result: PhaseResult = run_callback_phase(ops, params.concurrency, send)
+    finally:
+        client.Close()
+        server.Close()
+    return {
+        "impl": "dht",
+        "workload": "micro",
+        "concurrency": params.concurrency,
+        "requests": requests,
+        **result.summary(),
+    }
+
+
+def main(argv: list[str]) -> int:
+    workload, raw = argv[1], argv[2] if len(argv) > 2 else "{}"
+    params = Params(**json.loads(raw))
+    try:
+        result = run_cluster(params) if workload == "cluster" else run_micro(params)
+    except Exception as error:  # report, don't hang the runner
+        print(json.dumps({"impl": "dht", "workload": workload, "error": repr(error)}))
+        return 1
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    threading.stack_size(256 * 1024)
+    sys.exit(main(sys.argv))

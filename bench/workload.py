@@ -1,0 +1,164 @@
+"""The cluster workload shared by every implementation's driver.
+
+A driver gets a ``Params`` and returns a ``dict`` of figures. Everything an
+implementation must do the same way comes from here: node ids and the
+operation sequence (``plan``, fixed seed), latency statistics, and the
+process measurements (CPU seconds, peak RSS, threads).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import resource
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class Params:
+    nodes: int = 100
+    stores: int = 500
+    finds: int = 2000
+    concurrency: int = 1
+    value_size: int = 64
+    seed: int = 2026
+    base_port: int = 20000
+
+
+@dataclass(frozen=True)
+class Op:
+    kind: str  # "store" or "find"
+    node: int  # index of the node that issues it
+    key: bytes  # 20 bytes
+    value: bytes  # the stored value (for a find: the value it must return)
+
+
+@dataclass
+class Plan:
+    node_ids: list[bytes]
+    stores: list[Op]
+    finds: list[Op]
+
+
+def plan(params: Params) -> Plan:
+    """Node ids and operations, identical for every implementation."""
+    rng = random.Random(params.seed)
+    node_ids = [rng.randbytes(20) for _ in range(params.nodes)]
+    stores = []
+    for i in range(params.stores):
+        key = hashlib.sha1(b"bench-key-%d-%d" % (params.seed, i)).digest()
+        value = rng.randbytes(params.value_size)
+        stores.append(Op("store", rng.randrange(params.nodes), key, value))
+    finds = [
+        Op("find", rng.randrange(params.nodes), op.key, op.value)
+        for op in (rng.choice(stores) for _ in range(params.finds))
+    ]
+    return Plan(node_ids, stores, finds)
+
+
+@dataclass
+class PhaseResult:
+    ops: int = 0
+    ok: int = 0
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, float]:
+        lat = sorted(self.latencies_ms)
+        return {
+            "ops": self.ops,
+            "ops_per_s": self.ops / self.seconds if self.seconds else 0.0,
+            "p50_ms": _percentile(lat, 50),
+            "p99_ms": _percentile(lat, 99),
+            "success_pct": 100.0 * self.ok / self.ops if self.ops else 0.0,
+            "cpu_s": self.cpu_seconds,
+            "seconds": self.seconds,
+        }
+
+
+def _percentile(sorted_values: list[float], pct: float) -> float:
+    if not sorted_values:
+        return 0.0
+    if len(sorted_values) == 1:
+        return sorted_values[0]
+    return statistics.quantiles(sorted_values, n=100, method="inclusive")[int(pct) - 1]
+
+
+Completion = Callable[[bool], None]
+"""Called once by an operation when it ends: True if it succeeded."""
+
+
+def run_callback_phase(
+    ops: list[Op],
+    concurrency: int,
+    start: Callable[[Op, Completion], None],
+    *,
+    deadline_s: float = 300.0,
+) -> PhaseResult:
+    """Run ``ops`` with at most ``concurrency`` in flight, for implementations
+    with a callback API (completions may come from any thread, or from inside
+    ``start``). The calling thread launches; completions only count."""
+    result = PhaseResult(ops=len(ops))
+    cond = threading.Condition()
+    in_flight = 0
+    done = 0
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    give_up = time.monotonic() + deadline_s
+
+    def launch(op: Op) -> None:
+        began = time.perf_counter()
+        ended = False
+
+        def complete(ok: bool) -> None:
+            nonlocal ended, in_flight, done
+            with cond:
+                if ended:
+                    return
+                ended = True
+                result.latencies_ms.append((time.perf_counter() - began) * 1000)
+                result.ok += bool(ok)
+                in_flight -= 1
+                done += 1
+                cond.notify()
+
+        start(op, complete)
+
+    for op in ops:
+        with cond:
+            if not cond.wait_for(lambda: in_flight < concurrency, give_up - time.monotonic()):  # noqa: B023
+                break
+            in_flight += 1
+        launch(op)
+    with cond:
+        cond.wait_for(lambda: done == len(ops), max(0.0, give_up - time.monotonic()))
+    result.seconds = time.perf_counter() - t0
+    result.cpu_seconds = time.process_time() - cpu0
+    return result
+
+
+def idle_cpu(seconds: float = 2.0) -> float:
+    """CPU seconds per second used by this process while the caller does nothing."""
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    time.sleep(seconds)  # measuring idleness is the point: nothing to wait for
+    return (time.process_time() - cpu0) / (time.perf_counter() - t0)
+
+
+def process_figures() -> dict[str, float]:
+    """Peak RSS (MB) and the number of OS threads of this process."""
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    threads = 0
+    with open(f"/proc/{os.getpid()}/status") as status:
+        for line in status:
+            if line.startswith("Threads:"):
+                threads = int(line.split()[1])
+    return {"peak_rss_mb": peak_kb / 1024, "threads": threads}
+
+
+def as_dict(params: Params) -> dict[str, int]:
+    return asdict(params)
