@@ -48,6 +48,36 @@ class Config:
     timer_tick: float = 0.01
     """Resolution of the timer wheel in seconds: timeouts fire at most this late."""
 
+    # Limits that keep a node on an open port bounded and hard to abuse.
+    # The defaults leave a 100-node cluster on one machine unthrottled.
+    max_pending_requests: int = 8192
+    """Requests of ours awaiting a response; beyond it new ones fail at once."""
+    request_rate: float = 2000.0
+    """Requests per second accepted from one source address (after the burst)."""
+    request_burst: int = 10000
+    """Requests one source address may send at once."""
+    amplification_limit: int = 65536
+    """Bytes answered to a source that has never answered us (verified sources
+    have no limit), so a forged source address cannot be flooded through us."""
+    reassembly_max_records: int = 1024
+    """Fragmented events being reassembled at once, per listener."""
+    reassembly_max_bytes: int = 16 * 1024 * 1024
+    """Bytes of fragments held, per listener."""
+    reassembly_max_records_per_source: int = 64
+    """Fragmented events being reassembled from one source address."""
+    reassembly_max_bytes_per_source: int = 1024 * 1024
+    """Bytes of fragments held for one source address."""
+    max_values_per_key: int = 64
+    """Values the default storage keeps under one key; more are refused."""
+    max_store_bytes: int = 256 * 1024 * 1024
+    """Bytes (keys and values) the default storage holds; more are refused."""
+    max_ttl: float = 30 * 24 * 3600.0
+    """Longest lifetime in seconds the default storage grants a value."""
+    transfer_batch_bytes: int = 16384
+    """Size of one STORE batch when handing values to a newly seen node."""
+    transfer_interval: float = 0.02
+    """Seconds between two such batches to the same node."""
+
     def __post_init__(self) -> None:
         if self.local_id is not None:
             if not isinstance(self.local_id, bytes | bytearray) or len(self.local_id) != KEY_BYTES:
@@ -65,6 +95,21 @@ class Config:
         _positive_number(self.timer_tick, "timer_tick")
         if self.timer_tick > self.timeout:
             raise ConfigError("timer_tick", "must not be longer than timeout")
+        for name in (
+            "max_pending_requests",
+            "request_burst",
+            "amplification_limit",
+            "reassembly_max_records",
+            "reassembly_max_bytes",
+            "reassembly_max_records_per_source",
+            "reassembly_max_bytes_per_source",
+            "max_values_per_key",
+            "max_store_bytes",
+            "transfer_batch_bytes",
+        ):
+            _positive_int(getattr(self, name), name)
+        for name in ("request_rate", "max_ttl", "transfer_interval"):
+            _positive_number(getattr(self, name), name)
         if self.storage is not None and not isinstance(self.storage, Storage):
             raise ConfigError("storage", "must implement Get, Set and Iterate (dht.Storage)")
 

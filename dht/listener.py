@@ -1,8 +1,9 @@
 """A listener: one thread owning one UDP socket and a ``selectors`` loop.
 
-It drains the socket into a preallocated buffer, reassembles datagrams
-(``Reassembler``, one per listener: the kernel steers one source address to
-one SO_REUSEPORT socket), decodes events and hands them to the engine.
+It drains the socket into a preallocated buffer, reassembles datagrams,
+decodes events, applies the per-source request rate limit and hands events
+to the engine. The reassembler and the rate limiter are per listener: the
+kernel steers one source address to one SO_REUSEPORT socket.
 Malformed input is counted by reason and dropped; nothing a remote sends can
 end the loop. ``stop`` wakes the loop through a pipe.
 """
@@ -18,6 +19,7 @@ import time
 from collections.abc import Callable
 
 from .core.engine import Stats
+from .core.ratelimit import RateLimiter
 from .errors import ProtocolError
 from .wire.codec import decode
 from .wire.events import Address, Event
@@ -40,12 +42,15 @@ class Listener:
         deliver: Callable[[Event, Address], None],
         stats: Stats,
         *,
+        reassembler: Reassembler,
+        limiter: RateLimiter,
         name: str,
     ) -> None:
         self.sock = sock
         self._deliver = deliver
         self._stats = stats
-        self.reassembler = Reassembler()
+        self.reassembler = reassembler
+        self.limiter = limiter
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
         self._wake_lock = threading.Lock()
@@ -94,6 +99,7 @@ class Listener:
         sock = self.sock
         stats = self._stats
         reassembler = self.reassembler
+        limiter = self.limiter
         for _ in range(DRAIN_BATCH):
             try:
                 size, source = sock.recvfrom_into(buffer)
@@ -106,13 +112,17 @@ class Listener:
             if size > MAX_DATAGRAM:
                 stats.incr("drop-long-datagram")
                 continue
+            now = time.monotonic()
             try:
-                data = reassembler.feed(view[:size], source, time.monotonic())
+                data = reassembler.feed(view[:size], source, now)
                 if data is None:
                     continue
                 event = decode(data)
             except ProtocolError as error:
                 stats.incr("drop-" + error.reason)
+                continue
+            if not event.response and not limiter.allow(source, now):
+                stats.incr("drop-rate-limited")
                 continue
             try:
                 self._deliver(event, source)

@@ -23,12 +23,14 @@ from typing import TypeVar
 from .config import Config, parse_address, resolve
 from .core.engine import Engine
 from .core.handler import MAX_VALUE_SIZE
+from .core.ratelimit import RateLimiter
 from .core.storage import MemoryStorage
 from .errors import ArgumentError, BootstrapError, ValueTooLarge
 from .keys import check_id, random_id
 from .listener import Listener
 from .timer import TimerThread
 from .wire.events import NS_PER_SECOND, Address, Event
+from .wire.framing import Reassembler
 
 log = logging.getLogger("dht")
 T = TypeVar("T")
@@ -81,7 +83,7 @@ class DHT:
             self._send_from = itertools.cycle(self._sockets)
             self._engine = Engine(
                 self._id,
-                storage=cfg.storage if cfg.storage is not None else MemoryStorage(),
+                storage=cfg.storage if cfg.storage is not None else _default_storage(cfg),
                 transport=self._transmit,
                 timers=self._timers,
                 clock=time.monotonic,
@@ -89,9 +91,25 @@ class DHT:
                 new_id=random_id,
                 timeout=cfg.timeout,
                 refresh_interval=cfg.refresh_interval,
+                max_pending=cfg.max_pending_requests,
+                amplification_limit=cfg.amplification_limit,
+                transfer_batch_bytes=cfg.transfer_batch_bytes,
+                transfer_interval=cfg.transfer_interval,
             )
             self._listeners = [
-                Listener(sock, self._receive, self._engine.stats, name=f"dht-listener-{port}-{i}")
+                Listener(
+                    sock,
+                    self._receive,
+                    self._engine.stats,
+                    reassembler=Reassembler(
+                        max_records=cfg.reassembly_max_records,
+                        max_bytes=cfg.reassembly_max_bytes,
+                        max_records_per_source=cfg.reassembly_max_records_per_source,
+                        max_bytes_per_source=cfg.reassembly_max_bytes_per_source,
+                    ),
+                    limiter=RateLimiter(cfg.request_rate, cfg.request_burst),
+                    name=f"dht-listener-{port}-{i}",
+                )
                 for i, sock in enumerate(self._sockets)
             ]
         except BaseException:
@@ -274,6 +292,14 @@ def New(cfg: Config | None = None) -> DHT:
             raise BootstrapError("bootstrap did not finish") from error
         raise
     return node
+
+
+def _default_storage(cfg: Config) -> MemoryStorage:
+    return MemoryStorage(
+        max_values_per_key=cfg.max_values_per_key,
+        max_bytes=cfg.max_store_bytes,
+        max_ttl_ns=int(cfg.max_ttl * NS_PER_SECOND),
+    )
 
 
 def _bind(cfg: Config) -> list[socket.socket]:

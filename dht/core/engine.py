@@ -17,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Protocol
 
 from ..errors import (
@@ -54,6 +56,8 @@ Transport = Callable[[list[bytes], Address], None]
 
 MAX_VERIFYING = 256
 """Unsolicited senders being pinged at once (bounds work under a flood)."""
+PROVEN_ADDRESSES = 65536
+"""Addresses remembered for the amplification cap (least recently used go)."""
 
 _RESPONSE_TYPE = {EventType.PING: EventType.PONG}
 
@@ -129,6 +133,10 @@ class Engine:
         timeout: float,
         stall_after: float | None = None,
         refresh_interval: float = 60.0,
+        max_pending: int = 8192,
+        amplification_limit: int = 65536,
+        transfer_batch_bytes: int = 16384,
+        transfer_interval: float = 0.02,
     ) -> None:
         self.local_id = local_id
         self.table = RoutingTable(local_id)
@@ -146,6 +154,14 @@ class Engine:
         self._pending: dict[bytes, _Request] = {}
         self._operations: set[_Operation] = set()
         self._verifying: set[bytes] = set()
+        self.max_pending = max_pending
+        self.amplification_limit = amplification_limit
+        self.transfer_batch_bytes = transfer_batch_bytes
+        self.transfer_interval = transfer_interval
+        # Addresses that answered a request of ours (so they are not forged),
+        # and bytes answered to the others (amplification cap); both bounded.
+        self._proven: OrderedDict[Address, None] = OrderedDict()
+        self._answered_unproven: OrderedDict[Address, int] = OrderedDict()
         self.closed = False
         self._refresh_timer: object = None
 
@@ -214,8 +230,15 @@ class Engine:
         with self._lock:
             if self.closed:
                 raise ClosedError("the node was closed")
-            self._pending[event.id] = request
-            request.timer = self._timers.schedule(self.timeout, lambda: self._expired(request))
+            full = len(self._pending) >= self.max_pending
+            if not full:
+                self._pending[event.id] = request
+                request.timer = self._timers.schedule(self.timeout, lambda: self._expired(request))
+        if full:
+            self.stats.incr("request-refused-pending-cap")
+            error = DHTError(f"{self.max_pending} requests are already pending")
+            self._timers.schedule(0.0, lambda: _discard(_call(on_failure, error)))
+            return
         self._send_request(request)
 
     def _send_request(self, request: _Request) -> None:
@@ -282,6 +305,7 @@ class Engine:
             self.stats.incr("drop-wrong-response-type")
             return
         now = self._clock()
+        self._remember_proven(source)
         newly_seen = self.table.add_verified(event.sender, source, now)
         finished = _call(request.on_response, event, source) is not False
         if finished:
@@ -302,17 +326,52 @@ class Engine:
                 self._verify(sender, source)
             else:
                 self.table.add_candidate(sender, source, self._clock())
-        for response in answer(
-            event, Node(sender, source), self.table, self.storage, self.stats.incr
-        ):
+        requester = Node(sender, source)
+        for response in answer(event, requester, self.table, self.storage, self.stats.incr):
             try:
-                self._send(response, source)
+                datagrams = fragment(response.id, encode(response))
+                if not self._may_answer(sender, source, sum(map(len, datagrams))):
+                    self.stats.incr("drop-amplification")
+                    return
+                self._transport(datagrams, source)
             except (OSError, DHTError) as error:
                 self.stats.incr("send-failed")
                 log.debug("cannot answer %s: %s", source, error)
 
+    def _remember_proven(self, address: Address) -> None:
+        with self._lock:
+            self._proven[address] = None
+            self._proven.move_to_end(address)
+            if len(self._proven) > PROVEN_ADDRESSES:
+                self._proven.popitem(last=False)
+            self._answered_unproven.pop(address, None)
+
+    def _may_answer(self, sender: bytes, source: Address, size: int) -> bool:
+        """Amplification cap: a source that never answered us gets at most
+        ``amplification_limit`` bytes of answers. Halfway there we ping it;
+        if it is real, its answer lifts the cap."""
+        with self._lock:
+            if source in self._proven:
+                return True
+            sent = self._answered_unproven.pop(source, 0)
+            if sent + size > self.amplification_limit:
+                self._answered_unproven[source] = sent
+                return False
+            self._answered_unproven[source] = sent + size
+            if len(self._answered_unproven) > PROVEN_ADDRESSES:
+                self._answered_unproven.popitem(last=False)
+            crossed = sent < self.amplification_limit // 2 <= sent + size
+        if crossed:
+            self._prove(sender, source)
+        return True
+
     def _verify(self, node_id: bytes, address: Address) -> None:
         """Ping an unsolicited sender; it enters the table when it answers."""
+        self._prove(node_id, address)
+
+    def _prove(self, node_id: bytes, address: Address) -> None:
+        """Ping ``address`` expecting ``node_id``; an answer proves the address
+        is real (and offers the node to the routing table)."""
         with self._lock:
             if node_id in self._verifying or len(self._verifying) >= MAX_VERIFYING:
                 return
@@ -342,12 +401,19 @@ class Engine:
             return True
 
         self.storage.Iterate(select)
-        for batch in batch_values(chosen):
-            try:
-                self.request(node.address, node.id, EventType.STORE, Store(batch), _ignore, _ignore)
-            except ClosedError:
-                return
-            self.stats.incr("values-transferred", len(batch))
+        # Bounded batches at a bounded rate, never the whole store at once.
+        batches = batch_values(chosen, self.transfer_batch_bytes)
+        for i, batch in enumerate(batches):
+            self._timers.schedule(
+                i * self.transfer_interval, partial(self._send_batch, node, batch)
+            )
+
+    def _send_batch(self, node: Node, batch: tuple[Value, ...]) -> None:
+        try:
+            self.request(node.address, node.id, EventType.STORE, Store(batch), _ignore, _ignore)
+        except ClosedError:
+            return
+        self.stats.incr("values-transferred", len(batch))
 
     def _refresh(self) -> None:
         """Periodic: ping contacts not heard from recently and candidates
