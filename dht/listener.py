@@ -51,10 +51,9 @@ class Listener:
         self._stats = stats
         self.reassembler = reassembler
         self.limiter = limiter
-        self._wake_read, self._wake_write = os.pipe()
-        os.set_blocking(self._wake_read, False)
         self._wake_lock = threading.Lock()
-        self._wake_open = True
+        self._wake_open = False
+        self._wake_read = self._wake_write = -1
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     @property
@@ -62,6 +61,10 @@ class Listener:
         return self._thread
 
     def start(self) -> None:
+        # The wake pipe exists only while the thread runs, which closes it.
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        self._wake_open = True
         self._thread.start()
 
     def stop(self) -> None:
