@@ -1,0 +1,254 @@
+"""Driver for the peer ``opendht`` 4.4.2 (C++ core, Cython bindings).
+
+Every node is a threaded ``opendht.DhtRunner`` in this process (each runs its
+own DHT thread and socket thread), bound to 127.0.0.1 only, port
+``base_port + i`` (OS-chosen when ``base_port`` is 0), with the node id
+``plan(params).node_ids[i]`` set through ``DhtConfig.setNodeId``. Keys are the
+plan's 20-byte keys used as they are: ``InfoHash(key.hex().encode())`` (the
+binding's constructor parses 40 hex digits; raw bytes would give the zero hash).
+No identity, so values are plain unsigned ``Value(bytes)``.
+
+Cluster workload: node 0 runs alone; each other node then runs, bootstraps from
+node 0 and counts as joined when node 0 has answered its ping and its lookup of
+its own id has ended (``bootstrap()`` alone is fire-and-forget; this is what
+kademlia's ``bootstrap()`` and dht's join wait for). Stores are ``put`` (done
+when the closest nodes acknowledged it), finds are ``get``; a find succeeds on
+the first value equal to the stored one, and stops the lookup there.
+
+Rate limits: opendht drops incoming requests over a global limit (8,192/s by
+default) and over a per-source-IP limit (global / 8 = 1,024/s by default), and
+retries its own unanswered requests after a second. On 127.0.0.1 every peer has
+the same IP, so the per-IP limit caps what each node accepts from the whole
+rest of the cluster. ``DhtConfig.setRateLimit(max_req_per_sec,
+max_peer_req_per_sec)`` sets both; -1 means no limit. The micro workload
+always disables them ("opendht without its rate limit"); the cluster workload
+uses ``CLUSTER_RATE_LIMIT`` (opendht's defaults: at N=100, S=500, F=2000 the
+figures were the same with both limits off, so the defaults cost nothing there).
+
+Micro workload: two runners, A bootstrapped from B. One "request" is a ``get``
+of an absent key on A: A's routing table holds only B, so the get sends B
+exactly one GET request (opendht's FIND_VALUE: B answers with no values and
+its closest nodes, i.e. none) and A's done callback fires on that reply. A's
+outgoing message counters (``getNodeMessageStats``) show one get per request
+and no find_node. It still runs opendht's search machinery on A for each key
+(a new search object per key), so it costs a little more client work than one
+bare RPC. A request succeeds when the done callback reports ok.
+
+Every phase has a deadline; operations still running when it passes count as
+failures. ``python -m bench.drivers.opendht_driver cluster|micro '<json Params>'``
+prints one JSON line on stdout and exits 0, or a JSON line with ``"error"`` and
+exits 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+from bench.workload import (
+    Completion,
+    Op,
+    Params,
+    idle_cpu,
+    plan,
+    process_figures,
+    run_callback_phase,
+)
+
+IMPL = "opendht"
+HOST = "127.0.0.1"
+PHASE_DEADLINE_S = 300.0
+MICRO_REQUESTS = 5000
+NO_LIMIT = -1
+CLUSTER_RATE_LIMIT: tuple[int, int] | None = None
+"""(max_req_per_sec, max_peer_req_per_sec) for the cluster, None for opendht's defaults."""
+
+
+def _infohash(key: bytes) -> Any:
+    import opendht
+
+    return opendht.InfoHash(key.hex().encode())
+
+
+def _check_port(port: int) -> None:
+    """The binding does not translate C++ exceptions: a port already in use
+    aborts the process (``terminate``) instead of raising. Try it first."""
+    if port:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind((HOST, port))  # OSError: address already in use
+
+
+def _start(node_id: bytes, port: int, rate_limit: tuple[int, int] | None) -> Any:
+    import opendht
+
+    _check_port(port)
+    config = opendht.DhtConfig()
+    config.setNodeId(_infohash(node_id))
+    if rate_limit is not None:
+        config.setRateLimit(*rate_limit)
+    runner = opendht.DhtRunner()
+    runner.run(port=port, ipv4=HOST, config=config)
+    return runner
+
+
+def _port(params: Params, index: int) -> int:
+    return params.base_port + index if params.base_port else 0
+
+
+def _wait(start: Any, deadline: float, what: str) -> bool:
+    """Call ``start(done)`` and wait for ``done(ok)`` until ``deadline``."""
+    finished = threading.Event()
+    outcome: list[bool] = []
+
+    def done(ok: bool, *_: object) -> None:
+        outcome.append(bool(ok))
+        finished.set()
+
+    start(done)
+    if not finished.wait(max(0.0, deadline - time.monotonic())):
+        raise TimeoutError(f"{what}: no answer before the deadline")
+    return outcome[0]
+
+
+def _join(runner: Any, node_id: bytes, contact: Any, deadline: float) -> None:
+    runner.bootstrap(HOST, str(contact.getPort()))
+    if not _wait(lambda done: runner.ping(contact, done), deadline, "ping of node 0"):
+        raise RuntimeError("node 0 did not answer a joining node's ping")
+    _wait(
+        lambda done: runner.get(_infohash(node_id), lambda value: True, done),
+        deadline,
+        "lookup of the joining node's own id",
+    )
+
+
+def _shutdown(runners: list[Any]) -> None:
+    """Stop every runner and join its threads. The binding's ``join`` keeps the
+    GIL while it waits for a lock that the DHT thread holds while it calls the
+    shutdown callback (which needs the GIL), so ``shutdown(); join()`` can
+    deadlock: wait for the callbacks first, then join."""
+    stopped = [threading.Event() for _ in runners]
+    for runner, event in zip(runners, stopped, strict=True):
+        runner.shutdown(event.set)
+    give_up = time.monotonic() + 30.0
+    if not all(event.wait(max(0.0, give_up - time.monotonic())) for event in stopped):
+        print("opendht: a runner did not shut down; not joining", file=sys.stderr)
+        return
+    time.sleep(0.1)  # let the callbacks return and release the GIL
+    for runner in runners:
+        runner.join()
+
+
+def run_cluster(params: Params) -> dict[str, object]:
+    import opendht
+
+    work = plan(params)
+    runners: list[Any] = []
+    try:
+        t0 = time.perf_counter()
+        deadline = time.monotonic() + PHASE_DEADLINE_S
+        runners.append(_start(work.node_ids[0], _port(params, 0), CLUSTER_RATE_LIMIT))
+        contact = runners[0].getBound()
+        for i, node_id in enumerate(work.node_ids[1:], start=1):
+            runners.append(_start(node_id, _port(params, i), CLUSTER_RATE_LIMIT))
+            _join(runners[-1], node_id, contact, deadline)
+        join_s = time.perf_counter() - t0
+        idle = idle_cpu(2.0)
+
+        def store(op: Op, complete: Completion) -> None:
+            value = opendht.Value(op.value)
+            runners[op.node].put(_infohash(op.key), value, lambda ok, nodes: complete(ok))
+
+        def find(op: Op, complete: Completion) -> None:
+            def on_value(value: Any) -> bool:
+                if value.data == op.value:
+                    complete(True)
+                    return False  # found it: stop the lookup
+                return True
+
+            runners[op.node].get(_infohash(op.key), on_value, lambda ok, nodes: complete(False))
+
+        stores = run_callback_phase(
+            work.stores, params.concurrency, store, deadline_s=PHASE_DEADLINE_S
+        )
+        finds = run_callback_phase(
+            work.finds, params.concurrency, find, deadline_s=PHASE_DEADLINE_S
+        )
+        figures = process_figures()
+    finally:
+        _shutdown(runners)
+    return {
+        "impl": IMPL,
+        "workload": "cluster",
+        "concurrency": params.concurrency,
+        "nodes": params.nodes,
+        "join_s": join_s,
+        "store": stores.summary(),
+        "find": finds.summary(),
+        "idle_cpu_per_s": idle,
+        **figures,
+    }
+
+
+def run_micro(params: Params, requests: int = MICRO_REQUESTS) -> dict[str, object]:
+    # The same absent keys as every other driver's micro workload.
+    rng = random.Random(params.seed)
+    ops = [Op("find", 0, rng.randbytes(20), b"") for _ in range(requests)]
+    ids = plan(Params(nodes=2, stores=0, finds=0, seed=params.seed)).node_ids
+    unlimited = (NO_LIMIT, NO_LIMIT)
+    runners: list[Any] = []
+    try:
+        runners.append(_start(ids[1], _port(params, 1), unlimited))
+        runners.append(_start(ids[0], _port(params, 0), unlimited))
+        server, client = runners
+        deadline = time.monotonic() + PHASE_DEADLINE_S
+        client.bootstrap(HOST, str(server.getBound().getPort()))
+        if not _wait(lambda done: client.ping(server.getBound(), done), deadline, "ping"):
+            raise RuntimeError("node B did not answer node A's ping")
+
+        def get(op: Op, complete: Completion) -> None:
+            client.get(_infohash(op.key), lambda value: True, lambda ok, nodes: complete(ok))
+
+        result = run_callback_phase(ops, params.concurrency, get, deadline_s=PHASE_DEADLINE_S)
+    finally:
+        _shutdown(runners)
+    return {
+        "impl": IMPL,
+        "workload": "micro",
+        "concurrency": params.concurrency,
+        "requests": requests,
+        **result.summary(),
+    }
+
+
+def main(argv: list[str]) -> int:
+    # Anything the library prints goes to stderr: stdout carries one JSON line.
+    out = os.dup(1)
+    os.dup2(2, 1)
+    workload = argv[1] if len(argv) > 1 else ""
+    try:
+        params = Params(**json.loads(argv[2] if len(argv) > 2 else "{}"))
+        if workload == "cluster":
+            result = run_cluster(params)
+        elif workload == "micro":
+            result = run_micro(params)
+        else:
+            raise ValueError(f"unknown workload {workload!r}: cluster or micro")
+        code = 0
+    except Exception as error:  # report it, don't hang the runner
+        traceback.print_exc()
+        result = {"impl": IMPL, "workload": workload, "error": repr(error)}
+        code = 1
+    sys.stdout.flush()
+    os.write(out, (json.dumps(result) + "\n").encode())
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
