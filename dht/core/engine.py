@@ -56,6 +56,9 @@ Transport = Callable[[list[bytes], Address], None]
 
 MAX_VERIFYING = 256
 """Unsolicited senders being pinged at once (bounds work under a flood)."""
+BOOTSTRAP_RETRIES = 2
+"""Resends of the FIND_NODE to each bootstrap address (one lost datagram
+must not make New fail)."""
 PROVEN_ADDRESSES = 65536
 """Addresses remembered for the amplification cap (least recently used go)."""
 
@@ -162,6 +165,7 @@ class Engine:
         # and bytes answered to the others (amplification cap); both bounded.
         self._proven: OrderedDict[Address, None] = OrderedDict()
         self._answered_unproven: OrderedDict[Address, int] = OrderedDict()
+        self._transferred: OrderedDict[bytes, float] = OrderedDict()  # node id -> when
         self.closed = False
         self._refresh_timer: object = None
 
@@ -244,7 +248,12 @@ class Engine:
     def _send_request(self, request: _Request) -> None:
         try:
             self._send(request.event, request.address)
-        except (OSError, DHTError) as error:
+        except OSError as error:
+            # A datagram the kernel refused (a firewall, a full buffer) is a
+            # lost datagram: the timeout retries or reports it, once.
+            self.stats.incr("send-failed")
+            log.debug("send to %s failed: %s", request.address, error)
+        except DHTError as error:
             with self._lock:
                 if self._pending.get(request.event.id) is not request:
                     return
@@ -390,13 +399,34 @@ class Engine:
     # -- key transfer and liveness -------------------------------------------
 
     def _transfer_keys(self, node: Node) -> None:
-        """Hand a newly seen node the values it is closer to than we are
-        (all of them while the network is smaller than K)."""
+        """Hand a newly seen node the values it should hold: those whose key
+        it is closer to than we are and for which it is among the K closest
+        nodes we know (all values while the network is smaller than K). A node
+        is served at most once per ``refresh_interval``, so a contact that is
+        evicted and seen again under packet loss is not sent everything again."""
+        now = self._clock()
+        with self._lock:
+            last = self._transferred.get(node.id)
+            if last is not None and now - last < self.refresh_interval:
+                return
+            self._transferred[node.id] = now
+            self._transferred.move_to_end(node.id)
+            if len(self._transferred) > PROVEN_ADDRESSES:
+                self._transferred.popitem(last=False)
         everything = len(self.table) < K
         chosen: list[Value] = []
+        closest_cache: dict[bytes, bool] = {}
+
+        def among_closest(key: bytes) -> bool:
+            if key not in closest_cache:
+                closest_cache[key] = any(n.id == node.id for n in self.table.closest(key, K))
+            return closest_cache[key]
 
         def select(value: Value) -> bool:
-            if everything or distance(node.id, value.key) < distance(self.local_id, value.key):
+            key = value.key
+            if everything or (
+                distance(node.id, key) < distance(self.local_id, key) and among_closest(key)
+            ):
                 chosen.append(value)
             return True
 
@@ -655,6 +685,7 @@ class _Bootstrap(_LookupOperation):
                     FindNode(key=self.target),
                     self.on_entry_response,
                     self.on_entry_failure,
+                    retries=BOOTSTRAP_RETRIES,
                 )
             except ClosedError as error:
                 self.finish(error)
