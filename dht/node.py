@@ -10,6 +10,7 @@ the ``dht`` logger and swallowed.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import socket
@@ -302,9 +303,39 @@ def _default_storage(cfg: Config) -> MemoryStorage:
     )
 
 
+BIND_ATTEMPTS = 16
+_bind_lock = threading.Lock()
+
+
 def _bind(cfg: Config) -> list[socket.socket]:
+    """Bind ``cfg.listeners`` sockets to the listen address (SO_REUSEADDR and
+    SO_REUSEPORT, so they share it).
+
+    Port 0 needs care: with SO_REUSEPORT set, Linux may pick a port that
+    another reuse socket of the same user already holds, and two nodes would
+    then share one port. So a probe socket without those options picks a
+    port nobody holds, and the listeners bind that; if something takes it in
+    between, the bind fails and another port is tried. The lock keeps two
+    nodes of this process from probing the same port at once.
+    """
     host, port = parse_address(cfg.listen_address, "listen_address")
     host = resolve(f"{host}:{port}", "listen_address")[0]
+    if port:
+        return _bind_all(cfg, host, port)
+    with _bind_lock:
+        for _ in range(BIND_ATTEMPTS):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                probe.bind((host, 0))
+                port = probe.getsockname()[1]
+            try:
+                return _bind_all(cfg, host, port)
+            except OSError as error:
+                if error.errno != errno.EADDRINUSE:
+                    raise
+    raise OSError(errno.EADDRINUSE, f"no free UDP port on {host} after {BIND_ATTEMPTS} tries")
+
+
+def _bind_all(cfg: Config, host: str, port: int) -> list[socket.socket]:
     sockets: list[socket.socket] = []
     try:
         for _ in range(cfg.listeners):
@@ -318,7 +349,6 @@ def _bind(cfg: Config) -> list[socket.socket]:
                 except OSError:  # the kernel caps it; a smaller buffer still works
                     pass
             sock.bind((host, port))
-            port = sock.getsockname()[1]  # port 0: the others bind what the first got
             sock.setblocking(False)
     except BaseException:
         for sock in sockets:

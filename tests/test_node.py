@@ -1,0 +1,557 @@
+"""Integration tests of the public API on real UDP sockets (127.0.0.1) and real
+threads: the reference test suite's scenarios, plus Close, errors and Config.
+
+Every wait is bounded (``future.result(timeout=...)``, ``wait_until``); every
+callback count is asserted; every node is closed by a fixture or a ``with``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from cluster import (
+    Call,
+    Callbacks,
+    RefusingStorage,
+    ResourceSnapshot,
+    add_node,
+    close_all,
+    config,
+    free_udp_address,
+    running_cluster,
+    start_cluster,
+    stored_values,
+    wait_until,
+)
+
+import dht
+import dht.node as dht_node
+from dht.keys import random_id
+from dht.wire import Event, EventType, encode, fragment
+
+RESULT = 10.0
+"""Longest wait for one Store/Find to end (generous: the machine may be loaded)."""
+
+TTL = 600
+
+
+def new_key() -> bytes:
+    return random_id()
+
+
+def store(node: dht.DHT, key: bytes, value: bytes, ttl: float = TTL) -> None:
+    """Store and assert that it succeeded with exactly one callback."""
+    callbacks = Callbacks()
+    future = node.Store(key, value, ttl, callbacks.store())
+    assert future.result(timeout=RESULT) is None
+    assert callbacks.wait_for(1, RESULT)
+    assert callbacks.calls() == [Call(None, None)]
+
+
+def find_all(node: dht.DHT, key: bytes, *opts: dht.ValuesFrom) -> list[bytes]:
+    """Find that must succeed: returns the values; asserts the callback got
+    each value exactly once and no error."""
+    callbacks = Callbacks()
+    future = node.Find(key, callbacks.find(), *opts)
+    values = future.result(timeout=RESULT)
+    assert len(values) == len(set(values)), f"duplicate values in the result: {values}"
+    assert callbacks.wait_for(len(values), RESULT)
+    assert sorted(callbacks.values()) == sorted(values)
+    assert callbacks.errors() == []
+    assert callbacks.total == len(values)
+    return values
+
+
+def assert_not_found(node: dht.DHT, key: bytes, *opts: dht.ValuesFrom) -> None:
+    callbacks = Callbacks()
+    future = node.Find(key, callbacks.find(), *opts)
+    with pytest.raises(dht.NotFoundError) as raised:
+        future.result(timeout=RESULT)
+    assert raised.value.key == key
+    assert callbacks.wait_for(1, RESULT)
+    calls = callbacks.calls()
+    assert len(calls) == 1, calls
+    assert calls[0].value is None
+    assert isinstance(calls[0].error, dht.NotFoundError)
+
+
+def mark_time() -> float:
+    """Epoch seconds strictly after every value stored so far and strictly
+    before every value stored after this returns (a bounded 5 ms margin)."""
+    now = time.time()
+    assert wait_until(lambda: time.time() > now + 0.01, 1.0)
+    return now + 0.005
+
+
+# ---------------------------------------------------------------------------
+# Fixtures
+
+
+@pytest.fixture(scope="module")
+def lone() -> Iterator[dht.DHT]:
+    """A node without bootstrap: a network of one."""
+    node = add_node(None)
+    try:
+        yield node
+    finally:
+        node.Close()
+
+
+@dataclass
+class Net:
+    nodes: list[dht.DHT]
+    observer: dht.DHT
+    """A member that keeps nothing locally, so its Finds use the network."""
+
+
+@pytest.fixture(scope="module")
+def net() -> Iterator[Net]:
+    """Eight nodes plus an observer; tests use distinct keys and close nothing."""
+    nodes = start_cluster(8)
+    try:
+        observer = add_node(nodes[0], storage=RefusingStorage())
+        nodes.append(observer)
+        yield Net(nodes[:8], observer)
+    finally:
+        close_all(nodes)
+
+
+# ---------------------------------------------------------------------------
+# Bootstrap
+
+
+@pytest.mark.timeout(120)
+def test_bootstrap_100_nodes() -> None:
+    start = time.monotonic()
+    with running_cluster(100) as nodes:
+        joined = time.monotonic() - start
+        print(f"\n100 nodes joined in {joined:.2f} s")
+        sizes = [node.stats()["routing-table-size"] for node in nodes]
+        assert min(sizes) > 0, f"empty routing tables: {[i for i, s in enumerate(sizes) if not s]}"
+
+        key = new_key()
+        store(nodes[1], key, b"hundred")
+        # Wait for the STOREs beyond the majority to be answered too.
+        assert wait_until(lambda: nodes[1].stats()["pending-requests"] == 0, RESULT)
+        holders = [node for node in nodes if stored_values(node, key)]
+        others = [node for node in nodes[2:] if node not in holders]
+        assert others, "every node stores the key: the test no longer finds remotely"
+        finders = others[:5] + [node for node in holders if node is not nodes[1]][:2]
+        for node in finders:
+            assert find_all(node, key) == [b"hundred"]
+
+
+# ---------------------------------------------------------------------------
+# A lone node
+
+
+def test_lone_store_and_find(lone: dht.DHT) -> None:
+    key = new_key()
+    store(lone, key, b"alone")
+    callbacks = Callbacks()
+    assert lone.Find(key, callbacks.find()).result(timeout=RESULT) == [b"alone"]
+    assert callbacks.wait_for(1, RESULT)
+    assert [(c.value, c.error) for c in callbacks.calls()] == [(b"alone", None)]
+
+
+def test_lone_several_values_under_one_key(lone: dht.DHT) -> None:
+    key = new_key()
+    values = [b"one", b"two", b"three"]
+    for value in values:
+        store(lone, key, value)
+    callbacks = Callbacks()
+    found = lone.Find(key, callbacks.find()).result(timeout=RESULT)
+    assert sorted(found) == sorted(values)
+    assert callbacks.wait_for(3, RESULT)
+    assert sorted(callbacks.values()) == sorted(values)
+    assert callbacks.errors() == []
+    assert callbacks.total == 3
+
+
+def test_lone_values_from(lone: dht.DHT) -> None:
+    key = new_key()
+    store(lone, key, b"old")
+    t = mark_time()
+    store(lone, key, b"new")
+    assert find_all(lone, key, dht.ValuesFrom(datetime.fromtimestamp(t, UTC))) == [b"new"]
+    assert find_all(lone, key, dht.ValuesFrom(t)) == [b"new"]
+    assert sorted(find_all(lone, key)) == [b"new", b"old"]
+    assert_not_found(lone, key, dht.ValuesFrom(time.time() + 3600))
+
+
+def test_lone_missing_key(lone: dht.DHT) -> None:
+    assert_not_found(lone, new_key())
+
+
+# ---------------------------------------------------------------------------
+# A cluster
+
+
+def test_store_on_one_node_find_from_others(net: Net) -> None:
+    key = new_key()
+    store(net.nodes[1], key, b"cluster-value")
+    assert find_all(net.nodes[5], key) == [b"cluster-value"]
+    assert net.observer._engine.storage.Get(key) == []
+    assert find_all(net.observer, key) == [b"cluster-value"]
+    assert net.observer.stats()["routing-table-size"] > 0
+
+
+def test_multiple_values_across_cluster(net: Net) -> None:
+    key = new_key()
+    values = {b"from-1", b"from-3", b"from-6"}
+    futures = [
+        net.nodes[i].Store(key, value, TTL)
+        for i, value in zip((1, 3, 6), sorted(values), strict=True)
+    ]
+    for future in futures:
+        assert future.result(timeout=RESULT) is None
+    found = find_all(net.observer, key)
+    assert set(found) == values and len(found) == 3
+    # A member that holds them all locally answers the same.
+    assert wait_until(lambda: stored_values(net.nodes[7], key) == values, RESULT)
+    assert set(find_all(net.nodes[7], key)) == values
+
+
+def test_values_from_remote(net: Net) -> None:
+    key = new_key()
+    store(net.nodes[2], key, b"v1")
+    t = mark_time()
+    store(net.nodes[2], key, b"v2")
+    assert net.observer._engine.storage.Get(key) == []
+    assert find_all(net.observer, key, dht.ValuesFrom(t)) == [b"v2"]
+    assert sorted(find_all(net.observer, key)) == [b"v1", b"v2"]
+    assert find_all(net.nodes[4], key, dht.ValuesFrom(t)) == [b"v2"]
+
+
+def test_missing_key_in_cluster(net: Net) -> None:
+    assert_not_found(net.observer, new_key())
+    assert_not_found(net.nodes[3], new_key())
+
+
+def test_late_joiner_receives_and_serves_closest_values() -> None:
+    with running_cluster(6, timeout=0.5) as nodes:
+        keys = [new_key() for _ in range(4)]
+        for i, key in enumerate(keys):
+            store(nodes[i % 6], key, b"late-%d" % i)
+        target = keys[0]
+        newcomer = add_node(nodes[2], local_id=target, timeout=0.5)
+        nodes.append(newcomer)
+        # The existing nodes hand it the values when they first verify it.
+        assert wait_until(lambda: stored_values(newcomer, target) == {b"late-0"}, RESULT)
+        assert find_all(newcomer, target) == [b"late-0"]
+
+        # With every original holder gone, the newcomer serves the value.
+        close_all(nodes[:6])
+        observer = add_node(newcomer, storage=RefusingStorage(), timeout=0.5)
+        nodes.append(observer)
+        assert find_all(observer, target) == [b"late-0"]
+
+
+def test_leaving_node_does_not_lose_values() -> None:
+    with running_cluster(10, timeout=0.5) as nodes:
+        observer = add_node(nodes[0], storage=RefusingStorage(), timeout=0.5)
+        nodes.append(observer)
+        key = new_key()
+        store(nodes[3], key, b"survivor")
+        holders = [node for node in nodes[:10] if stored_values(node, key)]
+        assert nodes[3] in holders
+        leaving = [nodes[3], *[node for node in holders if node is not nodes[3]][:2]]
+        close_all(leaving)
+        assert find_all(observer, key) == [b"survivor"]
+        remaining = [node for node in nodes[:10] if node not in leaving]
+        assert find_all(remaining[-1], key) == [b"survivor"]
+
+
+# ---------------------------------------------------------------------------
+# Close, leaks
+
+
+def test_close_is_idempotent_and_ends_calls_with_closed_error() -> None:
+    with add_node(None) as node:
+        assert not node.closed
+        store(node, new_key(), b"before close")
+    assert node.closed
+    node.Close()
+    node.Close()
+
+    callbacks = Callbacks()
+    stored = node.Store(new_key(), b"after close", TTL, callbacks.store("store"))
+    found = node.Find(new_key(), callbacks.find("find"))
+    with pytest.raises(dht.ClosedError):
+        stored.result(timeout=RESULT)
+    with pytest.raises(dht.ClosedError):
+        found.result(timeout=RESULT)
+    assert callbacks.wait_for(2, RESULT)
+    for call_id in ("store", "find"):
+        calls = callbacks.calls(call_id)
+        assert len(calls) == 1, (call_id, calls)
+        assert calls[0].value is None
+        assert isinstance(calls[0].error, dht.ClosedError)
+
+
+def test_close_from_a_callback() -> None:
+    snapshot = ResourceSnapshot.take()
+    with running_cluster(2) as nodes:
+        node = nodes[1]
+        closed = Callbacks()
+
+        def close_then_record(error: Exception | None) -> None:
+            node.Close()
+            closed.store()(error)
+
+        future = node.Store(new_key(), b"close me", TTL, close_then_record)
+        assert future.result(timeout=RESULT) is None
+        assert closed.wait_for(1, RESULT)
+        assert closed.total == 1 and closed.errors() == []
+        assert wait_until(lambda: not any(t.is_alive() for t in node.threads()), RESULT)
+        assert node.closed
+    snapshot.assert_no_leaks()
+
+
+def test_no_thread_or_fd_leaks_after_closing_a_cluster() -> None:
+    snapshot = ResourceSnapshot.take()
+    with running_cluster(5, listeners=2) as nodes:
+        assert len(snapshot.new_threads()) == 5 * 3  # two listeners and a timer each
+        key = new_key()
+        store(nodes[0], key, b"leak check")
+        assert find_all(nodes[4], key) == [b"leak check"]
+    assert all(node.closed for node in nodes)
+    snapshot.assert_no_leaks()
+
+
+FLOOD = r"""
+import socket, sys, time
+port, ping, seconds = int(sys.argv[1]), bytes.fromhex(sys.argv[2]), float(sys.argv[3])
+end = time.monotonic() + seconds
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    sock.bind(("127.0.0.1", 0))
+    while time.monotonic() < end:
+        for _ in range(50):
+            for data in (ping, b"x"):
+                try:
+                    sock.sendto(data, ("127.0.0.1", port))
+                except OSError:
+                    pass
+"""
+
+
+def test_close_is_prompt_under_incoming_traffic() -> None:
+    """A node flooded with PINGs (and junk) by another process still closes at
+    once: the listener must not drain the socket forever before it looks at
+    the stop request."""
+    flood_seconds = 3.0
+    node = add_node(None)
+    flood = None
+    try:
+        ping = Event(random_id(), random_id(), EventType.PING, False, None)
+        [datagram] = fragment(ping.id, encode(ping))
+        port = node.address.rpartition(":")[2]
+        flood = subprocess.Popen(
+            [sys.executable, "-c", FLOOD, port, datagram.hex(), str(flood_seconds)]
+        )
+        assert wait_until(lambda: node.stats().get("drop-short-datagram", 0) > 200, 5.0)
+        start = time.monotonic()
+        node.Close()
+        elapsed = time.monotonic() - start
+        assert elapsed < 1.0, f"Close took {elapsed:.2f} s under incoming traffic"
+        assert flood.poll() is None, "the flood ended before Close returned"
+    finally:
+        node.Close()
+        if flood is not None:
+            flood.kill()
+            flood.wait(10)
+
+
+def test_bootstrap_where_nothing_listens() -> None:
+    address = free_udp_address()
+    snapshot = ResourceSnapshot.take()
+    timeout = 0.5
+    start = time.monotonic()
+    with pytest.raises(dht.BootstrapError):
+        dht.New(dht.Config(bootstrap_addresses=[address], timeout=timeout))
+    elapsed = time.monotonic() - start
+    assert elapsed < timeout + 2.0, f"BootstrapError after {elapsed:.2f} s"
+    snapshot.assert_no_leaks()
+
+
+def test_port_zero_is_never_shared() -> None:
+    """Nodes listening on port 0 get ports of their own. (Binding as ``New``
+    does; 1,000 real nodes would cost 2,000 threads.)"""
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(1000):
+            sockets.extend(dht_node._bind(dht.Config(listen_address="127.0.0.1:0")))
+        ports = Counter(sock.getsockname()[1] for sock in sockets)
+        shared = sorted(port for port, count in ports.items() if count > 1)
+        assert not shared, f"{len(shared)} ports were given to two nodes, e.g. {shared[:5]}"
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+# ---------------------------------------------------------------------------
+# Several listeners
+
+
+def test_three_listeners_share_one_port() -> None:
+    with running_cluster(4, listeners=3) as nodes:
+        for node in nodes:
+            assert len(node._sockets) == 3
+            ports = {sock.getsockname()[1] for sock in node._sockets}
+            assert ports == {int(node.address.rpartition(":")[2])}
+            assert len(node.threads()) == 4
+        key = new_key()
+        store(nodes[1], key, b"three listeners")
+        for node in nodes:
+            assert find_all(node, key) == [b"three listeners"]
+        assert_not_found(nodes[3], new_key())
+
+
+# ---------------------------------------------------------------------------
+# Caller errors
+
+
+@pytest.mark.parametrize(
+    ("call", "error"),
+    [
+        (lambda n, cb, fcb: n.Store(b"k" * 19, b"v", TTL, cb), dht.ArgumentError),
+        (lambda n, cb, fcb: n.Store(b"k" * 21, b"v", TTL, cb), dht.ArgumentError),
+        (lambda n, cb, fcb: n.Store("k" * 20, b"v", TTL, cb), dht.ArgumentError),
+        (lambda n, cb, fcb: n.Store(new_key(), b"v" * 32769, TTL, cb), dht.ValueTooLarge),
+        (lambda n, cb, fcb: n.Store(new_key(), "text", TTL, cb), dht.ArgumentError),
+        (lambda n, cb, fcb: n.Store(new_key(), b"v", 0, cb), dht.ArgumentError),
+        (lambda n, cb, fcb: n.Store(new_key(), b"v", -1, cb), dht.ArgumentError),
+        (lambda n, cb, fcb: n.Store(new_key(), b"v", math.nan, cb), dht.ArgumentError),
+        (lambda n, cb, fcb: n.Store(new_key(), b"v", timedelta(0), cb), dht.ArgumentError),
+        (lambda n, cb, fcb: n.Find(b"k" * 19, fcb), dht.ArgumentError),
+        (lambda n, cb, fcb: n.Find(new_key(), fcb, "bogus"), dht.ArgumentError),
+        (lambda n, cb, fcb: n.Find(new_key(), fcb, time.time()), dht.ArgumentError),
+        (lambda n, cb, fcb: dht.ValuesFrom("yesterday"), dht.ArgumentError),
+    ],
+    ids=[
+        "key-19-bytes",
+        "key-21-bytes",
+        "key-str",
+        "value-32769-bytes",
+        "value-str",
+        "ttl-0",
+        "ttl-negative",
+        "ttl-nan",
+        "ttl-timedelta-0",
+        "find-key-19-bytes",
+        "find-bad-option",
+        "find-float-option",
+        "values-from-str",
+    ],
+)
+def test_invalid_arguments(lone: dht.DHT, call: Any, error: type[Exception]) -> None:
+    callbacks = Callbacks()
+    with pytest.raises(error):
+        call(lone, callbacks.store(), callbacks.find())
+    assert callbacks.total == 0
+
+
+def test_largest_value_is_accepted(lone: dht.DHT, net: Net) -> None:
+    value = bytes(range(256)) * 128
+    assert len(value) == 32768
+    key = new_key()
+    store(lone, key, value)
+    assert find_all(lone, key) == [value]
+    # Across the network: the answer is split over several datagrams.
+    key = new_key()
+    store(net.nodes[0], key, value)
+    assert find_all(net.observer, key) == [value]
+
+
+def test_raising_callback_does_not_kill_the_node(
+    net: Net, caplog: pytest.LogCaptureFixture
+) -> None:
+    node = net.nodes[6]
+    raised = Callbacks()
+
+    def bad_store(error: Exception | None) -> None:
+        raised.store("store")(error)
+        raise RuntimeError("user store callback failed")
+
+    def bad_find(value: bytes | None, error: Exception | None) -> None:
+        raised.find("find")(value, error)
+        raise RuntimeError("user find callback failed")
+
+    key = new_key()
+    with caplog.at_level(logging.ERROR, logger="dht"):
+        assert node.Store(key, b"raise", TTL, bad_store).result(timeout=RESULT) is None
+        assert raised.wait_for_call("store", 1, RESULT)
+        assert net.observer.Find(key, bad_find).result(timeout=RESULT) == [b"raise"]
+        assert raised.wait_for_call("find", 1, RESULT)
+        assert node.Find(new_key(), bad_find).exception(timeout=RESULT) is not None
+        assert raised.wait_for_call("find", 2, RESULT)
+        assert wait_until(
+            lambda: sum("raised" in r.getMessage() for r in caplog.records) >= 3, RESULT
+        )
+    assert [(c.value, c.error) for c in raised.calls("store")] == [(None, None)]
+    find_calls = raised.calls("find")
+    assert len(find_calls) == 2
+    assert find_calls[0] == Call(b"raise", None)
+    assert isinstance(find_calls[1].error, dht.NotFoundError)
+
+    # The threads survived: both nodes still store and find.
+    for thread in node.threads() + net.observer.threads():
+        assert thread.is_alive(), thread.name
+    other = new_key()
+    store(node, other, b"still alive")
+    assert find_all(net.observer, other) == [b"still alive"]
+    assert find_all(node, key) == [b"raise"]
+
+
+# ---------------------------------------------------------------------------
+# Config validation
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"local_id": b"x" * 19}, "local_id"),
+        ({"local_id": b"x" * 21}, "local_id"),
+        ({"local_id": "x" * 20}, "local_id"),
+        ({"listeners": 0}, "listeners"),
+        ({"listeners": -1}, "listeners"),
+        ({"listeners": 1.5}, "listeners"),
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": -1}, "timeout"),
+        ({"timeout": math.nan}, "timeout"),
+        ({"timeout": math.inf}, "timeout"),
+        ({"listen_address": "127.0.0.1"}, "listen_address"),
+        ({"listen_address": "127.0.0.1:65536"}, "listen_address"),
+        ({"listen_address": "127.0.0.1:port"}, "listen_address"),
+        ({"bootstrap_addresses": "127.0.0.1:9000"}, "bootstrap_addresses"),
+        ({"bootstrap_addresses": ["127.0.0.1"]}, "bootstrap_addresses"),
+        ({"timer_tick": 0}, "timer_tick"),
+        ({"timeout": 0.1, "timer_tick": 0.2}, "timer_tick"),
+        ({"refresh_interval": -5}, "refresh_interval"),
+        ({"socket_buffer_size": 0}, "socket_buffer_size"),
+        ({"storage": object()}, "storage"),
+    ],
+)
+def test_config_validation(kwargs: dict[str, Any], field: str) -> None:
+    with pytest.raises(dht.ConfigError) as raised:
+        dht.Config(**kwargs)
+    assert raised.value.field == field
+    assert field in str(raised.value)
+    assert isinstance(raised.value, dht.ArgumentError)
+
+
+def test_config_defaults_are_valid() -> None:
+    cfg = config()
+    assert cfg.listeners == 1 and cfg.timeout == 1.0
+    assert dht.Config().timeout == 2.0
