@@ -599,8 +599,6 @@ class _LookupOperation(_Operation):
         return True
 
     def query(self, node: Node) -> None:
-        engine = self.engine
-
         def on_response(event: Event, source: Address) -> bool:
             finished = self.on_response(node, event, source)
             self.drive()
@@ -609,9 +607,19 @@ class _LookupOperation(_Operation):
         def on_failure(error: Exception) -> None:
             with self.lock:
                 self.lookup.failed(node.id)
-                self.on_failure(node)
             self.drive()
 
+        self.send_query(node, on_response, on_failure)
+
+    def send_query(
+        self,
+        node: Node,
+        on_response: Callable[[Event, Address], bool],
+        on_failure: Callable[[Exception], None],
+    ) -> None:
+        """Send this lookup's request to ``node``, and mark it stalled if it
+        has not answered after ``stall_after`` seconds."""
+        engine = self.engine
         try:
             engine.request(
                 node.address, node.id, self.kind, self.payload(), on_response, on_failure
@@ -634,9 +642,6 @@ class _LookupOperation(_Operation):
             self.lookup.answered(node.id)
             self.lookup.add(usable_nodes(nodes, event.sender, source))
         return True
-
-    def on_failure(self, node: Node) -> None:
-        """Called with ``self.lock`` held when a query failed."""
 
     def complete(self) -> None:
         raise NotImplementedError
@@ -782,7 +787,6 @@ class _FindOperation(_LookupOperation):
 
     def query(self, node: Node) -> None:
         received = 0
-        engine = self.engine
 
         def on_response(event: Event, source: Address) -> bool:
             nonlocal received
@@ -810,15 +814,7 @@ class _FindOperation(_LookupOperation):
                     self.lookup.failed(node.id)
             self.drive()
 
-        try:
-            engine.request(
-                node.address, node.id, self.kind, self.payload(), on_response, on_failure
-            )
-        except ClosedError as error:
-            self.finish(error)
-            return
-        if engine.stall_after < engine.timeout:
-            engine._timers.schedule(engine.stall_after, lambda: self.stalled(node))
+        self.send_query(node, on_response, on_failure)
 
     def complete(self) -> None:
         if self.values:
