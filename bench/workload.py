@@ -9,12 +9,15 @@ process measurements (CPU seconds, peak RSS, threads).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import resource
 import statistics
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -162,3 +165,34 @@ def process_figures() -> dict[str, float]:
 
 def as_dict(params: Params) -> dict[str, int]:
     return asdict(params)
+
+
+def driver_main(
+    impl: str,
+    run_cluster: Callable[[Params], dict[str, object]],
+    run_micro: Callable[[Params], dict[str, object]],
+    argv: list[str],
+) -> int:
+    """Entry point of every driver: ``python -m bench.drivers.X cluster|micro
+    '<Params as JSON>'`` prints exactly one JSON line on stdout."""
+    # Anything a library prints goes to stderr: stdout carries one JSON line.
+    out = os.dup(1)
+    os.dup2(2, 1)
+    workload = argv[1] if len(argv) > 1 else ""
+    result: dict[str, object]
+    try:
+        params = Params(**json.loads(argv[2] if len(argv) > 2 else "{}"))
+        if workload == "cluster":
+            result = run_cluster(params)
+        elif workload == "micro":
+            result = run_micro(params)
+        else:
+            raise ValueError(f"unknown workload {workload!r}: cluster or micro")
+        code = 0
+    except Exception as error:  # report it, don't hang the runner
+        traceback.print_exc()
+        result = {"impl": impl, "workload": workload, "error": repr(error)}
+        code = 1
+    sys.stdout.flush()
+    os.write(out, (json.dumps(result) + "\n").encode())
+    return code

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import sys
-import threading
 import time
 from concurrent.futures import Future
 
@@ -14,6 +12,7 @@ from bench.workload import (
     Op,
     Params,
     PhaseResult,
+    driver_main,
     idle_cpu,
     plan,
     process_figures,
@@ -111,18 +110,5 @@ def run_micro(params: Params, requests: int = 5000) -> dict[str, object]:
     }
 
 
-def main(argv: list[str]) -> int:
-    workload, raw = argv[1], argv[2] if len(argv) > 2 else "{}"
-    params = Params(**json.loads(raw))
-    try:
-        result = run_cluster(params) if workload == "cluster" else run_micro(params)
-    except Exception as error:  # report, don't hang the runner
-        print(json.dumps({"impl": "dht", "workload": workload, "error": repr(error)}))
-        return 1
-    print(json.dumps(result))
-    return 0
-
-
 if __name__ == "__main__":
-    threading.stack_size(256 * 1024)
-    sys.exit(main(sys.argv))
+    sys.exit(driver_main("dht", run_cluster, run_micro, sys.argv))

@@ -28,18 +28,23 @@ exits 1.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import random
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bench.workload import Op, Params, PhaseResult, idle_cpu, plan, process_figures
+from bench.workload import (
+    Op,
+    Params,
+    PhaseResult,
+    driver_main,
+    idle_cpu,
+    plan,
+    process_figures,
+)
 
 IMPL = "kademlia"
 HOST = "127.0.0.1"
@@ -202,28 +207,5 @@ def run_micro(params: Params, requests: int = MICRO_REQUESTS) -> dict[str, objec
     return asyncio.run(_micro(params, requests))
 
 
-def main(argv: list[str]) -> int:
-    # Anything the library prints goes to stderr: stdout carries one JSON line.
-    out = os.dup(1)
-    os.dup2(2, 1)
-    workload = argv[1] if len(argv) > 1 else ""
-    try:
-        params = Params(**json.loads(argv[2] if len(argv) > 2 else "{}"))
-        if workload == "cluster":
-            result = run_cluster(params)
-        elif workload == "micro":
-            result = run_micro(params)
-        else:
-            raise ValueError(f"unknown workload {workload!r}: cluster or micro")
-        code = 0
-    except Exception as error:  # report it, don't hang the runner
-        traceback.print_exc()
-        result = {"impl": IMPL, "workload": workload, "error": repr(error)}
-        code = 1
-    sys.stdout.flush()
-    os.write(out, (json.dumps(result) + "\n").encode())
-    return code
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(driver_main(IMPL, run_cluster, run_micro, sys.argv))
