@@ -96,6 +96,7 @@ class DHT:
                 amplification_limit=cfg.amplification_limit,
                 transfer_batch_bytes=cfg.transfer_batch_bytes,
                 transfer_interval=cfg.transfer_interval,
+                log_new_nodes=cfg.logging,
             )
             self._listeners = [
                 Listener(

@@ -555,3 +555,21 @@ def test_config_defaults_are_valid() -> None:
     cfg = config()
     assert cfg.listeners == 1 and cfg.timeout == 1.0
     assert dht.Config().timeout == 2.0
+
+
+# ---------------------------------------------------------------------------
+# Logging
+
+
+@pytest.mark.parametrize(("flag", "level"), [(True, logging.INFO), (False, logging.DEBUG)])
+def test_logging_flag_sets_the_level_of_discovery_messages(
+    caplog: pytest.LogCaptureFixture, flag: bool, level: int
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="dht")
+    with running_cluster(2, logging=flag):
+        assert wait_until(
+            lambda: any("discovered node" in r.getMessage() for r in caplog.records), 5.0
+        )
+    found = [r for r in caplog.records if "discovered node" in r.getMessage()]
+    assert {r.levelno for r in found} == {level}
+    assert all(r.name.startswith("dht") for r in caplog.records)

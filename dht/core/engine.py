@@ -140,6 +140,7 @@ class Engine:
         amplification_limit: int = 65536,
         transfer_batch_bytes: int = 16384,
         transfer_interval: float = 0.02,
+        log_new_nodes: bool = False,
     ) -> None:
         self.local_id = local_id
         self.table = RoutingTable(local_id)
@@ -161,6 +162,7 @@ class Engine:
         self.amplification_limit = amplification_limit
         self.transfer_batch_bytes = transfer_batch_bytes
         self.transfer_interval = transfer_interval
+        self._new_node_level = logging.INFO if log_new_nodes else logging.DEBUG
         # Addresses that answered a request of ours (so they are not forged),
         # and bytes answered to the others (amplification cap); both bounded.
         self._proven: OrderedDict[Address, None] = OrderedDict()
@@ -326,6 +328,9 @@ class Engine:
             if finished:
                 self._timers.cancel(request.timer)
         if newly_seen:
+            log.log(
+                self._new_node_level, "discovered node %s at %s:%d", event.sender.hex(), *source
+            )
             self._transfer_keys(Node(event.sender, source))
 
     def _on_request(self, event: Event, source: Address) -> None:
