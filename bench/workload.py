@@ -105,41 +105,68 @@ def run_callback_phase(
     deadline_s: float = 300.0,
 ) -> PhaseResult:
     """Run ``ops`` with at most ``concurrency`` in flight, for implementations
-    with a callback API (completions may come from any thread, or from inside
-    ``start``). The calling thread launches; completions only count."""
+    with a callback API.
+
+    A completion starts the next operation on the thread that completed it
+    (as an application chaining callbacks would), so the harness adds no
+    thread hop of its own. A completion that happens inside ``start`` (an
+    answer from local storage) is counted and the launching loop goes on,
+    so the stack never grows with the number of operations.
+    """
     result = PhaseResult(ops=len(ops))
-    cond = threading.Condition()
-    in_flight = 0
+    lock = threading.Lock()
+    finished = threading.Event()
+    local = threading.local()
+    cursor = 0
     done = 0
     cpu0, t0 = time.process_time(), time.perf_counter()
-    give_up = time.monotonic() + deadline_s
 
-    def launch(op: Op) -> None:
-        began = time.perf_counter()
+    def take() -> Op | None:
+        nonlocal cursor
+        with lock:
+            if cursor == len(ops):
+                return None
+            cursor += 1
+            return ops[cursor - 1]
+
+    def fill(slots: int) -> None:
+        """Start up to ``slots`` operations from this thread."""
+        while slots > 0:
+            op = take()
+            if op is None:
+                return
+            slots -= 1
+            local.inside, local.synchronous = True, 0
+            try:
+                start(op, completion(time.perf_counter()))
+            finally:
+                local.inside = False
+            slots += local.synchronous
+
+    def completion(began: float) -> Completion:
         ended = False
 
         def complete(ok: bool) -> None:
-            nonlocal ended, in_flight, done
-            with cond:
+            nonlocal ended, done
+            with lock:
                 if ended:
                     return
                 ended = True
                 result.latencies_ms.append((time.perf_counter() - began) * 1000)
                 result.ok += bool(ok)
-                in_flight -= 1
                 done += 1
-                cond.notify()
+                if done == len(ops):
+                    finished.set()
+            if getattr(local, "inside", False):
+                local.synchronous += 1  # the loop in fill() starts the next one
+            else:
+                fill(1)
 
-        start(op, complete)
+        return complete
 
-    for op in ops:
-        with cond:
-            if not cond.wait_for(lambda: in_flight < concurrency, give_up - time.monotonic()):  # noqa: B023
-                break
-            in_flight += 1
-        launch(op)
-    with cond:
-        cond.wait_for(lambda: done == len(ops), max(0.0, give_up - time.monotonic()))
+    if ops:
+        fill(concurrency)
+        finished.wait(deadline_s)
     result.seconds = time.perf_counter() - t0
     result.cpu_seconds = time.process_time() - cpu0
     return result
