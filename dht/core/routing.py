@@ -69,16 +69,27 @@ class RoutingTable:
         self.local_id = local_id
         self.bucket_size = bucket_size
         self._local = int.from_bytes(local_id, "big")
-        self._buckets = [Bucket(bucket_size) for _ in range(KEY_BITS)]
+        # Created on first insert: most of the 160 stay empty in any network.
+        self._buckets: list[Bucket | None] = [None] * KEY_BITS
+        self._create_lock = threading.Lock()
 
     def bucket_index(self, node_id: bytes) -> int:
         """``159 - cpl(local, node)``: bucket 159 holds the farthest half."""
         return KEY_BITS - 1 - common_prefix_length(self.local_id, node_id)
 
-    def _bucket(self, node_id: bytes) -> Bucket | None:
+    def _bucket(self, node_id: bytes, *, create: bool = False) -> Bucket | None:
+        """The bucket for ``node_id`` (None for the local id, or if it does
+        not exist yet and ``create`` is false)."""
         if node_id == self.local_id:
             return None
-        return self._buckets[self.bucket_index(node_id)]
+        index = self.bucket_index(node_id)
+        bucket = self._buckets[index]
+        if bucket is None and create:
+            with self._create_lock:
+                bucket = self._buckets[index]
+                if bucket is None:
+                    bucket = self._buckets[index] = Bucket(self.bucket_size)
+        return bucket
 
     def touch(self, node_id: bytes, address: Address, now: float) -> bool:
         """Mark a contact seen because it sent us something. True if it is in
@@ -98,9 +109,11 @@ class RoutingTable:
     def wants(self, node_id: bytes, address: Address) -> bool:
         """Whether an unsolicited sender is worth verifying (a ping): it is not
         known, and its bucket has room or a contact that has failed."""
+        if node_id == self.local_id:
+            return False
         bucket = self._bucket(node_id)
         if bucket is None:
-            return False
+            return True  # an empty bucket has room
         with bucket.lock:
             if node_id in bucket.contacts:
                 return False
@@ -110,7 +123,7 @@ class RoutingTable:
 
     def add_candidate(self, node_id: bytes, address: Address, now: float) -> None:
         """Remember an unverified sender in its bucket's replacement cache."""
-        bucket = self._bucket(node_id)
+        bucket = self._bucket(node_id, create=True)
         if bucket is None:
             return
         with bucket.lock:
@@ -120,7 +133,7 @@ class RoutingTable:
     def add_verified(self, node_id: bytes, address: Address, now: float) -> bool:
         """Insert a node that answered a request of ours. Returns True if it
         is newly in a bucket (the engine then hands it keys it should hold)."""
-        bucket = self._bucket(node_id)
+        bucket = self._bucket(node_id, create=True)
         if bucket is None:
             return False
         with bucket.lock:
@@ -193,7 +206,7 @@ class RoutingTable:
             return []
         target_int = int.from_bytes(target, "big")
         t = KEY_BITS - (self._local ^ target_int).bit_length()
-        occupied = [(i, bucket) for i, bucket in enumerate(self._buckets) if bucket.contacts]
+        occupied = [(i, b) for i, b in enumerate(self._buckets) if b is not None and b.contacts]
         found: list[tuple[int, Contact]] = []
         if sum(len(bucket.contacts) for _, bucket in occupied) > n:
             home = KEY_BITS - 1 - t  # the bucket of contacts sharing exactly t bits
@@ -222,7 +235,7 @@ class RoutingTable:
         targets; the reference's condition is inverted, D42)."""
         out: list[Contact] = []
         for bucket in self._buckets:
-            if bucket.contacts:
+            if bucket is not None and bucket.contacts:
                 with bucket.lock:
                     out.extend(c for c in bucket.contacts.values() if now - c.last_seen >= age)
         return out
@@ -231,7 +244,7 @@ class RoutingTable:
         """Unverified replacements in buckets that have room for them."""
         out: list[Contact] = []
         for bucket in self._buckets:
-            if bucket.replacements:
+            if bucket is not None and bucket.replacements:
                 with bucket.lock:
                     room = bucket.size - len(bucket.contacts)
                     if room > 0:
@@ -242,13 +255,13 @@ class RoutingTable:
     def contacts(self) -> Iterator[Contact]:
         """A snapshot of every contact in the buckets."""
         for bucket in self._buckets:
-            if bucket.contacts:
+            if bucket is not None and bucket.contacts:
                 with bucket.lock:
                     snapshot = list(bucket.contacts.values())
                 yield from snapshot
 
     def __len__(self) -> int:
-        return sum(len(bucket.contacts) for bucket in self._buckets)
+        return sum(len(bucket.contacts) for bucket in self._buckets if bucket is not None)
 
     def __contains__(self, node_id: object) -> bool:
         if not isinstance(node_id, bytes):

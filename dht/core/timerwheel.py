@@ -32,7 +32,8 @@ class TimerWheel:
         if tick <= 0 or slots < 1:
             raise ValueError("tick must be positive and slots at least 1")
         self.tick = tick
-        self._slots: list[dict[Timer, None]] = [{} for _ in range(slots)]
+        # A slot's dict is made on first use: an idle node pays for none.
+        self._slots: list[dict[Timer, None] | None] = [None] * slots
         self._current = math.floor(now / tick)  # last tick processed
         self._count = 0
 
@@ -45,7 +46,10 @@ class TimerWheel:
             due += 1
         due = max(due, self._current + 1)
         timer = Timer(deadline, due, callback)
-        slot = self._slots[due % len(self._slots)]
+        index = due % len(self._slots)
+        slot = self._slots[index]
+        if slot is None:
+            slot = self._slots[index] = {}
         slot[timer] = None
         timer.slot = slot
         self._count += 1
