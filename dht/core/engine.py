@@ -30,7 +30,7 @@ from ..errors import (
     RequestTimeout,
     StoreError,
 )
-from ..keys import K, distance
+from ..keys import ALPHA, K, distance
 from ..wire.codec import encode
 from ..wire.events import (
     Address,
@@ -577,10 +577,10 @@ class _LookupOperation(_Operation):
 
     kind = EventType.FIND_NODE
 
-    def __init__(self, engine: Engine, target: bytes) -> None:
+    def __init__(self, engine: Engine, target: bytes, *, alpha: int = ALPHA) -> None:
         super().__init__(engine)
         self.target = target
-        self.lookup = Lookup(engine.local_id, target)
+        self.lookup = Lookup(engine.local_id, target, alpha=alpha)
         self.completing = False
 
     def payload(self) -> Payload:
@@ -673,7 +673,9 @@ class _Bootstrap(_LookupOperation):
         addresses: list[Address],
         on_done: Callable[[Exception | None], None],
     ) -> None:
-        super().__init__(engine, engine.local_id)
+        # New() waits for this lookup, so it asks all K candidates of a round
+        # at once: the same requests as alpha = 3, in a third of the rounds.
+        super().__init__(engine, engine.local_id, alpha=K)
         self.addresses = addresses
         self.on_done = on_done
         self.answered = 0
