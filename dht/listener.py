@@ -51,6 +51,11 @@ class Listener:
         self._stats = stats
         self.reassembler = reassembler
         self.limiter = limiter
+        # Written only by this listener's thread, so no lock: read for stats.
+        self.datagrams = 0
+        """Datagrams received."""
+        self.events = 0
+        """Events decoded and handed to the engine."""
         self._wake_lock = threading.Lock()
         self._wake_open = False
         self._wake_read = self._wake_write = -1
@@ -112,6 +117,7 @@ class Listener:
                 stats.incr("receive-error")
                 log.debug("receive error: %s", error)
                 return
+            self.datagrams += 1
             if size > MAX_DATAGRAM:
                 stats.incr("drop-long-datagram")
                 continue
@@ -127,6 +133,7 @@ class Listener:
             if not event.response and not limiter.allow(source, now):
                 stats.incr("drop-rate-limited")
                 continue
+            self.events += 1
             try:
                 self._deliver(event, source)
             except Exception:  # a bug must not end the loop: log it and go on

@@ -140,10 +140,15 @@ class DHT:
         return self._closed
 
     def stats(self) -> dict[str, int]:
-        """Counters: dropped datagrams by reason, timeouts, refusals, ..."""
+        """Counters: datagrams and events received, drops by reason
+        (``drop-*``), timeouts, refusals, routing-table size, ..."""
         counts = self._engine.stats.snapshot()
         counts["routing-table-size"] = len(self._engine.table)
         counts["pending-requests"] = self._engine.pending_requests
+        listeners = self._listeners
+        counts["datagrams-received"] = sum(listener.datagrams for listener in listeners)
+        counts["events-received"] = sum(listener.events for listener in listeners)
+        counts["fragments-held"] = sum(listener.reassembler.records for listener in listeners)
         return counts
 
     def threads(self) -> list[threading.Thread]:

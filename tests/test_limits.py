@@ -1,0 +1,115 @@
+"""Unit tests of the limits for an open port: rate limiter, amplification
+cap, pending-request cap, receive counters (core on simnet; one real node)."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from cluster import running_cluster, wait_until
+from simnet import Outcome, SimNetwork
+
+from dht.core.ratelimit import RateLimiter
+from dht.errors import DHTError
+from dht.keys import random_id
+from dht.wire import Event, EventType, FindNode, encode, fragment
+
+
+def test_rate_limiter_allows_the_burst_then_the_rate() -> None:
+    limiter = RateLimiter(rate=10.0, burst=5)
+    source = ("127.0.0.1", 1)
+    assert [limiter.allow(source, 0.0) for _ in range(6)] == [True] * 5 + [False]
+    assert not limiter.allow(source, 0.05)  # half a token
+    assert limiter.allow(source, 0.1)  # one token earned at 10/s
+    assert not limiter.allow(source, 0.1)
+    assert limiter.allow(("127.0.0.1", 2), 0.1)  # other sources are independent
+    assert limiter.refused == 3
+    # Tokens never exceed the burst, however long the source was quiet.
+    assert sum(limiter.allow(source, 1000.0) for _ in range(10)) == 5
+
+
+def test_rate_limiter_forgets_the_least_recently_used_source() -> None:
+    limiter = RateLimiter(rate=1.0, burst=1, max_sources=2)
+    a, b, c = ("127.0.0.1", 1), ("127.0.0.1", 2), ("127.0.0.1", 3)
+    assert limiter.allow(a, 0.0) and limiter.allow(b, 0.0)
+    assert limiter.allow(c, 0.0)  # evicts a
+    assert len(limiter) == 2
+    assert limiter.allow(a, 0.0)  # a starts with a full bucket again
+    assert not limiter.allow(c, 0.0)
+
+
+@pytest.mark.parametrize(("rate", "burst"), [(0.0, 1), (1.0, 0)])
+def test_rate_limiter_rejects_bad_settings(rate: float, burst: int) -> None:
+    with pytest.raises(ValueError):
+        RateLimiter(rate, burst)
+
+
+def test_amplification_cap_limits_answers_to_unproven_sources() -> None:
+    """A source that never answered us gets at most amplification_limit bytes."""
+    net = SimNetwork()
+    node = net.add_node(amplification_limit=4000)
+    forged = ("127.0.0.99", 4242)  # nothing listens there: it can never answer
+    sent: list[int] = []
+    original = node.engine._transport
+
+    def transport(datagrams: list[bytes], address: tuple[str, int]) -> None:
+        if address == forged:
+            sent.append(sum(map(len, datagrams)))
+        original(datagrams, address)
+
+    node.engine._transport = transport  # type: ignore[method-assign]
+    for peer in range(30):  # give it contacts, so FIND_NODE answers are large
+        node.engine.table.add_verified(random_id(), ("127.0.0.1", 20000 + peer), 0.0)
+    for _ in range(50):
+        request = Event(random_id(), random_id(), EventType.FIND_NODE, False, FindNode(random_id()))
+        node.engine.receive(request, forged)
+    answered = sum(size for size in sent if size > 200)  # the answers, not our probes
+    assert 0 < answered <= 4000
+    assert node.engine.stats.snapshot()["drop-amplification"] >= 40
+
+
+def test_proven_sources_are_not_capped() -> None:
+    net = SimNetwork()
+    a = net.add_node(amplification_limit=1000)
+    b = net.add_node(amplification_limit=1000)
+    joined = Outcome()
+    b.engine.bootstrap([a.address], joined.store_done)
+    assert net.run_until(lambda: joined.ended) and joined.ends == [None]
+    net.run_until(lambda: False, limit=1.0)  # a pings b; b's answer proves it
+    for _ in range(20):
+        found = Outcome()
+        b.engine.find(random_id(), 0, found.value, found.find_done)
+        assert net.run_until(lambda found=found: found.ended)
+    assert "drop-amplification" not in a.engine.stats.snapshot()
+
+
+def test_pending_cap_fails_requests_beyond_it_once() -> None:
+    net = SimNetwork()
+    node = net.add_node(max_pending=3)
+    failures: list[Exception] = []
+    for _ in range(5):
+        node.engine.request(
+            ("127.0.0.99", 1), None, EventType.PING, None, lambda *_: True, failures.append
+        )
+    assert node.engine.pending_requests == 3
+    net.run_until(lambda: len(failures) == 5, limit=5.0)
+    refused = [error for error in failures if not isinstance(error, TimeoutError)]
+    assert len(failures) == 5 and len(refused) == 2
+    assert all(isinstance(error, DHTError) for error in refused)
+    assert node.engine.stats.snapshot()["request-refused-pending-cap"] == 2
+
+
+def test_stats_count_datagrams_and_events_received() -> None:
+    with running_cluster(1) as (node,):
+        host, port = node.address.rsplit(":", 1)
+        ping = Event(random_id(), random_id(), EventType.PING, False, None)
+        [datagram] = fragment(ping.id, encode(ping))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            for data in (datagram, b"short", datagram):
+                sock.sendto(data, (host, int(port)))
+            assert wait_until(lambda: node.stats()["datagrams-received"] >= 3, 5.0)
+        stats = node.stats()
+        assert stats["events-received"] == 2
+        assert stats["drop-short-datagram"] == 1
+        assert stats["fragments-held"] == 0
