@@ -71,6 +71,7 @@ class RoutingTable:
         self._local = int.from_bytes(local_id, "big")
         # Created on first insert: most of the 160 stay empty in any network.
         self._buckets: list[Bucket | None] = [None] * KEY_BITS
+        self._created: list[tuple[int, Bucket]] = []  # replaced whole, never mutated
         self._create_lock = threading.Lock()
 
     def bucket_index(self, node_id: bytes) -> int:
@@ -89,6 +90,7 @@ class RoutingTable:
                 bucket = self._buckets[index]
                 if bucket is None:
                     bucket = self._buckets[index] = Bucket(self.bucket_size)
+                    self._created = sorted([*self._created, (index, bucket)], key=_first_index)
         return bucket
 
     def touch(self, node_id: bytes, address: Address, now: float) -> bool:
@@ -206,7 +208,7 @@ class RoutingTable:
             return []
         target_int = int.from_bytes(target, "big")
         t = KEY_BITS - (self._local ^ target_int).bit_length()
-        occupied = [(i, b) for i, b in enumerate(self._buckets) if b is not None and b.contacts]
+        occupied = [(i, b) for i, b in self._created if b.contacts]
         found: list[tuple[int, Contact]] = []
         if sum(len(bucket.contacts) for _, bucket in occupied) > n:
             home = KEY_BITS - 1 - t  # the bucket of contacts sharing exactly t bits
@@ -271,6 +273,10 @@ class RoutingTable:
 
 
 def _first(item: tuple[int, Contact]) -> int:
+    return item[0]
+
+
+def _first_index(item: tuple[int, Bucket]) -> int:
     return item[0]
 
 
