@@ -558,6 +558,14 @@ class _Operation:
             for fn in batch:
                 _call(fn)
 
+    def register(self) -> bool:
+        """Join the engine's running operations (so Close ends it); if the
+        engine is already closed, end at once with ClosedError."""
+        if self.engine._register(self):
+            return True
+        self.finish(ClosedError("the node was closed"))
+        return False
+
     def finish(self, error: Exception | None) -> None:
         """End the operation (once); later calls do nothing."""
         with self.lock:
@@ -682,8 +690,7 @@ class _Bootstrap(_LookupOperation):
         self.failed = 0
 
     def start(self) -> None:
-        if not self.engine._register(self):
-            self.finish(ClosedError("the node was closed"))
+        if not self.register():
             return
         if not self.addresses:
             self.finish(None)
@@ -756,8 +763,7 @@ class _FindOperation(_LookupOperation):
         return FindValue(key=self.target, from_ns=self.from_ns)
 
     def start(self) -> None:
-        if not self.engine._register(self):
-            self.finish(ClosedError("the node was closed"))
+        if not self.register():
             return
         local = self.engine.storage.Get(self.target, self.from_ns)
         if local:
@@ -848,8 +854,7 @@ class _StoreOperation(_LookupOperation):
         self.needed = 0
 
     def start(self) -> None:
-        if not self.engine._register(self):
-            self.finish(ClosedError("the node was closed"))
+        if not self.register():
             return
         with self.lock:
             self.lookup.add(self.engine.table.closest(self.target, K))
