@@ -335,11 +335,12 @@ class Engine:
 
     def _on_request(self, event: Event, source: Address) -> None:
         sender = event.sender
-        if not self.table.touch(sender, source, self._clock()):
+        now = self._clock()
+        if not self.table.touch(sender, source, now):
             if self.table.wants(sender, source):
-                self._verify(sender, source)
+                self._prove(sender, source)
             else:
-                self.table.add_candidate(sender, source, self._clock())
+                self.table.add_candidate(sender, source, now)
         requester = Node(sender, source)
         for response in answer(event, requester, self.table, self.storage, self.stats.incr):
             try:
@@ -379,13 +380,10 @@ class Engine:
             self._prove(sender, source)
         return True
 
-    def _verify(self, node_id: bytes, address: Address) -> None:
-        """Ping an unsolicited sender; it enters the table when it answers."""
-        self._prove(node_id, address)
-
     def _prove(self, node_id: bytes, address: Address) -> None:
-        """Ping ``address`` expecting ``node_id``; an answer proves the address
-        is real (and offers the node to the routing table)."""
+        """Ping ``address`` expecting ``node_id``. An answer proves the address
+        is real: it lifts the amplification cap, and offers the node to the
+        routing table (how unsolicited senders get verified)."""
         with self._lock:
             if node_id in self._verifying or len(self._verifying) >= MAX_VERIFYING:
                 return
@@ -459,7 +457,7 @@ class Engine:
         for contact in self.table.stale(now, self.refresh_interval):
             self._ping(contact.id, contact.address)
         for contact in self.table.candidates_to_verify():
-            self._verify(contact.id, contact.address)
+            self._prove(contact.id, contact.address)
         expire = getattr(self.storage, "expire", None)
         if callable(expire):
             expire()
