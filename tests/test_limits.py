@@ -12,7 +12,7 @@ from simnet import Outcome, SimNetwork
 from dht.core.ratelimit import RateLimiter
 from dht.errors import DHTError
 from dht.keys import random_id
-from dht.wire import Event, EventType, FindNode, encode, fragment
+from dht.wire import Event, EventType, FindNode, Store, Value, encode, fragment
 
 
 def test_rate_limiter_allows_the_burst_then_the_rate() -> None:
@@ -66,6 +66,13 @@ def test_amplification_cap_limits_answers_to_unproven_sources() -> None:
     answered = sum(size for size in sent if size > 200)  # the answers, not our probes
     assert 0 < answered <= 4000
     assert node.engine.stats.snapshot()["drop-amplification"] >= 40
+    # Once spent, requests are refused before any work: a STORE is not applied.
+    key = random_id()
+    store = Event(
+        random_id(), random_id(), EventType.STORE, False, Store((Value(key, b"x", 10**12, 0),))
+    )
+    node.engine.receive(store, forged)
+    assert node.storage.Get(key) == []
 
 
 def test_proven_sources_are_not_capped() -> None:

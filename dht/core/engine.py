@@ -341,6 +341,9 @@ class Engine:
                 self._prove(sender, source)
             else:
                 self.table.add_candidate(sender, source, now)
+        if self._capped(source):  # spend nothing on a source we may not answer
+            self.stats.incr("drop-amplification")
+            return
         requester = Node(sender, source)
         for response in answer(event, requester, self.table, self.storage, self.stats.incr):
             try:
@@ -361,6 +364,13 @@ class Engine:
                 self._proven.popitem(last=False)
             self._answered_unproven.pop(address, None)
 
+    def _capped(self, source: Address) -> bool:
+        """Whether an unproven source has used up its amplification budget."""
+        with self._lock:
+            if source in self._proven:
+                return False
+            return self._answered_unproven.get(source, 0) >= self.amplification_limit
+
     def _may_answer(self, sender: bytes, source: Address, size: int) -> bool:
         """Amplification cap: a source that never answered us gets at most
         ``amplification_limit`` bytes of answers. Halfway there we ping it;
@@ -370,7 +380,8 @@ class Engine:
                 return True
             sent = self._answered_unproven.pop(source, 0)
             if sent + size > self.amplification_limit:
-                self._answered_unproven[source] = sent
+                # Spent: from now on _capped() refuses before any work is done.
+                self._answered_unproven[source] = self.amplification_limit
                 return False
             self._answered_unproven[source] = sent + size
             if len(self._answered_unproven) > PROVEN_ADDRESSES:
