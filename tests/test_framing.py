@@ -696,3 +696,25 @@ def test_property_any_order_and_duplicates_give_the_event_once(case, source):
     assert refused == duplicates
     assert r.held_bytes == 0
     assert r.records == 0
+
+
+@pytest.mark.parametrize("sources", [10, 60, 100, 500])
+def test_a_legitimate_event_survives_a_flood_spread_over_many_sources(sources: int) -> None:
+    """When the overall caps bind, first fragments from many sources are
+    evicted before an event that is receiving its parts (it holds more bytes
+    than any one flood source, which once made it the victim)."""
+    rng = random.Random(sources)
+    reassembler = Reassembler(max_records=64, max_bytes=64 * MAX_CHUNK)
+    event = rng.randbytes(21 * MAX_CHUNK - 100)
+    done = None
+    flood = 0
+    for part in fragment(rng.randbytes(20), event):
+        result = reassembler.feed(part, ("127.0.0.200", 9), 0.0)
+        done = bytes(result) if result is not None else done
+        for _ in range(8):
+            first = fragment(rng.randbytes(20), rng.randbytes(2000))[0]
+            reassembler.feed(first, ("127.0.0.1", 1000 + flood % sources), 0.0)
+            flood += 1
+        assert reassembler.records <= 64 and reassembler.held_bytes <= 64 * MAX_CHUNK
+    assert done == event
+    assert reassembler.evicted > 0

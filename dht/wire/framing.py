@@ -110,8 +110,9 @@ class Reassembler:
     holding ``max_bytes`` of chunks in all, and per source address at most
     ``max_records_per_source`` and ``max_bytes_per_source``. A source over its
     own limits loses its oldest records first; when the overall limits are
-    hit, the oldest record of the source holding the most bytes goes. A record
-    is dropped ``timeout`` seconds after its first fragment arrived.
+    hit, a record of the source with the most records goes (see
+    ``_greediest``). A record is dropped ``timeout`` seconds after its first
+    fragment arrived.
 
     Not thread-safe: give each listener thread its own (the kernel steers all
     datagrams from one source address to the same SO_REUSEPORT socket).
@@ -210,8 +211,9 @@ class Reassembler:
             self._evict(next(iter(own)))
             own = self._by_source.get(source)
         while len(self._records) >= self.max_records:
-            heaviest = max(self._source_bytes, key=self._source_bytes.__getitem__)
-            self._evict(next(iter(self._by_source[heaviest])))
+            greediest = self._greediest(None)
+            assert greediest is not None  # there are records
+            self._evict(next(iter(self._by_source[greediest])))
         self._make_room(source, size, keep=None)
         record = _Record(source, now + self.timeout)
         self._records[key] = record
@@ -223,7 +225,7 @@ class Reassembler:
         """Evict records until ``size`` more bytes from ``source`` fit the caps.
 
         A source over its own cap loses its oldest records; over the overall
-        cap, the source holding the most bytes does. The record ``keep`` (the
+        cap, the source with the most records does (``_greediest``). The record ``keep`` (the
         one growing) goes last: if it alone is too big, it is dropped and
         ``ReassemblyFull`` raised.
         """
@@ -232,8 +234,30 @@ class Reassembler:
         while self._source_bytes.get(source, 0) + size > self.max_bytes_per_source:
             self._evict_oldest(source, keep)
         while self.held_bytes + size > self.max_bytes:
-            heaviest = max(self._source_bytes, key=self._source_bytes.__getitem__)
-            self._evict_oldest(heaviest, keep)
+            greediest = self._greediest(keep)
+            if greediest is None:  # only the growing record is left
+                assert keep is not None
+                self._evict(keep)
+                raise ReassemblyFull("reassembly-full", "an event is larger than the caps")
+            self._evict_oldest(greediest, keep)
+
+    def _greediest(self, keep: _RecordKey | None) -> Address | None:
+        """The source to take from when the overall caps bind: the one with
+        the most records (not counting ``keep``); on a tie, the one whose
+        oldest record has made the least progress (fewest bytes held), then
+        the oldest. A flood of first fragments, however many sources it comes
+        from, pays before a legitimate event that is receiving its parts."""
+        best: Address | None = None
+        best_rank = (0, 0, 0.0)
+        for source, own in self._by_source.items():
+            count = len(own) - (keep in own)
+            if count == 0:
+                continue
+            record = self._records[next(key for key in own if key != keep)]
+            rank = (count, -record.held, -record.deadline)
+            if best is None or rank > best_rank:
+                best, best_rank = source, rank
+        return best
 
     def _evict_oldest(self, source: Address, keep: _RecordKey | None) -> None:
         own = self._by_source[source]
