@@ -30,7 +30,7 @@ from .errors import ArgumentError, BootstrapError, ValueTooLarge
 from .keys import check_id, random_id
 from .listener import Listener
 from .timer import TimerThread
-from .wire.events import NS_PER_SECOND, Address, Event
+from .wire.events import NS_PER_SECOND, Address
 from .wire.framing import Reassembler
 
 log = logging.getLogger("dht")
@@ -101,7 +101,7 @@ class DHT:
             self._listeners = [
                 Listener(
                     sock,
-                    self._receive,
+                    self._engine.receive,
                     self._engine.stats,
                     reassembler=Reassembler(
                         max_records=cfg.reassembly_max_records,
@@ -268,9 +268,6 @@ class DHT:
         # The lookup always ends (every request has a timeout); the bound is a
         # safety net against a bug, not a behaviour.
         result.result(timeout=max(60.0, 30 * self.config.timeout))
-
-    def _receive(self, event: Event, source: Address) -> None:
-        self._engine.receive(event, source)
 
     def _transmit(self, datagrams: list[bytes], address: Address) -> None:
         sock = next(self._send_from)

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 
 import flatbuffers
 
-from dht.wire.codec import _UNION_TAG, _check_id, _check_int64, encode_address
+from dht.keys import check_id
+from dht.wire.codec import _UNION_TAG, _check_int64, encode_address
 from dht.wire.events import Event, FindNode, Node, Payload, Store, Value
 from dht.wire.fb import Event as fb_event
 from dht.wire.fb import FindNode as fb_find_node
@@ -73,13 +74,13 @@ def _build_payload(builder: flatbuffers.Builder, payload: Payload) -> int:
 def _build_key(builder: flatbuffers.Builder, key: bytes | None) -> int:
     if key is None:
         return 0
-    return int(builder.CreateByteVector(_check_id(key, "key")))
+    return int(builder.CreateByteVector(check_id(key, "key")))
 
 
 def _build_values(builder: flatbuffers.Builder, values: Sequence[Value]) -> int:
     offsets = []
     for value in values:
-        key = builder.CreateByteVector(_check_id(value.key, "value key"))
+        key = builder.CreateByteVector(check_id(value.key, "value key"))
         data = builder.CreateByteVector(bytes(value.value))
         fb_value.Start(builder)
         fb_value.AddKey(builder, key)
@@ -93,7 +94,7 @@ def _build_values(builder: flatbuffers.Builder, values: Sequence[Value]) -> int:
 def _build_nodes(builder: flatbuffers.Builder, nodes: Sequence[Node]) -> int:
     offsets = []
     for node in nodes:
-        node_id = builder.CreateByteVector(_check_id(node.id, "node id"))
+        node_id = builder.CreateByteVector(check_id(node.id, "node id"))
         address = builder.CreateByteVector(encode_address(node.address))
         fb_node.Start(builder)
         fb_node.AddId(builder, node_id)

@@ -16,7 +16,7 @@ import struct
 from collections.abc import Sequence
 
 from ..errors import ArgumentError, DecodeError
-from ..keys import KEY_BYTES
+from ..keys import KEY_BYTES, check_id
 from .events import (
     PAYLOAD_CLASS,
     Address,
@@ -78,8 +78,8 @@ def encode(event: Event) -> bytes:
     outside int64). The length limit is applied by the framing
     (``dht.wire.framing.fragment``), not here.
     """
-    _check_id(event.id, "event id")
-    _check_id(event.sender, "sender")
+    check_id(event.id, "event id")
+    check_id(event.sender, "sender")
     try:
         event_type = EventType(event.type)
     except ValueError:
@@ -146,7 +146,7 @@ def _write_payload(buf: bytearray, field: int, payload: Payload) -> None:
         _link(buf, field)
         buf += _TABLE3.pack(8, 0, 0)
         if key is not None:
-            _write_bytes(buf, table + 4, _check_id(key, "key"))
+            _write_bytes(buf, table + 4, check_id(key, "key"))
         if nodes:
             _write_nodes(buf, table + 8, nodes)
     else:
@@ -161,7 +161,7 @@ def _write_payload(buf: bytearray, field: int, payload: Payload) -> None:
         found = _check_int64(payload.found, "found")
         buf += _FIND_VALUE_TABLE.pack(14, 0, from_ns, found, 0, 0)
         if key is not None:
-            _write_bytes(buf, table + 4, _check_id(key, "key"))
+            _write_bytes(buf, table + 4, check_id(key, "key"))
         if values:
             _write_values(buf, table + 24, values)
         if nodes:
@@ -194,7 +194,7 @@ def _write_values(buf: bytearray, field: int, values: Sequence[Value]) -> None:
             _check_int64(value.created_ns, "created_ns"),
             0,
         )
-        _write_bytes(buf, table + 4, _check_id(value.key, "value key"))
+        _write_bytes(buf, table + 4, check_id(value.key, "value key"))
         _write_bytes(buf, table + 24, bytes(value.value))
 
 
@@ -208,7 +208,7 @@ def _write_nodes(buf: bytearray, field: int, nodes: Sequence[Node]) -> None:
         slot += 4
         buf += _TABLE3.pack(table - vtable, 8, 28)  # id vector at +12, address at +36
         buf += _U32_PACK(20)
-        buf += _check_id(node.id, "node id")
+        buf += check_id(node.id, "node id")
         buf += _U32_PACK(6)
         buf += encode_address(node.address)
         buf += b"\0\0"
@@ -229,13 +229,6 @@ def encode_address(address: Address) -> bytes:
 def decode_address(data: bytes) -> Address:
     """Inverse of ``encode_address`` (``data`` must be 6 bytes)."""
     return socket.inet_ntoa(data[:4]), data[4] | (data[5] << 8)
-
-
-def _check_id(value: bytes | None, what: str) -> bytes:
-    if not isinstance(value, bytes) or len(value) != KEY_BYTES:
-        shown = len(value) if isinstance(value, bytes) else type(value).__name__
-        raise ArgumentError(f"{what} must be {KEY_BYTES} bytes, got {shown}")
-    return value
 
 
 def _check_int64(value: int, what: str) -> int:
