@@ -52,6 +52,8 @@ def random_id() -> bytes:
 
 def check_id(value: bytes, what: str) -> bytes:
     """Return ``value`` as bytes if it is 20 bytes long, else raise ArgumentError."""
+    if type(value) is bytes and len(value) == KEY_BYTES:  # the usual case, on hot paths
+        return value
     if not isinstance(value, bytes | bytearray | memoryview):
         raise ArgumentError(f"{what} must be bytes, not {type(value).__name__}")
     if len(value) != KEY_BYTES:
