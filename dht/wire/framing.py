@@ -110,9 +110,8 @@ class Reassembler:
     holding ``max_bytes`` of chunks in all, and per source address at most
     ``max_records_per_source`` and ``max_bytes_per_source``. A source over its
     own limits loses its oldest records first; when the overall limits are
-    hit, a record of the source with the most records goes (see
-    ``_greediest``). A record is dropped ``timeout`` seconds after its first
-    fragment arrived.
+    hit, bare first fragments go first, oldest first (see ``_overall_victim``).
+    A record is dropped ``timeout`` seconds after its first fragment arrived.
 
     Not thread-safe: give each listener thread its own (the kernel steers all
     datagrams from one source address to the same SO_REUSEPORT socket).
@@ -147,6 +146,7 @@ class Reassembler:
         self.timeout = timeout
         # Insertion order is creation order, so it is also deadline order.
         self._records: dict[_RecordKey, _Record] = {}
+        self._fresh: dict[_RecordKey, None] = {}  # records with one part, oldest first
         self._by_source: dict[Address, dict[_RecordKey, None]] = {}
         self._source_bytes: dict[Address, int] = {}
         self.held_bytes = 0
@@ -195,6 +195,7 @@ class Reassembler:
             raise FramingError("duplicate-part", f"part {header.part} of {header.total}")
         else:
             self._make_room(source, len(chunk), keep=key)
+            self._fresh.pop(key, None)  # a second part: no longer a bare first fragment
         record.chunks[header.part] = bytes(chunk)
         record.held += len(chunk)
         self.held_bytes += len(chunk)
@@ -211,12 +212,13 @@ class Reassembler:
             self._evict(next(iter(own)))
             own = self._by_source.get(source)
         while len(self._records) >= self.max_records:
-            greediest = self._greediest(None)
-            assert greediest is not None  # there are records
-            self._evict(next(iter(self._by_source[greediest])))
+            victim = self._overall_victim(None)
+            assert victim is not None  # there are records
+            self._evict(victim)
         self._make_room(source, size, keep=None)
         record = _Record(source, now + self.timeout)
         self._records[key] = record
+        self._fresh[key] = None
         self._by_source.setdefault(source, {})[key] = None
         self._source_bytes.setdefault(source, 0)
         return record
@@ -225,8 +227,8 @@ class Reassembler:
         """Evict records until ``size`` more bytes from ``source`` fit the caps.
 
         A source over its own cap loses its oldest records; over the overall
-        cap, the source with the most records does (``_greediest``). The record ``keep`` (the
-        one growing) goes last: if it alone is too big, it is dropped and
+        cap, ``_overall_victim`` chooses. The record ``keep`` (the one
+        growing) goes last: if it alone is too big, it is dropped and
         ``ReassemblyFull`` raised.
         """
         if size > self.max_bytes_per_source or size > self.max_bytes:
@@ -234,30 +236,32 @@ class Reassembler:
         while self._source_bytes.get(source, 0) + size > self.max_bytes_per_source:
             self._evict_oldest(source, keep)
         while self.held_bytes + size > self.max_bytes:
-            greediest = self._greediest(keep)
-            if greediest is None:  # only the growing record is left
+            victim = self._overall_victim(keep)
+            if victim is None:  # only the growing record is left
                 assert keep is not None
                 self._evict(keep)
                 raise ReassemblyFull("reassembly-full", "an event is larger than the caps")
-            self._evict_oldest(greediest, keep)
+            self._evict(victim)
 
-    def _greediest(self, keep: _RecordKey | None) -> Address | None:
-        """The source to take from when the overall caps bind: the one with
-        the most records (not counting ``keep``); on a tie, the one whose
-        oldest record has made the least progress (fewest bytes held), then
-        the oldest. A flood of first fragments, however many sources it comes
-        from, pays before a legitimate event that is receiving its parts."""
-        best: Address | None = None
-        best_rank = (0, 0, 0.0)
-        for source, own in self._by_source.items():
-            count = len(own) - (keep in own)
-            if count == 0:
-                continue
-            record = self._records[next(key for key in own if key != keep)]
-            rank = (count, -record.held, -record.deadline)
-            if best is None or rank > best_rank:
-                best, best_rank = source, rank
-        return best
+    def _overall_victim(self, keep: _RecordKey | None) -> _RecordKey | None:
+        """The record to evict when the overall caps bind (never ``keep``).
+
+        First the oldest record still holding only its first fragment: that
+        is all a flood of first fragments leaves, from however many sources,
+        while a legitimate event leaves this group at its second part. Then
+        the oldest record of the source holding the most bytes. O(1) apart
+        from that fallback, since it runs once per datagram under a flood.
+        """
+        for key in self._fresh:  # at most two steps: keep may come first
+            if key != keep:
+                return key
+        if not self._source_bytes:
+            return None
+        heaviest = max(self._source_bytes, key=self._source_bytes.__getitem__)
+        victim = next((key for key in self._by_source[heaviest] if key != keep), None)
+        if victim is None:  # the heaviest holds only keep: take the oldest other
+            victim = next((key for key in self._records if key != keep), None)
+        return victim
 
     def _evict_oldest(self, source: Address, keep: _RecordKey | None) -> None:
         own = self._by_source[source]
@@ -274,6 +278,7 @@ class Reassembler:
 
     def _remove(self, key: _RecordKey) -> None:
         record = self._records.pop(key)
+        self._fresh.pop(key, None)
         self.held_bytes -= record.held
         source = record.source
         own = self._by_source[source]
