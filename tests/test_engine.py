@@ -7,6 +7,7 @@ from simnet import Outcome, SimNetwork, build_network
 
 from dht.errors import ClosedError, NotFoundError, StoreError
 from dht.keys import K, distance
+from dht.wire.events import EventType
 
 HOUR_NS = 3600 * 10**9
 
@@ -162,3 +163,59 @@ def test_store_fails_with_counts_when_targets_are_gone():
     error = outcome.ends[0]
     assert isinstance(error, StoreError)
     assert error.tried >= 1 and error.acknowledged <= 1 and error.needed > error.acknowledged
+
+
+def test_a_silent_request_stalls_once_then_times_out_with_one_timer():
+    net = SimNetwork(seed=9)
+    node = net.add_node(timeout=1.0)
+    silent = ("127.0.0.1", 9)  # nothing is attached there: no answer ever comes
+    marks: list[tuple[str, float]] = []
+    node.engine.request(
+        silent,
+        None,
+        EventType.PING,
+        None,
+        lambda event, source: True,
+        lambda error: marks.append(("failed", net.clock.now)),
+        on_stall=lambda: marks.append(("stalled", net.clock.now)),
+    )
+    start = net.clock.now
+    assert net.run_until(lambda: len(marks) == 2, limit=5.0)
+    assert [kind for kind, _ in marks] == ["stalled", "failed"]
+    assert marks[0][1] - start == pytest.approx(node.engine.stall_after)
+    assert marks[1][1] - start == pytest.approx(node.engine.timeout)
+    assert node.engine.pending_requests == 0
+
+
+def test_an_answered_request_never_stalls():
+    net = build_network(2, seed=10)
+    a, b = net.nodes.values()
+    stalls: list[float] = []
+    answered: list[bool] = []
+    a.engine.request(
+        b.address,
+        b.id,
+        EventType.PING,
+        None,
+        lambda event, source: answered.append(True) or True,
+        lambda error: pytest.fail(f"failed: {error}"),
+        on_stall=lambda: stalls.append(net.clock.now),
+    )
+    net.run_until(lambda: False, limit=5.0)  # past both the stall and the timeout
+    assert answered == [True] and stalls == []
+
+
+def test_a_lookup_moves_on_from_a_silent_node_before_its_timeout():
+    net = build_network(30, seed=11, timeout=2.0)
+    nodes = list(net.nodes.values())
+    key = b"\x5a" * 20
+    storer = nodes[4]
+    # One of the K closest nodes to the key goes silent: the store's lookup
+    # must not wait for that request's 2 s timeout.
+    silent = storer.engine.table.closest(key, 1)[0]
+    for node in nodes:
+        if node.id == silent.id:
+            node.online = False
+    start = net.clock.now
+    assert store(net, storer, key, b"v").ends == [None]
+    assert net.clock.now - start < storer.engine.timeout

@@ -97,6 +97,7 @@ class _Request:
         "node_id",
         "on_failure",
         "on_response",
+        "on_stall",
         "retries",
         "timer",
     )
@@ -109,6 +110,7 @@ class _Request:
         on_response: Callable[[Event, Address], bool],
         on_failure: Callable[[Exception], object],
         retries: int,
+        on_stall: Callable[[], object] | None,
     ) -> None:
         self.event = event
         self.kind = _RESPONSE_TYPE.get(event.type, event.type)
@@ -117,6 +119,7 @@ class _Request:
         self.on_response = on_response
         self.on_failure = on_failure
         self.retries = retries
+        self.on_stall = on_stall
         self.timer: object = None
 
 
@@ -225,21 +228,34 @@ class Engine:
         on_failure: Callable[[Exception], object],
         *,
         retries: int = 0,
+        on_stall: Callable[[], object] | None = None,
     ) -> None:
         """Send a request; ``on_response(event, source)`` runs for each response
         event (return True when no more are expected), ``on_failure(error)``
         once if it times out (after ``retries`` resends) or cannot be sent.
+        ``on_stall()``, if given, runs once when no answer has come after
+        ``stall_after`` seconds (the request still waits for its timeout).
         A response is accepted only from ``address`` and, when ``node_id`` is
         given, only with that sender id (D14)."""
         event = Event(self._new_id(), self.local_id, event_type, False, payload)
-        request = _Request(event, address, node_id, on_response, on_failure, retries)
+        if self.stall_after >= self.timeout:
+            on_stall = None
+        request = _Request(event, address, node_id, on_response, on_failure, retries, on_stall)
         with self._lock:
             if self.closed:
                 raise ClosedError("the node was closed")
             full = len(self._pending) >= self.max_pending
             if not full:
                 self._pending[event.id] = request
-                request.timer = self._timers.schedule(self.timeout, lambda: self._expired(request))
+                # One timer per request: first the stall, then the timeout.
+                if on_stall is None:
+                    request.timer = self._timers.schedule(
+                        self.timeout, lambda: self._expired(request)
+                    )
+                else:
+                    request.timer = self._timers.schedule(
+                        self.stall_after, lambda: self._stalled(request)
+                    )
         if full:
             self.stats.incr("request-refused-pending-cap")
             error = DHTError(f"{self.max_pending} requests are already pending")
@@ -268,6 +284,17 @@ class Engine:
 
     def _send(self, event: Event, address: Address) -> None:
         self._transport(fragment(event.id, encode(event)), address)
+
+    def _stalled(self, request: _Request) -> None:
+        with self._lock:
+            if self._pending.get(request.event.id) is not request:
+                return
+            request.timer = self._timers.schedule(
+                self.timeout - self.stall_after, lambda: self._expired(request)
+            )
+        on_stall, request.on_stall = request.on_stall, None
+        if on_stall is not None:
+            _call(on_stall)
 
     def _expired(self, request: _Request) -> None:
         with self._lock:
@@ -641,16 +668,18 @@ class _LookupOperation(_Operation):
     ) -> None:
         """Send this lookup's request to ``node``, and mark it stalled if it
         has not answered after ``stall_after`` seconds."""
-        engine = self.engine
         try:
-            engine.request(
-                node.address, node.id, self.kind, self.payload(), on_response, on_failure
+            self.engine.request(
+                node.address,
+                node.id,
+                self.kind,
+                self.payload(),
+                on_response,
+                on_failure,
+                on_stall=lambda: self.stalled(node),
             )
         except ClosedError as error:
             self.finish(error)
-            return
-        if engine.stall_after < engine.timeout:
-            engine._timers.schedule(engine.stall_after, lambda: self.stalled(node))
 
     def stalled(self, node: Node) -> None:
         with self.lock:
