@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from ..keys import KEY_BITS, K, common_prefix_length
 from ..wire.events import Address, Node
@@ -27,19 +26,34 @@ FAILURES_BEFORE_EVICTION = 2
 """Consecutive unanswered requests after which a contact is dropped."""
 
 
-@dataclass(slots=True)
 class Contact:
-    """A known node. Mutable: ``last_seen`` (seconds, engine clock) and
-    ``failures`` change under the bucket's lock."""
+    """A known node. Mutable: ``address`` (set with ``move``), ``last_seen``
+    (seconds, engine clock) and ``failures`` change under the bucket's lock.
+    ``node`` (the wire form) and ``number`` (the id as an integer, for XOR
+    distances) are kept ready: ``closest`` reads them for every answer."""
 
-    id: bytes
-    address: Address
-    last_seen: float
-    failures: int = 0
-    verified: bool = True
+    __slots__ = ("failures", "id", "last_seen", "node", "number", "verified")
 
-    def node(self) -> Node:
-        return Node(self.id, self.address)
+    def __init__(
+        self, node_id: bytes, address: Address, last_seen: float, *, verified: bool = True
+    ) -> None:
+        self.id = node_id
+        self.node = Node(node_id, address)
+        self.number = int.from_bytes(node_id, "big")
+        self.last_seen = last_seen
+        self.failures = 0
+        self.verified = verified
+
+    @property
+    def address(self) -> Address:
+        return self.node.address
+
+    def move(self, address: Address) -> None:
+        if address != self.node.address:
+            self.node = Node(self.id, address)
+
+    def __repr__(self) -> str:
+        return f"Contact({self.id.hex()}, {self.address}, failures={self.failures})"
 
 
 class Bucket:
@@ -143,7 +157,7 @@ class RoutingTable:
             contact = contacts.get(node_id)
             if contact is not None:
                 if contact.address == address or contact.failures:
-                    contact.address = address
+                    contact.move(address)
                     contact.last_seen = now
                     contact.failures = 0
                     contacts[node_id] = contacts.pop(node_id)
@@ -230,7 +244,7 @@ class RoutingTable:
             for _, bucket in occupied:
                 _collect(bucket, target_int, found)
         found.sort(key=_first)
-        return [contact.node() for _, contact in found[:n]]
+        return [contact.node for _, contact in found[:n]]
 
     def stale(self, now: float, age: float) -> list[Contact]:
         """Contacts not heard from for ``age`` seconds (the liveness check's
@@ -283,4 +297,4 @@ def _first_index(item: tuple[int, Bucket]) -> int:
 def _collect(bucket: Bucket, target: int, into: list[tuple[int, Contact]]) -> None:
     with bucket.lock:
         contacts = list(bucket.contacts.values())
-    into.extend((int.from_bytes(c.id, "big") ^ target, c) for c in contacts)
+    into.extend((c.number ^ target, c) for c in contacts)

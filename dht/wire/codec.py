@@ -198,29 +198,53 @@ def _write_values(buf: bytearray, field: int, values: Sequence[Value]) -> None:
         _write_bytes(buf, table + 24, bytes(value.value))
 
 
+# A Node table after its soffset: uoffsets to the id (+12) and the address
+# (+36) vectors, then both vectors inline, padded to 4 bytes.
+_NODE_RECORD = struct.Struct("<iIII20sI4sH2x")
+_HOSTS: dict[str, bytes] = {}
+"""Packed IPv4 addresses by dotted string (bounded: cleared when full)."""
+_HOSTS_MAX = 4096
+
+
 def _write_nodes(buf: bytearray, field: int, nodes: Sequence[Node]) -> None:
     slot = _write_table_vector(buf, field, len(nodes))
     vtable = len(buf)
     buf += _VT_NODE
+    pack = _NODE_RECORD.pack
     for node in nodes:
         table = len(buf)
         _PACK_U32(buf, slot, table - slot)
         slot += 4
-        buf += _TABLE3.pack(table - vtable, 8, 28)  # id vector at +12, address at +36
-        buf += _U32_PACK(20)
-        buf += check_id(node.id, "node id")
-        buf += _U32_PACK(6)
-        buf += encode_address(node.address)
-        buf += b"\0\0"
+        node_id = node.id
+        if type(node_id) is not bytes or len(node_id) != KEY_BYTES:
+            check_id(node_id, "node id")  # raises the precise error
+            node_id = bytes(node_id)
+        host, port = node.address
+        packed = _HOSTS.get(host)
+        if packed is None:
+            packed = _pack_host(host)
+        if type(port) is not int or not 0 <= port <= 0xFFFF:
+            raise ArgumentError(f"node port {port!r} is not in 0..65535")
+        buf += pack(table - vtable, 8, 28, KEY_BYTES, node_id, ADDRESS_BYTES, packed, port)
+
+
+def _pack_host(host: str) -> bytes:
+    try:
+        packed = socket.inet_pton(socket.AF_INET, host)
+    except (OSError, TypeError):
+        raise ArgumentError(f"node address {host!r} is not a dotted IPv4 address") from None
+    if len(_HOSTS) >= _HOSTS_MAX:
+        _HOSTS.clear()
+    _HOSTS[host] = packed
+    return packed
 
 
 def encode_address(address: Address) -> bytes:
     """The 6-byte wire form of an IPv4 ``(host, port)``: 4 address bytes, port LE."""
     host, port = address
-    try:
-        packed = socket.inet_pton(socket.AF_INET, host)
-    except (OSError, TypeError):
-        raise ArgumentError(f"node address {host!r} is not a dotted IPv4 address") from None
+    packed = _HOSTS.get(host)
+    if packed is None:
+        packed = _pack_host(host)
     if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
         raise ArgumentError(f"node port {port!r} is not in 0..65535")
     return packed + port.to_bytes(2, "little")
@@ -228,7 +252,10 @@ def encode_address(address: Address) -> bytes:
 
 def decode_address(data: bytes) -> Address:
     """Inverse of ``encode_address`` (``data`` must be 6 bytes)."""
-    return socket.inet_ntoa(data[:4]), data[4] | (data[5] << 8)
+    return _inet_ntoa(data[:4]), data[4] | (data[5] << 8)
+
+
+_inet_ntoa = socket.inet_ntoa
 
 
 def _check_int64(value: int, what: str) -> int:
@@ -405,15 +432,84 @@ def _decode_values(table: _Table, slot: int) -> tuple[Value, ...]:
 
 
 def _decode_nodes(table: _Table, slot: int) -> tuple[Node, ...]:
+    """The Node tables of a vector field. Inlined: an answer carries 20 of
+    them, and they share one vtable (both Go's builder and ours share it),
+    so the vtable is checked once and each node costs a few bounds checks."""
+    found = table.vector(slot, 4)
+    if found is None:
+        return ()
+    start, length = found
+    buf, end = table.buf, table.end
     nodes = []
-    for node in table.tables(slot):
-        node_id = _required_id(node, 0, "node id")
-        address = node.byte_vector(1)
-        if address is None or len(address) != ADDRESS_BYTES:
-            shown = "absent" if address is None else f"{len(address)} bytes"
-            raise DecodeError("bad-address", f"node address is {shown}, expected 6 bytes")
-        nodes.append(Node(node_id, decode_address(address)))
+    known_vtable = -1
+    id_field = address_field = table_size = 0
+    for element in range(start, start + 4 * length, 4):
+        pos = element + _u32(buf, element)[0]
+        if pos + 4 > end:
+            raise DecodeError("bad-offset", f"table at {pos} is past the end ({end})")
+        vtable = pos - _i32(buf, pos)[0]
+        if vtable != known_vtable:
+            node = _Table(buf, end, pos)
+            id_field = node.field(0, 4) - pos if node.field(0, 4) else 0
+            address_field = node.field(1, 4) - pos if node.field(1, 4) else 0
+            table_size = node.table_size
+            known_vtable = vtable
+        elif pos + table_size > end:
+            raise DecodeError("bad-vtable", f"table size {table_size} at {pos}")
+        if not id_field:
+            raise DecodeError("missing-field", "node id is absent")
+        # Fast path: both vectors in bounds with the expected lengths.
+        id_vector = pos + id_field + _u32(buf, pos + id_field)[0]
+        if address_field and id_vector + 24 <= end:
+            size, node_id = _ID_VECTOR(buf, id_vector)
+            address_vector = pos + address_field + _u32(buf, pos + address_field)[0]
+            if size == KEY_BYTES and address_vector + 10 <= end:
+                size, packed, port = _ADDRESS_VECTOR(buf, address_vector)
+                if size == ADDRESS_BYTES:
+                    host = _HOST_NAMES.get(packed)
+                    if host is None:
+                        host = _host_name(packed)
+                    nodes.append(Node(node_id, (host, port)))
+                    continue
+        nodes.append(_decode_node_slowly(buf, end, pos, id_field, address_field))
     return tuple(nodes)
+
+
+_ID_VECTOR = struct.Struct("<I20s").unpack_from
+_ADDRESS_VECTOR = struct.Struct("<I4sH").unpack_from
+_HOST_NAMES: dict[bytes, str] = {}
+"""Dotted strings by packed IPv4 address (bounded: cleared when full)."""
+
+
+def _host_name(packed: bytes) -> str:
+    if len(_HOST_NAMES) >= _HOSTS_MAX:
+        _HOST_NAMES.clear()
+    host = _HOST_NAMES[packed] = socket.inet_ntoa(packed)
+    return host
+
+
+def _decode_node_slowly(buf: Buffer, end: int, pos: int, id_field: int, address_field: int) -> Node:
+    """A node the fast path refused: find exactly what is wrong, or decode it."""
+    node_id = _vector_bytes(buf, end, pos + id_field)
+    if len(node_id) != KEY_BYTES:
+        raise DecodeError("bad-length", f"node id is {len(node_id)} bytes, expected 20")
+    address = _vector_bytes(buf, end, pos + address_field) if address_field else None
+    if address is None or len(address) != ADDRESS_BYTES:
+        shown = "absent" if address is None else f"{len(address)} bytes"
+        raise DecodeError("bad-address", f"node address is {shown}, expected 6 bytes")
+    return Node(node_id, decode_address(address))
+
+
+def _vector_bytes(buf: Buffer, end: int, position: int) -> bytes:
+    """The byte vector whose uoffset is at ``position`` (inside its table)."""
+    vector = position + _u32(buf, position)[0]
+    if vector + 4 > end:
+        raise DecodeError("bad-offset", f"vector at {vector} is past the end")
+    start = vector + 4
+    stop = start + _u32(buf, vector)[0]
+    if stop > end:
+        raise DecodeError("bad-vector", f"vector of {stop - start} elements runs past the end")
+    return bytes(buf[start:stop])
 
 
 def _optional_id(table: _Table, slot: int, what: str) -> bytes | None:
