@@ -77,22 +77,28 @@ def main() -> int:
         brief = {k: v for k, v in row.items() if k not in ("machine", "invocation")}
         print(json.dumps(brief), flush=True)
 
+    # dht runs twice: with defaults, and with every node pinned to one CPU.
+    variants = [("dht", {"pin": True})] + [(impl, {}) for impl in impls]
     for repetition in range(1, args.repeat + 1):
         for c in (1, 32):
-            for impl in impls:
+            for impl, extra in variants:
                 module = f"bench.drivers.{impl}_driver"
+                name = f"{impl}-pinned" if extra else impl
                 cluster = {
                     "nodes": args.nodes,
                     "stores": args.stores,
                     "finds": args.finds,
                     "concurrency": c,
+                    **extra,
                 }
                 row = _run(module, "cluster", cluster, timeout=600)
-                record({"impl": impl, "concurrency": c, **row}, repetition)
-                row = _run(module, "micro", {"concurrency": c}, timeout=300)
-                record({"impl": impl, "concurrency": c, **row}, repetition)
-            row = _run("bench.echo", "micro", {"concurrency": c}, timeout=120)
-            record({"impl": "udp-echo", "concurrency": c, **row}, repetition)
+                record({"impl": name, "concurrency": c, **row}, repetition)
+                row = _run(module, "micro", {"concurrency": c, **extra}, timeout=300)
+                record({"impl": name, "concurrency": c, **row}, repetition)
+            for pin in (False, True):
+                name = "udp-echo-pinned" if pin else "udp-echo"
+                row = _run("bench.echo", "micro", {"concurrency": c, "pin": pin}, timeout=120)
+                record({"impl": name, "concurrency": c, **row}, repetition)
     shapes = _run("bench.shapes", "json", {}, timeout=600)
     for shape in shapes.get("rows", []) if isinstance(shapes.get("rows"), list) else []:
         record({"impl": "dht", "workload": "shapes", "concurrency": 1, **shape}, 1)

@@ -2,17 +2,24 @@
 
 One thread echoes every datagram back; the other sends ``requests`` requests
 of ``size`` bytes with at most ``concurrency`` outstanding. Nothing a Python
-request handler does can be faster than this on the same interpreter.
+request handler does can be faster than this on the same interpreter. With
+``pin`` both threads run on one CPU (like ``dht-pinned``); the report takes
+the faster of the two as the ceiling.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
 
 
-def run_echo(requests: int = 5000, concurrency: int = 1, size: int = 160) -> dict[str, object]:
+def run_echo(
+    requests: int = 5000, concurrency: int = 1, size: int = 160, pin: bool = False
+) -> dict[str, object]:
+    if pin:  # before the echo thread starts, so it inherits the mask
+        os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
     server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     server.bind(("127.0.0.1", 0))
@@ -55,7 +62,7 @@ def run_echo(requests: int = 5000, concurrency: int = 1, size: int = 160) -> dic
         server.close()
         client.close()
     return {
-        "impl": "udp-echo",
+        "impl": "udp-echo-pinned" if pin else "udp-echo",
         "workload": "micro",
         "concurrency": concurrency,
         "requests": requests,
@@ -71,4 +78,5 @@ if __name__ == "__main__":
     import sys
 
     params = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
-    print(json.dumps(run_echo(concurrency=int(params.get("concurrency", 1)))))
+    concurrency = int(params.get("concurrency", 1))
+    print(json.dumps(run_echo(concurrency=concurrency, pin=bool(params.get("pin")))))

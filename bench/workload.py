@@ -31,6 +31,7 @@ class Params:
     value_size: int = 64
     seed: int = 2026
     base_port: int = 20000
+    pin: bool = False  # dht only: every node's threads on one CPU (Config.cpus)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import socket
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from .core.storage import Storage
@@ -25,6 +27,9 @@ class Config:
     * ``timeout = 2.0``: the reference waits 60 s for a reply, which stalls a
       lookup for a minute when a node has gone. Lookups here also move on
       from a slow node after ``timeout / 4`` without waiting for the timeout.
+
+    ``cpus`` is an addition: pinning a process's nodes to one CPU roughly
+    doubles their throughput on CPython (see its docstring).
     """
 
     local_id: bytes | None = None
@@ -47,6 +52,13 @@ class Config:
     """Seconds between liveness checks of contacts not heard from since."""
     timer_tick: float = 0.01
     """Resolution of the timer wheel in seconds: timeouts fire at most this late."""
+    cpus: Collection[int] | None = None
+    """CPUs the node's threads (listeners and timer) may run on; None leaves
+    them where the OS puts them. Linux only. With the GIL, only one thread
+    runs Python at a time, and handing it between threads on different cores
+    costs more than the work itself: giving every node of a process the same
+    single CPU (``cpus={n}``) made a 100-node cluster in one process about
+    twice as fast (``bench/``). Only the node's own threads are pinned."""
 
     # Limits that keep a node on an open port bounded and hard to abuse.
     # The defaults leave a 100-node cluster on one machine unthrottled.
@@ -110,6 +122,8 @@ class Config:
             _positive_int(getattr(self, name), name)
         for name in ("request_rate", "max_ttl", "transfer_interval"):
             _positive_number(getattr(self, name), name)
+        if self.cpus is not None:
+            self.cpus = _cpu_set(self.cpus)
         if self.storage is not None and not isinstance(self.storage, Storage):
             raise ConfigError("storage", "must implement Get, Set and Iterate (dht.Storage)")
 
@@ -133,6 +147,20 @@ def resolve(text: str, field_name: str) -> Address:
         raise ConfigError(field_name, f"cannot resolve {text!r}: {error}") from None
     ip, resolved_port = infos[0][4][:2]
     return str(ip), int(resolved_port)
+
+
+def _cpu_set(cpus: object) -> frozenset[int]:
+    if not hasattr(os, "sched_setaffinity"):
+        raise ConfigError("cpus", "pinning threads needs os.sched_setaffinity (Linux)")
+    if isinstance(cpus, str | bytes) or not isinstance(cpus, Collection) or not cpus:
+        raise ConfigError("cpus", f"must be a non-empty collection of CPU numbers, got {cpus!r}")
+    allowed = os.sched_getaffinity(0)
+    for cpu in cpus:
+        if not isinstance(cpu, int) or isinstance(cpu, bool) or cpu not in allowed:
+            raise ConfigError(
+                "cpus", f"{cpu!r} is not one of this process's CPUs {sorted(allowed)}"
+            )
+    return frozenset(cpus)
 
 
 def _positive_int(value: object, name: str) -> None:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from .core.engine import Stats
 from .core.ratelimit import RateLimiter
 from .errors import ProtocolError
+from .timer import pin_current_thread
 from .wire.codec import decode
 from .wire.events import Address, Event
 from .wire.framing import MAX_DATAGRAM, Reassembler
@@ -45,12 +46,14 @@ class Listener:
         reassembler: Reassembler,
         limiter: RateLimiter,
         name: str,
+        cpus: frozenset[int] | None = None,
     ) -> None:
         self.sock = sock
         self._deliver = deliver
         self._stats = stats
         self.reassembler = reassembler
         self.limiter = limiter
+        self._cpus = cpus
         # Written only by this listener's thread, so no lock: read for stats.
         self.datagrams = 0
         """Datagrams received."""
@@ -82,6 +85,7 @@ class Listener:
             self._thread.join()
 
     def _run(self) -> None:
+        pin_current_thread(self._cpus)
         buffer = bytearray(RECEIVE_BUFFER)
         view = memoryview(buffer)
         try:

@@ -80,7 +80,8 @@ class DHT:
         try:
             host, port = self._sockets[0].getsockname()[:2]
             self._address: Address = (host, port)
-            self._timers = TimerThread(tick=cfg.timer_tick, name=f"dht-timer-{port}")
+            cpus = frozenset(cfg.cpus) if cfg.cpus is not None else None
+            self._timers = TimerThread(tick=cfg.timer_tick, name=f"dht-timer-{port}", cpus=cpus)
             self._send_from = itertools.cycle(self._sockets)
             self._engine = Engine(
                 self._id,
@@ -111,6 +112,7 @@ class DHT:
                     ),
                     limiter=RateLimiter(cfg.request_rate, cfg.request_burst),
                     name=f"dht-listener-{port}-{i}",
+                    cpus=cpus,
                 )
                 for i, sock in enumerate(self._sockets)
             ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +22,10 @@ log = logging.getLogger("dht.timer")
 class TimerThread:
     """Thread-safe ``schedule``/``cancel`` on a wheel driven by its own thread."""
 
-    def __init__(self, *, tick: float = 0.01, name: str = "dht-timer") -> None:
+    def __init__(
+        self, *, tick: float = 0.01, name: str = "dht-timer", cpus: frozenset[int] | None = None
+    ) -> None:
+        self._cpus = cpus
         self._clock = time.monotonic
         self._wheel = TimerWheel(self._clock(), tick=tick)
         self._cond = threading.Condition()
@@ -66,6 +70,7 @@ class TimerThread:
             return len(self._wheel)
 
     def _run(self) -> None:
+        pin_current_thread(self._cpus)
         while True:
             with self._cond:
                 while True:
@@ -84,3 +89,12 @@ class TimerThread:
                     callback()
                 except Exception:
                     log.exception("timer callback %r raised", callback)
+
+
+def pin_current_thread(cpus: frozenset[int] | None) -> None:
+    """Restrict the calling thread to ``cpus`` (None: leave it alone)."""
+    if cpus:
+        try:
+            os.sched_setaffinity(0, cpus)  # 0: the calling thread, on Linux
+        except OSError as error:
+            log.warning("cannot pin thread to CPUs %s: %s", sorted(cpus), error)

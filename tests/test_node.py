@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import socket
 import subprocess
 import sys
@@ -541,6 +542,11 @@ def test_raising_callback_does_not_kill_the_node(
         ({"refresh_interval": -5}, "refresh_interval"),
         ({"socket_buffer_size": 0}, "socket_buffer_size"),
         ({"storage": object()}, "storage"),
+        ({"cpus": set()}, "cpus"),
+        ({"cpus": [-1]}, "cpus"),
+        ({"cpus": [10_000]}, "cpus"),
+        ({"cpus": "0"}, "cpus"),
+        ({"cpus": [True]}, "cpus"),
     ],
 )
 def test_config_validation(kwargs: dict[str, Any], field: str) -> None:
@@ -549,6 +555,26 @@ def test_config_validation(kwargs: dict[str, Any], field: str) -> None:
     assert raised.value.field == field
     assert field in str(raised.value)
     assert isinstance(raised.value, dht.ArgumentError)
+
+
+def test_cpus_pins_the_node_threads_and_only_them() -> None:
+    allowed = os.sched_getaffinity(0)
+    cpu = max(allowed)
+    with (
+        dht.New(config(cpus=[cpu])) as pinned,
+        dht.New(config(bootstrap_addresses=[pinned.address])) as free,
+    ):
+        assert pinned.config.cpus == frozenset([cpu])
+        for thread in pinned.threads():
+            assert thread.native_id is not None
+            assert os.sched_getaffinity(thread.native_id) == {cpu}, thread.name
+        for thread in free.threads():
+            assert thread.native_id is not None
+            assert os.sched_getaffinity(thread.native_id) == allowed, thread.name
+        assert os.sched_getaffinity(0) == allowed  # the calling thread is untouched
+        key = dht.Key("pinned")
+        free.Store(key, b"v", 60).result(timeout=10)
+        assert pinned.Find(key).result(timeout=10) == [b"v"]
 
 
 def test_config_defaults_are_valid() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from concurrent.futures import Future
@@ -23,15 +24,27 @@ from dht.wire.events import EventType, FindValue
 TTL = 3600.0
 
 
+def _impl(params: Params) -> str:
+    return "dht-pinned" if params.pin else "dht"
+
+
+def _config(params: Params, **kwargs: object) -> dht.Config:
+    """Defaults, or with ``pin`` every node's threads on one CPU (the last
+    this process may use), as ``Config.cpus`` documents."""
+    if params.pin:
+        kwargs["cpus"] = {max(os.sched_getaffinity(0))}
+    return dht.Config(**kwargs)  # type: ignore[arg-type]
+
+
 def run_cluster(params: Params) -> dict[str, object]:
     work = plan(params)
     nodes: list[dht.DHT] = []
     try:
         t0 = time.perf_counter()
-        nodes.append(dht.New(dht.Config(local_id=work.node_ids[0])))
+        nodes.append(dht.New(_config(params, local_id=work.node_ids[0])))
         bootstrap = [nodes[0].address]
         for node_id in work.node_ids[1:]:
-            nodes.append(dht.New(dht.Config(local_id=node_id, bootstrap_addresses=bootstrap)))
+            nodes.append(dht.New(_config(params, local_id=node_id, bootstrap_addresses=bootstrap)))
         join_s = time.perf_counter() - t0
         idle = idle_cpu(2.0)
 
@@ -49,7 +62,7 @@ def run_cluster(params: Params) -> dict[str, object]:
         for node in nodes:
             node.Close()
     return {
-        "impl": "dht",
+        "impl": _impl(params),
         "workload": "cluster",
         "concurrency": params.concurrency,
         "nodes": params.nodes,
@@ -75,8 +88,8 @@ def run_micro(params: Params, requests: int = 5000) -> dict[str, object]:
     import random
 
     rng = random.Random(params.seed)
-    server = dht.New(dht.Config())
-    client = dht.New(dht.Config(bootstrap_addresses=[server.address]))
+    server = dht.New(_config(params))
+    client = dht.New(_config(params, bootstrap_addresses=[server.address]))
     try:
         engine = client._engine
         host, port = server.address.rsplit(":", 1)
@@ -102,7 +115,7 @@ def run_micro(params: Params, requests: int = 5000) -> dict[str, object]:
         client.Close()
         server.Close()
     return {
-        "impl": "dht",
+        "impl": _impl(params),
         "workload": "micro",
         "concurrency": params.concurrency,
         "requests": requests,
