@@ -6,10 +6,10 @@ from fb_encoder import builder_encode
 from helpers import read_with_generated
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_codec import ids, int64, node_tuples, nodes, valid_events, value_tuples
+from test_codec import ids, int64, node_tuples, nodes, valid_events, value_tuples, values
 
 from dht import DecodeError
-from dht.wire import Event, EventType, FindNode, FindValue, decode, encode
+from dht.wire import Event, EventType, FindNode, FindValue, Store, decode, encode
 from dht.wire.fb import Event as fb_event
 from dht.wire.fb import FindValue as fb_find_value
 
@@ -53,22 +53,41 @@ def test_tables_with_int64_fields_are_8_aligned(event: Event) -> None:
     assert root.PayloadType() == 2
 
 
-node_answers = st.builds(
-    Event,
-    id=ids,
-    sender=ids,
-    type=st.just(EventType.FIND_NODE),
-    response=st.just(True),
-    payload=st.builds(FindNode, nodes=st.lists(nodes, min_size=1, max_size=20).map(tuple)),
+# Events whose vectors of tables the decoder reads with one vtable check.
+vector_events = st.one_of(
+    st.builds(
+        Event,
+        id=ids,
+        sender=ids,
+        type=st.just(EventType.FIND_NODE),
+        response=st.just(True),
+        payload=st.builds(FindNode, nodes=st.lists(nodes, min_size=1, max_size=20).map(tuple)),
+    ),
+    st.builds(
+        Event,
+        id=ids,
+        sender=ids,
+        type=st.just(EventType.FIND_VALUE),
+        response=st.just(True),
+        payload=st.builds(FindValue, values=st.lists(values, min_size=1, max_size=5).map(tuple)),
+    ),
+    st.builds(
+        Event,
+        id=ids,
+        sender=ids,
+        type=st.just(EventType.STORE),
+        response=st.just(False),
+        payload=st.builds(Store, values=st.lists(values, min_size=1, max_size=5).map(tuple)),
+    ),
 )
 
 
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(node_answers, st.booleans(), st.data())
-def test_node_decoding_agrees_with_the_generated_readers_on_damaged_input(
+@given(vector_events, st.booleans(), st.data())
+def test_vector_decoding_agrees_with_the_generated_readers_on_damaged_input(
     event: Event, builder: bool, data: st.DataObject
 ) -> None:
-    """The node decoder's fast path (one vtable check per vector) must read
+    """The node and value decoders (one vtable check per vector) must read
     what the generated code reads, whatever was damaged, or refuse."""
     encoded = bytearray(builder_encode(event) if builder else encode(event))
     for _ in range(data.draw(st.integers(1, 3))):

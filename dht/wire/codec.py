@@ -275,10 +275,15 @@ _2u16 = struct.Struct("<HH").unpack_from
 Buffer = bytes | bytearray | memoryview
 
 
+_MAX_SLOTS = 8
+"""More vtable entries than any table of the schema has (Event has 6)."""
+_VTABLE_ENTRIES = [struct.Struct(f"<{n}H").unpack_from for n in range(_MAX_SLOTS + 1)]
+
+
 class _Table:
     """One bounds-checked table of a buffer: where its fields are."""
 
-    __slots__ = ("buf", "end", "pos", "table_size", "vtable", "vtable_size")
+    __slots__ = ("buf", "end", "offsets", "pos", "table_size")
 
     def __init__(self, buf: Buffer, end: int, pos: int) -> None:
         if pos + 4 > end:
@@ -294,16 +299,17 @@ class _Table:
         self.buf = buf
         self.end = end
         self.pos = pos
-        self.vtable = vtable
-        self.vtable_size = vtable_size
         self.table_size = table_size
+        # The field offsets, read at once (entries past the schema's are unused).
+        count = min((vtable_size - 4) >> 1, _MAX_SLOTS)
+        self.offsets: tuple[int, ...] = _VTABLE_ENTRIES[count](buf, vtable + 4)
 
     def field(self, slot: int, width: int) -> int:
         """Absolute position of field ``slot`` (``width`` bytes), or 0 if absent."""
-        entry = 4 + 2 * slot
-        if entry >= self.vtable_size:
+        offsets = self.offsets
+        if slot >= len(offsets):
             return 0
-        offset: int = _u16(self.buf, self.vtable + entry)[0]
+        offset = offsets[slot]
         if offset == 0:
             return 0
         if offset < 4 or offset + width > self.table_size:
@@ -329,27 +335,30 @@ class _Table:
         return start, length
 
     def byte_vector(self, slot: int) -> bytes | None:
-        found = self.vector(slot, 1)
-        if found is None:
+        """The bytes of a ``[ubyte]`` field, or None if absent (one call:
+        every event has at least two)."""
+        offsets = self.offsets
+        offset = offsets[slot] if slot < len(offsets) else 0
+        if not offset:
             return None
-        start, length = found
-        return bytes(self.buf[start : start + length])
-
-    def tables(self, slot: int) -> list[_Table]:
-        found = self.vector(slot, 4)
-        if found is None:
-            return []
-        start, length = found
+        if offset < 4 or offset + 4 > self.table_size:
+            raise DecodeError("bad-field", f"field {slot} at offset {offset} is outside its table")
         buf, end = self.buf, self.end
-        return [
-            _Table(buf, end, element + _u32(buf, element)[0])
-            for element in range(start, start + 4 * length, 4)
-        ]
+        position = self.pos + offset
+        vector = position + _u32(buf, position)[0]
+        if vector + 4 > end:
+            raise DecodeError("bad-offset", f"vector at {vector} is past the end")
+        start = vector + 4
+        stop = start + _u32(buf, vector)[0]
+        if stop > end:
+            raise DecodeError("bad-vector", f"vector of {stop - start} elements runs past the end")
+        return bytes(buf[start:stop])
 
 
 _I8 = struct.Struct("<b")
 _U8 = struct.Struct("<B")
 _I64 = struct.Struct("<q")
+_EVENT_TYPES = {int(event_type): event_type for event_type in EventType}
 
 
 def decode(buffer: Buffer) -> Event:
@@ -370,10 +379,9 @@ def decode(buffer: Buffer) -> Event:
     event_id = _required_id(root, 0, "event id")
     sender = _required_id(root, 1, "sender")
     raw_type = root.scalar(2, _I8)
-    try:
-        event_type = EventType(raw_type)
-    except ValueError:
-        raise DecodeError("unknown-event-type", f"event type {raw_type}") from None
+    event_type = _EVENT_TYPES.get(raw_type)
+    if event_type is None:
+        raise DecodeError("unknown-event-type", f"event type {raw_type}")
     response = root.scalar(3, _U8) != 0
     tag = root.scalar(4, _U8)
     payload_position = root.field(5, 4)
@@ -420,15 +428,50 @@ def _decode_payload(event_type: EventType, table: _Table) -> Payload:
 
 
 def _decode_values(table: _Table, slot: int) -> tuple[Value, ...]:
-    return tuple(
-        Value(
-            key=_required_id(value, 0, "value key"),
-            value=value.byte_vector(1) or b"",
-            ttl_ns=value.scalar(2, _I64),
-            created_ns=value.scalar(3, _I64),
+    """The Value tables of a vector field; like ``_decode_nodes``, the
+    vtable is checked once for all values that share it."""
+    found = table.vector(slot, 4)
+    if found is None:
+        return ()
+    start, length = found
+    buf, end = table.buf, table.end
+    values = []
+    known_vtable = -1
+    key_field = value_field = ttl_field = created_field = table_size = 0
+    for element in range(start, start + 4 * length, 4):
+        pos = element + _u32(buf, element)[0]
+        if pos + 4 > end:
+            raise DecodeError("bad-offset", f"table at {pos} is past the end ({end})")
+        vtable = pos - _i32(buf, pos)[0]
+        if vtable != known_vtable:
+            value = _Table(buf, end, pos)
+            key_field, value_field = value.field(0, 4), value.field(1, 4)
+            ttl_field, created_field = value.field(2, 8), value.field(3, 8)
+            key_field, value_field, ttl_field, created_field = (
+                position - pos if position else 0
+                for position in (key_field, value_field, ttl_field, created_field)
+            )
+            table_size = value.table_size
+            known_vtable = vtable
+        elif pos + table_size > end:
+            raise DecodeError("bad-vtable", f"table size {table_size} at {pos}")
+        if not key_field:
+            raise DecodeError("missing-field", "value key is absent")
+        key = _vector_bytes(buf, end, pos + key_field)
+        if len(key) != KEY_BYTES:
+            raise DecodeError("bad-length", f"value key is {len(key)} bytes, expected 20")
+        values.append(
+            Value(
+                key,
+                _vector_bytes(buf, end, pos + value_field) if value_field else b"",
+                _i64(buf, pos + ttl_field)[0] if ttl_field else 0,
+                _i64(buf, pos + created_field)[0] if created_field else 0,
+            )
         )
-        for value in table.tables(slot)
-    )
+    return tuple(values)
+
+
+_i64 = struct.Struct("<q").unpack_from
 
 
 def _decode_nodes(table: _Table, slot: int) -> tuple[Node, ...]:
