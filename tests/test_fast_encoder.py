@@ -10,6 +10,7 @@ from test_codec import ids, int64, node_tuples, nodes, valid_events, value_tuple
 
 from dht import DecodeError
 from dht.wire import Event, EventType, FindNode, FindValue, Store, decode, encode
+from dht.wire.events import Payload
 from dht.wire.fb import Event as fb_event
 from dht.wire.fb import FindValue as fb_find_value
 
@@ -53,32 +54,26 @@ def test_tables_with_int64_fields_are_8_aligned(event: Event) -> None:
     assert root.PayloadType() == 2
 
 
+def _events_of(
+    event_type: EventType, response: bool, payload: st.SearchStrategy[Payload]
+) -> st.SearchStrategy[Event]:
+    return st.builds(
+        Event,
+        id=ids,
+        sender=ids,
+        type=st.just(event_type),
+        response=st.just(response),
+        payload=payload,
+    )
+
+
+some_nodes = st.lists(nodes, min_size=1, max_size=20).map(tuple)
+some_values = st.lists(values, min_size=1, max_size=5).map(tuple)
 # Events whose vectors of tables the decoder reads with one vtable check.
 vector_events = st.one_of(
-    st.builds(
-        Event,
-        id=ids,
-        sender=ids,
-        type=st.just(EventType.FIND_NODE),
-        response=st.just(True),
-        payload=st.builds(FindNode, nodes=st.lists(nodes, min_size=1, max_size=20).map(tuple)),
-    ),
-    st.builds(
-        Event,
-        id=ids,
-        sender=ids,
-        type=st.just(EventType.FIND_VALUE),
-        response=st.just(True),
-        payload=st.builds(FindValue, values=st.lists(values, min_size=1, max_size=5).map(tuple)),
-    ),
-    st.builds(
-        Event,
-        id=ids,
-        sender=ids,
-        type=st.just(EventType.STORE),
-        response=st.just(False),
-        payload=st.builds(Store, values=st.lists(values, min_size=1, max_size=5).map(tuple)),
-    ),
+    _events_of(EventType.FIND_NODE, True, st.builds(FindNode, nodes=some_nodes)),
+    _events_of(EventType.FIND_VALUE, True, st.builds(FindValue, values=some_values)),
+    _events_of(EventType.STORE, False, st.builds(Store, values=some_values)),
 )
 
 

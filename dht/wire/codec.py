@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from ..errors import ArgumentError, DecodeError
 from ..keys import KEY_BYTES, check_id
@@ -304,17 +304,20 @@ class _Table:
         count = min((vtable_size - 4) >> 1, _MAX_SLOTS)
         self.offsets: tuple[int, ...] = _VTABLE_ENTRIES[count](buf, vtable + 4)
 
-    def field(self, slot: int, width: int) -> int:
-        """Absolute position of field ``slot`` (``width`` bytes), or 0 if absent."""
+    def offset(self, slot: int, width: int) -> int:
+        """Offset of field ``slot`` (``width`` bytes) in the table, or 0 if absent."""
         offsets = self.offsets
         if slot >= len(offsets):
             return 0
         offset = offsets[slot]
-        if offset == 0:
-            return 0
-        if offset < 4 or offset + width > self.table_size:
+        if offset and (offset < 4 or offset + width > self.table_size):
             raise DecodeError("bad-field", f"field {slot} at offset {offset} is outside its table")
-        return self.pos + offset
+        return offset
+
+    def field(self, slot: int, width: int) -> int:
+        """Absolute position of field ``slot`` (``width`` bytes), or 0 if absent."""
+        offset = self.offset(slot, width)
+        return self.pos + offset if offset else 0
 
     def scalar(self, slot: int, unpack: struct.Struct) -> int:
         position = self.field(slot, unpack.size)
@@ -343,16 +346,7 @@ class _Table:
             return None
         if offset < 4 or offset + 4 > self.table_size:
             raise DecodeError("bad-field", f"field {slot} at offset {offset} is outside its table")
-        buf, end = self.buf, self.end
-        position = self.pos + offset
-        vector = position + _u32(buf, position)[0]
-        if vector + 4 > end:
-            raise DecodeError("bad-offset", f"vector at {vector} is past the end")
-        start = vector + 4
-        stop = start + _u32(buf, vector)[0]
-        if stop > end:
-            raise DecodeError("bad-vector", f"vector of {stop - start} elements runs past the end")
-        return bytes(buf[start:stop])
+        return _vector_bytes(self.buf, self.end, self.pos + offset)
 
 
 _I8 = struct.Struct("<b")
@@ -427,34 +421,41 @@ def _decode_payload(event_type: EventType, table: _Table) -> Payload:
     )
 
 
-def _decode_values(table: _Table, slot: int) -> tuple[Value, ...]:
-    """The Value tables of a vector field; like ``_decode_nodes``, the
-    vtable is checked once for all values that share it."""
+def _vector_tables(table: _Table, slot: int) -> Iterator[tuple[int, _Table]]:
+    """``(position, layout)`` of each table of a vector field. Tables of a
+    vector usually share one vtable (Go's builder and ours both share it), so
+    ``layout`` is the first table read with that vtable: its checked field
+    offsets apply at ``position``, and each further table costs one check."""
     found = table.vector(slot, 4)
     if found is None:
-        return ()
+        return
     start, length = found
     buf, end = table.buf, table.end
-    values = []
+    layout: _Table | None = None
     known_vtable = -1
-    key_field = value_field = ttl_field = created_field = table_size = 0
     for element in range(start, start + 4 * length, 4):
         pos = element + _u32(buf, element)[0]
         if pos + 4 > end:
             raise DecodeError("bad-offset", f"table at {pos} is past the end ({end})")
         vtable = pos - _i32(buf, pos)[0]
-        if vtable != known_vtable:
-            value = _Table(buf, end, pos)
-            key_field, value_field = value.field(0, 4), value.field(1, 4)
-            ttl_field, created_field = value.field(2, 8), value.field(3, 8)
-            key_field, value_field, ttl_field, created_field = (
-                position - pos if position else 0
-                for position in (key_field, value_field, ttl_field, created_field)
-            )
-            table_size = value.table_size
+        if layout is None or vtable != known_vtable:
+            layout = _Table(buf, end, pos)
             known_vtable = vtable
-        elif pos + table_size > end:
-            raise DecodeError("bad-vtable", f"table size {table_size} at {pos}")
+        elif pos + layout.table_size > end:
+            raise DecodeError("bad-vtable", f"table size {layout.table_size} at {pos}")
+        yield pos, layout
+
+
+def _decode_values(table: _Table, slot: int) -> tuple[Value, ...]:
+    buf, end = table.buf, table.end
+    values = []
+    known: _Table | None = None
+    key_field = value_field = ttl_field = created_field = 0
+    for pos, layout in _vector_tables(table, slot):
+        if layout is not known:
+            known = layout
+            key_field, value_field = layout.offset(0, 4), layout.offset(1, 4)
+            ttl_field, created_field = layout.offset(2, 8), layout.offset(3, 8)
         if not key_field:
             raise DecodeError("missing-field", "value key is absent")
         key = _vector_bytes(buf, end, pos + key_field)
@@ -475,30 +476,16 @@ _i64 = struct.Struct("<q").unpack_from
 
 
 def _decode_nodes(table: _Table, slot: int) -> tuple[Node, ...]:
-    """The Node tables of a vector field. Inlined: an answer carries 20 of
-    them, and they share one vtable (both Go's builder and ours share it),
-    so the vtable is checked once and each node costs a few bounds checks."""
-    found = table.vector(slot, 4)
-    if found is None:
-        return ()
-    start, length = found
+    """The Node tables of a vector field: an answer carries 20, so each is
+    read with one struct call for its id and one for its address."""
     buf, end = table.buf, table.end
     nodes = []
-    known_vtable = -1
-    id_field = address_field = table_size = 0
-    for element in range(start, start + 4 * length, 4):
-        pos = element + _u32(buf, element)[0]
-        if pos + 4 > end:
-            raise DecodeError("bad-offset", f"table at {pos} is past the end ({end})")
-        vtable = pos - _i32(buf, pos)[0]
-        if vtable != known_vtable:
-            node = _Table(buf, end, pos)
-            id_field = node.field(0, 4) - pos if node.field(0, 4) else 0
-            address_field = node.field(1, 4) - pos if node.field(1, 4) else 0
-            table_size = node.table_size
-            known_vtable = vtable
-        elif pos + table_size > end:
-            raise DecodeError("bad-vtable", f"table size {table_size} at {pos}")
+    known: _Table | None = None
+    id_field = address_field = 0
+    for pos, layout in _vector_tables(table, slot):
+        if layout is not known:
+            known = layout
+            id_field, address_field = layout.offset(0, 4), layout.offset(1, 4)
         if not id_field:
             raise DecodeError("missing-field", "node id is absent")
         # Fast path: both vectors in bounds with the expected lengths.
