@@ -219,3 +219,64 @@ def test_a_lookup_moves_on_from_a_silent_node_before_its_timeout():
     start = net.clock.now
     assert store(net, storer, key, b"v").ends == [None]
     assert net.clock.now - start < storer.engine.timeout
+
+
+def _first_value(net: SimNetwork, node, key: bytes) -> tuple[Outcome, int, float]:
+    """A FirstValue find: its outcome, datagrams sent and virtual seconds taken."""
+    outcome = Outcome()
+    sent, start = net.sent, net.clock.now
+    node.engine.find(key, 0, outcome.value, outcome.find_done, first_only=True)
+    assert net.run_until(lambda: outcome.ended)
+    return outcome, net.sent - sent, net.clock.now - start
+
+
+def _non_holders(net: SimNetwork, key: bytes) -> list:
+    return [node for node in net.nodes.values() if not node.storage.Get(key)]
+
+
+def test_first_value_find_asks_one_node_when_the_closest_holds_the_key():
+    net = build_network(40, seed=12)
+    nodes = list(net.nodes.values())
+    keys = [bytes([i]) * 20 for i in range(1, 21)]
+    for key in keys:
+        assert store(net, nodes[0], key, b"v").ends == [None]
+    datagrams = []
+    for key in keys:
+        asker = _non_holders(net, key)[0]
+        assert asker.engine.smoothed_rtt is not None  # it has measured round trips
+        outcome, sent, _ = _first_value(net, asker, key)
+        assert outcome.ends == [None] and outcome.values == [b"v"]
+        datagrams.append(sent)
+    # One request and its answer, unless the closest known node missed;
+    # asking alpha = 3 nodes at once would cost 6.
+    assert datagrams.count(2) >= 15, datagrams
+    assert sum(datagrams) / len(datagrams) < 3, datagrams
+
+
+def test_first_value_find_asks_alpha_nodes_before_any_round_trip_is_measured():
+    net = build_network(40, seed=13)
+    nodes = list(net.nodes.values())
+    key = b"\x42" * 20
+    assert store(net, nodes[0], key, b"v").ends == [None]
+    asker = _non_holders(net, key)[0]
+    asker.engine.smoothed_rtt = None
+    outcome, sent, _ = _first_value(net, asker, key)
+    assert outcome.ends == [None] and sent >= 6  # three requests went out at once
+
+
+def test_first_value_find_widens_after_the_hedge_delay_when_the_first_node_is_silent():
+    net = build_network(40, seed=14, timeout=2.0)
+    nodes = list(net.nodes.values())
+    key = b"\x24" * 20
+    assert store(net, nodes[0], key, b"v").ends == [None]
+    asker = _non_holders(net, key)[0]
+    first = asker.engine.table.closest(key, 1)[0]
+    for node in nodes:
+        if node.id == first.id:
+            node.online = False
+    hedge = asker.engine.hedge_delay()
+    assert hedge is not None and hedge < asker.engine.stall_after
+    outcome, _, took = _first_value(net, asker, key)
+    assert outcome.ends == [None] and outcome.values == [b"v"]
+    # Not the stall (0.5 s) nor the timeout (2 s): the hedge plus a round trip.
+    assert took < hedge + 0.05 < asker.engine.stall_after

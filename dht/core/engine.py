@@ -99,6 +99,7 @@ class _Request:
         "on_response",
         "on_stall",
         "retries",
+        "sent",
         "timer",
     )
 
@@ -120,6 +121,7 @@ class _Request:
         self.on_failure = on_failure
         self.retries = retries
         self.on_stall = on_stall
+        self.sent = 0.0  # engine clock, seconds
         self.timer: object = None
 
 
@@ -173,6 +175,8 @@ class Engine:
         self._transferred: OrderedDict[bytes, float] = OrderedDict()  # node id -> when
         self.closed = False
         self._refresh_timer: object = None
+        self.smoothed_rtt: float | None = None
+        """Seconds from request to response, averaged (RFC 6298's 1/8 gain)."""
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -264,6 +268,7 @@ class Engine:
         self._send_request(request)
 
     def _send_request(self, request: _Request) -> None:
+        request.sent = self._clock()
         try:
             self._send(request.event, request.address)
         except OSError as error:
@@ -316,6 +321,13 @@ class Engine:
             self.table.failed(request.node_id)
         _call(request.on_failure, RequestTimeout(request.address, self.timeout))
 
+    def hedge_delay(self) -> float | None:
+        """How long a first-value lookup waits for its single first query
+        before asking more nodes: four smoothed round trips, at most
+        ``stall_after``. None before any round trip was measured."""
+        srtt = self.smoothed_rtt
+        return None if srtt is None else min(4 * srtt, self.stall_after)
+
     # -- receiving ----------------------------------------------------------
 
     def receive(self, event: Event, source: Address) -> None:
@@ -343,6 +355,9 @@ class Engine:
             self.stats.incr("drop-wrong-response-type")
             return
         now = self._clock()
+        rtt = now - request.sent
+        srtt = self.smoothed_rtt  # a race between listeners only blurs the average
+        self.smoothed_rtt = rtt if srtt is None else srtt + (rtt - srtt) / 8
         self._remember_proven(source)
         newly_seen = self.table.add_verified(event.sender, source, now)
         finished = _call(request.on_response, event, source) is not False
@@ -788,7 +803,14 @@ class _FindOperation(_LookupOperation):
         on_done: Callable[[Exception | None, list[bytes]], None],
         first_only: bool,
     ) -> None:
-        super().__init__(engine, key)
+        # A first-value lookup asks one node first: the closest known node
+        # usually holds the key, and the other alpha - 1 answers would come
+        # too late to matter. It asks alpha at once after a miss, a failure,
+        # or no answer within the hedge delay (Engine.hedge_delay).
+        hedge = engine.hedge_delay() if first_only else None
+        super().__init__(engine, key, alpha=1 if hedge is not None else ALPHA)
+        self._hedge = hedge
+        self._hedge_timer: object = None
         self.first_only = first_only
         self.from_ns = from_ns
         self.on_value = on_value
@@ -811,6 +833,17 @@ class _FindOperation(_LookupOperation):
             return
         with self.lock:
             self.lookup.add(self.engine.table.closest(self.target, K))
+        if self._hedge is not None:
+            self._hedge_timer = self.engine._timers.schedule(self._hedge, self.widen)
+        self.drive()
+
+    def widen(self) -> None:
+        """Ask up to alpha nodes at once from now on (after a hedge delay,
+        a miss or a failure)."""
+        with self.lock:
+            if self.lookup.alpha == ALPHA:
+                return
+            self.lookup.alpha = ALPHA
         self.drive()
 
     def _deliver(self, values: Iterable[bytes]) -> None:
@@ -854,6 +887,7 @@ class _FindOperation(_LookupOperation):
                 self.flush()
             else:
                 finished = self.on_response(node, event, source)
+                self.widen()  # a miss: this node does not hold the key
             self.drive()
             return finished
 
@@ -863,6 +897,7 @@ class _FindOperation(_LookupOperation):
                     self._partial -= 1  # the rest of a split answer never came
                 else:
                     self.lookup.failed(node.id)
+            self.widen()
             self.drive()
 
         self.send_query(node, on_response, on_failure)
@@ -874,6 +909,8 @@ class _FindOperation(_LookupOperation):
             self.finish(NotFoundError(self.target, self.lookup.queried))
 
     def report(self, error: Exception | None) -> None:
+        if self._hedge_timer is not None:
+            self.engine._timers.cancel(self._hedge_timer)
         if error is None and not self.values:
             error = NotFoundError(self.target, self.lookup.queried)
         self.on_done(error, list(self.values))
