@@ -304,54 +304,27 @@ class _Table:
         count = min((vtable_size - 4) >> 1, _MAX_SLOTS)
         self.offsets: tuple[int, ...] = _VTABLE_ENTRIES[count](buf, vtable + 4)
 
-    def offset(self, slot: int, width: int) -> int:
-        """Offset of field ``slot`` (``width`` bytes) in the table, or 0 if absent."""
+    def offsets_of(self, widths: tuple[int, ...]) -> list[int]:
+        """The offsets in the table of the fields ``0..len(widths)-1`` (each
+        ``widths[slot]`` bytes wide), 0 for an absent one; all checked."""
         offsets = self.offsets
-        if slot >= len(offsets):
-            return 0
-        offset = offsets[slot]
-        if offset and (offset < 4 or offset + width > self.table_size):
-            raise DecodeError("bad-field", f"field {slot} at offset {offset} is outside its table")
-        return offset
+        size = self.table_size
+        out = []
+        for slot, width in enumerate(widths):
+            offset = offsets[slot] if slot < len(offsets) else 0
+            if offset and (offset < 4 or offset + width > size):
+                raise DecodeError(
+                    "bad-field", f"field {slot} at offset {offset} is outside its table"
+                )
+            out.append(offset)
+        return out
 
-    def field(self, slot: int, width: int) -> int:
-        """Absolute position of field ``slot`` (``width`` bytes), or 0 if absent."""
-        offset = self.offset(slot, width)
-        return self.pos + offset if offset else 0
-
-    def scalar(self, slot: int, unpack: struct.Struct) -> int:
-        position = self.field(slot, unpack.size)
-        return int(unpack.unpack_from(self.buf, position)[0]) if position else 0
-
-    def vector(self, slot: int, element_size: int) -> tuple[int, int] | None:
-        """(start, length) of a vector field, or None if absent."""
-        position = self.field(slot, 4)
-        if not position:
-            return None
-        vector = position + _u32(self.buf, position)[0]
-        if vector + 4 > self.end:
-            raise DecodeError("bad-offset", f"vector at {vector} is past the end")
-        length = _u32(self.buf, vector)[0]
-        start = vector + 4
-        if start + length * element_size > self.end:
-            raise DecodeError("bad-vector", f"vector of {length} elements runs past the end")
-        return start, length
-
-    def byte_vector(self, slot: int) -> bytes | None:
-        """The bytes of a ``[ubyte]`` field, or None if absent (one call:
-        every event has at least two)."""
-        offsets = self.offsets
-        offset = offsets[slot] if slot < len(offsets) else 0
-        if not offset:
-            return None
-        if offset < 4 or offset + 4 > self.table_size:
-            raise DecodeError("bad-field", f"field {slot} at offset {offset} is outside its table")
-        return _vector_bytes(self.buf, self.end, self.pos + offset)
+    def positions_of(self, widths: tuple[int, ...]) -> list[int]:
+        """Like ``offsets_of``, as positions in the buffer (0: absent)."""
+        pos = self.pos
+        return [pos + offset if offset else 0 for offset in self.offsets_of(widths)]
 
 
-_I8 = struct.Struct("<b")
-_U8 = struct.Struct("<B")
-_I64 = struct.Struct("<q")
 _EVENT_TYPES = {int(event_type): event_type for event_type in EventType}
 
 
@@ -370,15 +343,15 @@ def decode(buffer: Buffer) -> Event:
     if end < 8:
         raise DecodeError("short-event", f"{end} bytes")
     root = _Table(buffer, end, _u32(buffer, 0)[0])
-    event_id = _required_id(root, 0, "event id")
-    sender = _required_id(root, 1, "sender")
-    raw_type = root.scalar(2, _I8)
+    id_at, sender_at, type_at, response_at, tag_at, payload_at = root.positions_of(_EVENT_FIELDS)
+    event_id = _required_id(buffer, end, id_at, "event id")
+    sender = _required_id(buffer, end, sender_at, "sender")
+    raw_type = _i8(buffer, type_at)[0] if type_at else 0
     event_type = _EVENT_TYPES.get(raw_type)
     if event_type is None:
         raise DecodeError("unknown-event-type", f"event type {raw_type}")
-    response = root.scalar(3, _U8) != 0
-    tag = root.scalar(4, _U8)
-    payload_position = root.field(5, 4)
+    response = bool(buffer[response_at]) if response_at else False
+    tag = buffer[tag_at] if tag_at else 0
 
     expected_tag = _UNION_TAG_BY_EVENT.get(event_type, 0)
     if tag not in (0, expected_tag):
@@ -386,16 +359,26 @@ def decode(buffer: Buffer) -> Event:
             "payload-mismatch", f"{event_type.name} event with payload type tag {tag}"
         )
     payload: Payload | None = None
-    if payload_position:
+    if payload_at:
         if not expected_tag:
             raise DecodeError("payload-mismatch", f"{event_type.name} event with a payload")
-        table = _Table(buffer, end, payload_position + _u32(buffer, payload_position)[0])
+        table = _Table(buffer, end, payload_at + _u32(buffer, payload_at)[0])
         payload = _decode_payload(event_type, table)
     if not response:
         problem = _request_problem(event_type, payload)
         if problem:
             raise DecodeError(*problem)
     return Event(event_id, sender, event_type, response, payload)
+
+
+# Field widths by slot, in schema order (PROTOCOL.md 4).
+_EVENT_FIELDS = (4, 4, 1, 1, 1, 4)  # id, sender, event, response, payload_type, payload
+_STORE_FIELDS = (4,)  # values
+_FIND_NODE_FIELDS = (4, 4)  # key, nodes
+_FIND_VALUE_FIELDS = (4, 4, 4, 8, 8)  # key, values, nodes, from, found
+_VALUE_FIELDS = (4, 4, 8, 8)  # key, value, ttl, created
+_NODE_FIELDS = (4, 4)  # id, address
+_i8 = struct.Struct("<b").unpack_from
 
 
 def _request_problem(event_type: EventType, payload: Payload | None) -> tuple[str, str] | None:
@@ -408,54 +391,64 @@ def _request_problem(event_type: EventType, payload: Payload | None) -> tuple[st
 
 
 def _decode_payload(event_type: EventType, table: _Table) -> Payload:
+    buf, end = table.buf, table.end
     if event_type is EventType.STORE:
-        return Store(_decode_values(table, 0))
+        (values_at,) = table.positions_of(_STORE_FIELDS)
+        return Store(_decode_values(buf, end, values_at))
     if event_type is EventType.FIND_NODE:
-        return FindNode(_optional_id(table, 0, "key"), _decode_nodes(table, 1))
+        key_at, nodes_at = table.positions_of(_FIND_NODE_FIELDS)
+        return FindNode(_optional_id(buf, end, key_at, "key"), _decode_nodes(buf, end, nodes_at))
+    key_at, values_at, nodes_at, from_at, found_at = table.positions_of(_FIND_VALUE_FIELDS)
     return FindValue(
-        key=_optional_id(table, 0, "key"),
-        values=_decode_values(table, 1),
-        nodes=_decode_nodes(table, 2),
-        from_ns=table.scalar(3, _I64),
-        found=table.scalar(4, _I64),
+        key=_optional_id(buf, end, key_at, "key"),
+        values=_decode_values(buf, end, values_at),
+        nodes=_decode_nodes(buf, end, nodes_at),
+        from_ns=_i64(buf, from_at)[0] if from_at else 0,
+        found=_i64(buf, found_at)[0] if found_at else 0,
     )
 
 
-def _vector_tables(table: _Table, slot: int) -> Iterator[tuple[int, _Table]]:
-    """``(position, layout)`` of each table of a vector field. Tables of a
-    vector usually share one vtable (Go's builder and ours both share it), so
-    ``layout`` is the first table read with that vtable: its checked field
-    offsets apply at ``position``, and each further table costs one check."""
-    found = table.vector(slot, 4)
-    if found is None:
+def _vector_of_tables(
+    buf: Buffer, end: int, position: int, widths: tuple[int, ...]
+) -> Iterator[tuple[int, list[int]]]:
+    """``(table position, field offsets)`` of each table of the vector whose
+    uoffset is at ``position`` (0: an absent vector, no tables). Tables of a
+    vector usually share one vtable (Go's builder and ours both share it):
+    its offsets (for fields of ``widths``) are checked once, and each further
+    table costs one bounds check."""
+    if not position:
         return
-    start, length = found
-    buf, end = table.buf, table.end
-    layout: _Table | None = None
+    vector = position + _u32(buf, position)[0]
+    if vector + 4 > end:
+        raise DecodeError("bad-offset", f"vector at {vector} is past the end")
+    length = _u32(buf, vector)[0]
+    start = vector + 4
+    if start + length * 4 > end:
+        raise DecodeError("bad-vector", f"vector of {length} elements runs past the end")
+    offsets: list[int] = []
+    table_size = 0
     known_vtable = -1
     for element in range(start, start + 4 * length, 4):
         pos = element + _u32(buf, element)[0]
         if pos + 4 > end:
             raise DecodeError("bad-offset", f"table at {pos} is past the end ({end})")
         vtable = pos - _i32(buf, pos)[0]
-        if layout is None or vtable != known_vtable:
+        if vtable != known_vtable:
             layout = _Table(buf, end, pos)
+            offsets, table_size = layout.offsets_of(widths), layout.table_size
             known_vtable = vtable
-        elif pos + layout.table_size > end:
-            raise DecodeError("bad-vtable", f"table size {layout.table_size} at {pos}")
-        yield pos, layout
+        elif pos + table_size > end:
+            raise DecodeError("bad-vtable", f"table size {table_size} at {pos}")
+        yield pos, offsets
 
 
-def _decode_values(table: _Table, slot: int) -> tuple[Value, ...]:
-    buf, end = table.buf, table.end
+def _decode_values(buf: Buffer, end: int, position: int) -> tuple[Value, ...]:
+    if not position:
+        return ()
     values = []
-    known: _Table | None = None
-    key_field = value_field = ttl_field = created_field = 0
-    for pos, layout in _vector_tables(table, slot):
-        if layout is not known:
-            known = layout
-            key_field, value_field = layout.offset(0, 4), layout.offset(1, 4)
-            ttl_field, created_field = layout.offset(2, 8), layout.offset(3, 8)
+    for pos, (key_field, value_field, ttl_field, created_field) in _vector_of_tables(
+        buf, end, position, _VALUE_FIELDS
+    ):
         if not key_field:
             raise DecodeError("missing-field", "value key is absent")
         key = _vector_bytes(buf, end, pos + key_field)
@@ -475,17 +468,13 @@ def _decode_values(table: _Table, slot: int) -> tuple[Value, ...]:
 _i64 = struct.Struct("<q").unpack_from
 
 
-def _decode_nodes(table: _Table, slot: int) -> tuple[Node, ...]:
-    """The Node tables of a vector field: an answer carries 20, so each is
-    read with one struct call for its id and one for its address."""
-    buf, end = table.buf, table.end
+def _decode_nodes(buf: Buffer, end: int, position: int) -> tuple[Node, ...]:
+    """The Node tables of a vector: an answer carries 20, so each is read
+    with one struct call for its id and one for its address."""
+    if not position:
+        return ()
     nodes = []
-    known: _Table | None = None
-    id_field = address_field = 0
-    for pos, layout in _vector_tables(table, slot):
-        if layout is not known:
-            known = layout
-            id_field, address_field = layout.offset(0, 4), layout.offset(1, 4)
+    for pos, (id_field, address_field) in _vector_of_tables(buf, end, position, _NODE_FIELDS):
         if not id_field:
             raise DecodeError("missing-field", "node id is absent")
         # Fast path: both vectors in bounds with the expected lengths.
@@ -542,15 +531,18 @@ def _vector_bytes(buf: Buffer, end: int, position: int) -> bytes:
     return bytes(buf[start:stop])
 
 
-def _optional_id(table: _Table, slot: int, what: str) -> bytes | None:
-    value = table.byte_vector(slot)
-    if value is not None and len(value) != KEY_BYTES:
+def _optional_id(buf: Buffer, end: int, position: int, what: str) -> bytes | None:
+    """The 20-byte id whose uoffset is at ``position`` (0: absent, None)."""
+    if not position:
+        return None
+    value = _vector_bytes(buf, end, position)
+    if len(value) != KEY_BYTES:
         raise DecodeError("bad-length", f"{what} is {len(value)} bytes, expected {KEY_BYTES}")
     return value
 
 
-def _required_id(table: _Table, slot: int, what: str) -> bytes:
-    value = _optional_id(table, slot, what)
+def _required_id(buf: Buffer, end: int, position: int, what: str) -> bytes:
+    value = _optional_id(buf, end, position, what)
     if value is None:
         raise DecodeError("missing-field", f"{what} is absent")
     return value
