@@ -55,17 +55,26 @@ class Lookup:
     def add(self, nodes: Iterable[Node], state: State = State.UNQUERIED) -> None:
         """Add nodes learned from the routing table or from a response.
         Known ids and the local id are ignored."""
+        by_id = self._by_id
+        target = self._target
+        fresh = []
         for node in nodes:
-            if node.id == self.local_id:
-                continue
-            existing = self._by_id.get(node.id)
+            node_id = node.id
+            existing = by_id.get(node_id)
             if existing is not None:
                 if state is State.ANSWERED:
                     existing.state = state
                 continue
-            candidate = Candidate(node, int.from_bytes(node.id, "big") ^ self._target, state)
-            self._by_id[node.id] = candidate
-            bisect.insort(self._ordered, candidate, key=_distance_of)
+            if node_id == self.local_id:
+                continue
+            candidate = Candidate(node, int.from_bytes(node_id, "big") ^ target, state)
+            by_id[node_id] = candidate
+            fresh.append(candidate)
+        if len(fresh) > 1:  # one sort (Timsort merges the sorted runs) beats many insorts
+            self._ordered += fresh
+            self._ordered.sort(key=_distance_of)
+        elif fresh:
+            bisect.insort(self._ordered, fresh[0], key=_distance_of)
 
     def _window(self) -> list[Candidate]:
         """The k closest candidates still in the running (not failed or stalled)."""
