@@ -18,10 +18,10 @@ import threading
 import time
 from collections.abc import Callable
 
+from .affinity import pin_current_thread
 from .core.engine import Stats
 from .core.ratelimit import RateLimiter
 from .errors import ProtocolError
-from .timer import pin_current_thread
 from .wire.codec import decode
 from .wire.events import Address, Event
 from .wire.framing import MAX_DATAGRAM, Reassembler

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable
 
+from .affinity import pin_current_thread
 from .core.timerwheel import Timer, TimerWheel
 
 log = logging.getLogger("dht.timer")
@@ -89,12 +89,3 @@ class TimerThread:
                     callback()
                 except Exception:
                     log.exception("timer callback %r raised", callback)
-
-
-def pin_current_thread(cpus: frozenset[int] | None) -> None:
-    """Restrict the calling thread to ``cpus`` (None: leave it alone)."""
-    if cpus:
-        try:
-            os.sched_setaffinity(0, cpus)  # 0: the calling thread, on Linux
-        except OSError as error:
-            log.warning("cannot pin thread to CPUs %s: %s", sorted(cpus), error)
