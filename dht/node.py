@@ -1,11 +1,13 @@
 """The public node: ``New(cfg)`` starts one; ``Store``, ``Find``, ``Close``.
 
 Threads of a node: ``listeners`` listener threads (one UDP socket each, all
-bound to the same address with SO_REUSEPORT) and one timer thread. User
-callbacks run on one of those threads, or on the calling thread when the
-answer is immediate (a Find answered from local storage, a call after Close);
-they must not block for long. An exception raised by a callback is logged on
-the ``dht`` logger and swallowed.
+bound to the same address with SO_REUSEPORT) and a timer thread, which the
+nodes of a process share (see ``dht.timer``). User callbacks run on one of
+those threads, or on the calling thread when the answer is immediate (a Find
+answered from local storage, a call after Close); they must not block for
+long: a callback that blocks the timer thread delays every node's timeouts.
+An exception raised by a callback is logged on the ``dht`` logger and
+swallowed.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from .core.storage import MemoryStorage
 from .errors import ArgumentError, BootstrapError, ValueTooLarge
 from .keys import check_id, random_id
 from .listener import Listener
-from .timer import TimerThread
+from .timer import release_timer, shared_timer
 from .wire.events import NS_PER_SECOND, Address
 from .wire.framing import Reassembler
 
@@ -81,11 +83,11 @@ class DHT:
         self._closed = False
         self._close_lock = threading.Lock()
         self._sockets = _bind(cfg)
+        cpus = frozenset(cfg.cpus) if cfg.cpus is not None else None
+        self._timers = shared_timer(cfg.timer_tick, cpus)
         try:
             host, port = self._sockets[0].getsockname()[:2]
             self._address: Address = (host, port)
-            cpus = frozenset(cfg.cpus) if cfg.cpus is not None else None
-            self._timers = TimerThread(tick=cfg.timer_tick, name=f"dht-timer-{port}", cpus=cpus)
             self._send_from = itertools.cycle(self._sockets)
             self._engine = Engine(
                 self._id,
@@ -121,10 +123,10 @@ class DHT:
                 for i, sock in enumerate(self._sockets)
             ]
         except BaseException:
+            release_timer(self._timers)
             for sock in self._sockets:
                 sock.close()
             raise
-        self._timers.start()
         for listener in self._listeners:
             listener.start()
         self._engine.start()
@@ -158,7 +160,8 @@ class DHT:
         return counts
 
     def threads(self) -> list[threading.Thread]:
-        """The node's own threads (listeners and timer)."""
+        """The node's threads: its listeners, and the timer thread it shares
+        with the process's other nodes of the same ``timer_tick`` and ``cpus``."""
         return [listener.thread for listener in self._listeners] + [self._timers.thread]
 
     # -- operations ----------------------------------------------------------
@@ -252,7 +255,7 @@ class DHT:
         for listener in self._listeners:
             listener.stop()
         self._engine.close()
-        self._timers.stop()
+        release_timer(self._timers)
         for sock in self._sockets:
             sock.close()
 

@@ -3,6 +3,12 @@
 It sleeps until the next due tick, and indefinitely while nothing is
 scheduled, so an idle node costs no CPU. Callbacks run on this thread, one at
 a time; one that raises is logged and the thread goes on.
+
+The nodes of a process share one timer thread (per ``timer_tick`` and
+``cpus``; ``shared_timer``/``release_timer``): a thread that sleeps until the
+earliest timer must be woken each time an earlier one is scheduled, and with
+a thread per node nearly every short timer (a lookup's hedge) was the
+earliest of its node's. Shared, it usually is not.
 """
 
 from __future__ import annotations
@@ -89,3 +95,39 @@ class TimerThread:
                     callback()
                 except Exception:
                     log.exception("timer callback %r raised", callback)
+
+
+_shared_lock = threading.Lock()
+_shared: dict[tuple[float, frozenset[int] | None], tuple[TimerThread, list[int]]] = {}
+
+
+def shared_timer(tick: float, cpus: frozenset[int] | None) -> TimerThread:
+    """The process's running timer thread for ``tick`` and ``cpus``, started
+    on first use. Each call must be matched by one ``release_timer``."""
+    key = (tick, cpus)
+    with _shared_lock:
+        entry = _shared.get(key)
+        if entry is None:
+            name = "dht-timer" if cpus is None else f"dht-timer-cpus-{min(cpus)}"
+            timer = TimerThread(tick=tick, name=name, cpus=cpus)
+            timer.start()
+            entry = _shared[key] = (timer, [0])
+        entry[1][0] += 1
+        return entry[0]
+
+
+def release_timer(timer: TimerThread) -> None:
+    """Give back a ``shared_timer``; the last user stops it (pending timers
+    are dropped; see ``TimerThread.stop``)."""
+    with _shared_lock:
+        for key, (running, users) in _shared.items():
+            if running is timer:
+                users[0] -= 1
+                last = users[0] == 0
+                if last:
+                    del _shared[key]
+                break
+        else:
+            return
+    if last:
+        timer.stop()

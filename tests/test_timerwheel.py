@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dht.core.timerwheel import Timer, TimerWheel
-from dht.timer import TimerThread
+from dht.timer import TimerThread, release_timer, shared_timer
 
 UNIT = 1024
 """Times in the property test are multiples of 1/UNIT seconds."""
@@ -411,3 +411,28 @@ def test_stop_from_a_callback_does_not_deadlock() -> None:
     assert stopped.wait(SLACK)
     timers.thread.join(SLACK)
     assert not timers.thread.is_alive()
+
+
+def test_shared_timer_is_one_thread_per_tick_and_cpus_until_the_last_release() -> None:
+    tick = 0.0123  # no node of the test session uses it
+    first = shared_timer(tick, None)
+    second = shared_timer(tick, None)
+    other = shared_timer(0.0124, None)
+    try:
+        assert first is second and first is not other
+        assert first.thread.is_alive() and other.thread.is_alive()
+        event, _, callback = recorder()
+        second.schedule(0.0, callback)
+        assert event.wait(SLACK)
+        release_timer(first)
+        assert second.thread.is_alive()  # one user left
+    finally:
+        release_timer(second)
+        release_timer(other)
+    assert not first.thread.is_alive() and not other.thread.is_alive()
+    again = shared_timer(tick, None)  # a new thread once the old one stopped
+    try:
+        assert again is not first and again.thread.is_alive()
+    finally:
+        release_timer(again)
+    assert not again.thread.is_alive()
