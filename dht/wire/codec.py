@@ -52,7 +52,6 @@ _UNION_TAG_BY_EVENT = {event: _UNION_TAG[cls] for event, cls in PAYLOAD_CLASS.it
 # the flatc Builder encoder and the Go vectors.
 
 _PACK_U32 = struct.Struct("<I").pack_into
-_PACK_I32 = struct.Struct("<i").pack_into
 _VT_EVENT_PAYLOAD = struct.Struct("<8H")
 _VT_EVENT = struct.Struct("<6H")
 _EVENT_TABLE = struct.Struct("<iIIIbBBx")  # soffset, id, sender, payload, type, response, tag
@@ -269,7 +268,6 @@ def _check_int64(value: int, what: str) -> int:
 
 _u32 = struct.Struct("<I").unpack_from
 _i32 = struct.Struct("<i").unpack_from
-_u16 = struct.Struct("<H").unpack_from
 _2u16 = struct.Struct("<HH").unpack_from
 
 Buffer = bytes | bytearray | memoryview
