@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import datetime, timedelta
-from typing import TypeVar
 
 from .config import Config, parse_address, resolve
 from .core.engine import Engine
@@ -36,7 +35,6 @@ from .wire.events import NS_PER_SECOND, Address
 from .wire.framing import Reassembler
 
 log = logging.getLogger("dht")
-T = TypeVar("T")
 
 StoreCallback = Callable[[Exception | None], object]
 FindCallback = Callable[[bytes | None, Exception | None], object]
