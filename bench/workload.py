@@ -191,6 +191,43 @@ def process_figures() -> dict[str, float]:
     return {"peak_rss_mb": peak_kb / 1024, "threads": threads}
 
 
+def cluster_result(
+    impl: str,
+    params: Params,
+    *,
+    join_s: float,
+    stores: PhaseResult,
+    finds: PhaseResult,
+    idle_cpu_per_s: float,
+    figures: dict[str, float],
+) -> dict[str, object]:
+    """The JSON line of a cluster run: the same fields for every driver."""
+    return {
+        "impl": impl,
+        "workload": "cluster",
+        "concurrency": params.concurrency,
+        "nodes": params.nodes,
+        "join_s": join_s,
+        "store": stores.summary(),
+        "find": finds.summary(),
+        "idle_cpu_per_s": idle_cpu_per_s,
+        **figures,
+    }
+
+
+def micro_result(
+    impl: str, params: Params, requests: int, result: PhaseResult
+) -> dict[str, object]:
+    """The JSON line of a micro run: the same fields for every driver."""
+    return {
+        "impl": impl,
+        "workload": "micro",
+        "concurrency": params.concurrency,
+        "requests": requests,
+        **result.summary(),
+    }
+
+
 def as_dict(params: Params) -> dict[str, int]:
     return asdict(params)
 

@@ -13,8 +13,10 @@ from bench.workload import (
     Op,
     Params,
     PhaseResult,
+    cluster_result,
     driver_main,
     idle_cpu,
+    micro_result,
     plan,
     process_figures,
     run_callback_phase,
@@ -61,17 +63,15 @@ def run_cluster(params: Params) -> dict[str, object]:
     finally:
         for node in nodes:
             node.Close()
-    return {
-        "impl": _impl(params),
-        "workload": "cluster",
-        "concurrency": params.concurrency,
-        "nodes": params.nodes,
-        "join_s": join_s,
-        "store": stores.summary(),
-        "find": finds.summary(),
-        "idle_cpu_per_s": idle,
-        **figures,
-    }
+    return cluster_result(
+        _impl(params),
+        params,
+        join_s=join_s,
+        stores=stores,
+        finds=finds,
+        idle_cpu_per_s=idle,
+        figures=figures,
+    )
 
 
 def _complete_find(future: Future[list[bytes]], op: Op, complete: Completion) -> None:
@@ -114,13 +114,7 @@ def run_micro(params: Params, requests: int = 5000) -> dict[str, object]:
     finally:
         client.Close()
         server.Close()
-    return {
-        "impl": _impl(params),
-        "workload": "micro",
-        "concurrency": params.concurrency,
-        "requests": requests,
-        **result.summary(),
-    }
+    return micro_result(_impl(params), params, requests, result)
 
 
 if __name__ == "__main__":

@@ -40,8 +40,10 @@ from bench.workload import (
     Op,
     Params,
     PhaseResult,
+    cluster_result,
     driver_main,
     idle_cpu,
+    micro_result,
     plan,
     process_figures,
 )
@@ -152,17 +154,15 @@ async def _cluster(params: Params) -> dict[str, object]:
     finally:
         for server in servers:
             server.stop()
-    return {
-        "impl": IMPL,
-        "workload": "cluster",
-        "concurrency": params.concurrency,
-        "nodes": params.nodes,
-        "join_s": join_s,
-        "store": stores.summary(),
-        "find": finds.summary(),
-        "idle_cpu_per_s": idle,
-        **figures,
-    }
+    return cluster_result(
+        IMPL,
+        params,
+        join_s=join_s,
+        stores=stores,
+        finds=finds,
+        idle_cpu_per_s=idle,
+        figures=figures,
+    )
 
 
 async def _micro(params: Params, requests: int) -> dict[str, object]:
@@ -188,13 +188,7 @@ async def _micro(params: Params, requests: int) -> dict[str, object]:
         for node in (client, server):
             if node is not None:
                 node.stop()
-    return {
-        "impl": IMPL,
-        "workload": "micro",
-        "concurrency": params.concurrency,
-        "requests": requests,
-        **result.summary(),
-    }
+    return micro_result(IMPL, params, requests, result)
 
 
 def run_cluster(params: Params) -> dict[str, object]:

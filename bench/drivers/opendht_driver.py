@@ -53,8 +53,10 @@ from bench.workload import (
     Completion,
     Op,
     Params,
+    cluster_result,
     driver_main,
     idle_cpu,
+    micro_result,
     plan,
     process_figures,
     run_callback_phase,
@@ -181,17 +183,15 @@ def run_cluster(params: Params) -> dict[str, object]:
         figures = process_figures()
     finally:
         _shutdown(runners)
-    return {
-        "impl": IMPL,
-        "workload": "cluster",
-        "concurrency": params.concurrency,
-        "nodes": params.nodes,
-        "join_s": join_s,
-        "store": stores.summary(),
-        "find": finds.summary(),
-        "idle_cpu_per_s": idle,
-        **figures,
-    }
+    return cluster_result(
+        IMPL,
+        params,
+        join_s=join_s,
+        stores=stores,
+        finds=finds,
+        idle_cpu_per_s=idle,
+        figures=figures,
+    )
 
 
 def run_micro(params: Params, requests: int = MICRO_REQUESTS) -> dict[str, object]:
@@ -216,13 +216,7 @@ def run_micro(params: Params, requests: int = MICRO_REQUESTS) -> dict[str, objec
         result = run_callback_phase(ops, params.concurrency, get, deadline_s=PHASE_DEADLINE_S)
     finally:
         _shutdown(runners)
-    return {
-        "impl": IMPL,
-        "workload": "micro",
-        "concurrency": params.concurrency,
-        "requests": requests,
-        **result.summary(),
-    }
+    return micro_result(IMPL, params, requests, result)
 
 
 if __name__ == "__main__":
