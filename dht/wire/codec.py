@@ -218,6 +218,7 @@ def _write_nodes(buf: bytearray, field: int, nodes: Sequence[Node]) -> None:
         if type(node_id) is not bytes or len(node_id) != KEY_BYTES:
             check_id(node_id, "node id")  # raises the precise error
             node_id = bytes(node_id)
+        # encode_address inlined: this loop runs for every node of an answer.
         host, port = node.address
         packed = _HOSTS.get(host)
         if packed is None:
@@ -244,7 +245,7 @@ def encode_address(address: Address) -> bytes:
     packed = _HOSTS.get(host)
     if packed is None:
         packed = _pack_host(host)
-    if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
+    if type(port) is not int or not 0 <= port <= 0xFFFF:
         raise ArgumentError(f"node port {port!r} is not in 0..65535")
     return packed + port.to_bytes(2, "little")
 
