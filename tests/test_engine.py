@@ -221,6 +221,31 @@ def test_a_lookup_moves_on_from_a_silent_node_before_its_timeout():
     assert net.clock.now - start < storer.engine.timeout
 
 
+def test_a_joining_node_is_pinged_by_those_it_asks_and_pings_none_back():
+    """Those the joiner asks verify it with a ping; our answers go out before
+    our pings, so the joiner already knows who pings it and does not ping back."""
+    net = build_network(30, seed=12)
+    first = next(iter(net.nodes.values()))
+    joiner = net.add_node()
+    asked: list[tuple[EventType, bytes | None]] = []
+    request = joiner.engine.request
+
+    def recording(address, node_id, kind, *args, **kwargs):  # type: ignore[no-untyped-def]
+        asked.append((kind, node_id))
+        return request(address, node_id, kind, *args, **kwargs)
+
+    joiner.engine.request = recording  # type: ignore[method-assign]
+    joined = Outcome()
+    joiner.engine.bootstrap([first.address], joined.store_done)
+    net.run_until(lambda: False, limit=5.0)  # the join, then every ping it causes
+    assert joined.ends == [None]
+    kinds = [kind for kind, _ in asked]
+    assert kinds.count(EventType.FIND_NODE) >= K // 2
+    assert EventType.PING not in kinds
+    knowing = [node for node in net.nodes.values() if joiner.id in node.engine.table]
+    assert len(knowing) >= K // 2
+
+
 def _first_value(net: SimNetwork, node, key: bytes) -> tuple[Outcome, int, float]:
     """A FirstValue find: its outcome, datagrams sent and virtual seconds taken."""
     outcome = Outcome()

@@ -377,15 +377,22 @@ class Engine:
 
     def _on_request(self, event: Event, source: Address) -> None:
         sender = event.sender
+        if self._capped(source):  # spend nothing on a source we may not answer
+            self.stats.incr("drop-amplification")
+        else:
+            self._answer(event, source)
+        # Answer first, then meet the sender: a joining node asks us and we
+        # ping it back; with our answer already on its way, it knows us when
+        # our ping arrives and need not ping us in turn.
         now = self._clock()
         if not self.table.touch(sender, source, now):
             if self.table.wants(sender, source):
                 self._prove(sender, source)
             else:
                 self.table.add_candidate(sender, source, now)
-        if self._capped(source):  # spend nothing on a source we may not answer
-            self.stats.incr("drop-amplification")
-            return
+
+    def _answer(self, event: Event, source: Address) -> None:
+        sender = event.sender
         requester = Node(sender, source)
         for response in answer(event, requester, self.table, self.storage, self.stats.incr):
             try:
