@@ -205,6 +205,36 @@ def test_an_answered_request_never_stalls():
     assert answered == [True] and stalls == []
 
 
+def test_round_trips_are_measured_only_from_requests_sent_once():
+    """Karn's rule: the answer to a resent request may answer either send, so
+    it is no round-trip sample; an answer to a request sent once is."""
+    net = SimNetwork(seed=15)
+    asker, answerer = net.add_node(timeout=1.0), net.add_node(timeout=1.0)
+    answered: list[float] = []
+
+    def ping() -> None:
+        asker.engine.request(
+            answerer.address,
+            answerer.id,
+            EventType.PING,
+            None,
+            lambda event, source: answered.append(net.clock.now) or True,
+            lambda error: pytest.fail(f"failed: {error}"),
+            retries=1,
+        )
+
+    answerer.online = False  # the first send is lost
+    ping()
+    assert net.run_until(lambda: False, limit=0.5) is False
+    answerer.online = True
+    assert net.run_until(lambda: len(answered) == 1, limit=2.0)
+    assert asker.engine.stats.snapshot().get("request-retried") == 1
+    assert asker.engine.smoothed_rtt is None
+    ping()  # sent once: measured
+    assert net.run_until(lambda: len(answered) == 2, limit=2.0)
+    assert asker.engine.smoothed_rtt == pytest.approx(2 * net.latency)
+
+
 def test_a_lookup_moves_on_from_a_silent_node_before_its_timeout():
     net = build_network(30, seed=11, timeout=2.0)
     nodes = list(net.nodes.values())

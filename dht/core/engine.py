@@ -98,6 +98,7 @@ class _Request:
         "on_failure",
         "on_response",
         "on_stall",
+        "resent",
         "retries",
         "sent",
         "timer",
@@ -121,7 +122,8 @@ class _Request:
         self.on_failure = on_failure
         self.retries = retries
         self.on_stall = on_stall
-        self.sent = 0.0  # engine clock, seconds
+        self.sent = 0.0  # engine clock, seconds: the last send
+        self.resent = False
         self.timer: object = None
 
 
@@ -313,6 +315,7 @@ class Engine:
                 del self._pending[request.event.id]
                 resend = False
         if resend:
+            request.resent = True
             self.stats.incr("request-retried")
             self._send_request(request)
             return
@@ -355,9 +358,10 @@ class Engine:
             self.stats.incr("drop-wrong-response-type")
             return
         now = self._clock()
-        rtt = now - request.sent
-        srtt = self.smoothed_rtt  # a race between listeners only blurs the average
-        self.smoothed_rtt = rtt if srtt is None else srtt + (rtt - srtt) / 8
+        if not request.resent:  # Karn: an answer to a resent request may be to either send
+            rtt = now - request.sent
+            srtt = self.smoothed_rtt  # a race between listeners only blurs the average
+            self.smoothed_rtt = rtt if srtt is None else srtt + (rtt - srtt) / 8
         self._remember_proven(source)
         newly_seen = self.table.add_verified(event.sender, source, now)
         finished = _call(request.on_response, event, source) is not False
