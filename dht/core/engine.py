@@ -845,16 +845,19 @@ class _FindOperation(_LookupOperation):
         with self.lock:
             self.lookup.add(self.engine.table.closest(self.target, K))
         if self._hedge is not None:
-            self._hedge_timer = self.engine._timers.schedule(self._hedge, self.widen)
+            self._hedge_timer = self.engine._timers.schedule(self._hedge, self._hedge_expired)
         self.drive()
 
-    def widen(self) -> None:
+    def _widen(self) -> None:
         """Ask up to alpha nodes at once from now on (after a hedge delay,
-        a miss or a failure)."""
+        a miss or a failure); call with the lock held, then ``drive``."""
+        self.lookup.alpha = ALPHA
+
+    def _hedge_expired(self) -> None:
         with self.lock:
             if self.lookup.alpha == ALPHA:
                 return
-            self.lookup.alpha = ALPHA
+            self._widen()
         self.drive()
 
     def _deliver(self, values: Iterable[bytes]) -> None:
@@ -898,7 +901,8 @@ class _FindOperation(_LookupOperation):
                 self.flush()
             else:
                 finished = self.on_response(node, event, source)
-                self.widen()  # a miss: this node does not hold the key
+                with self.lock:
+                    self._widen()  # a miss: this node does not hold the key
             self.drive()
             return finished
 
@@ -908,7 +912,7 @@ class _FindOperation(_LookupOperation):
                     self._partial -= 1  # the rest of a split answer never came
                 else:
                     self.lookup.failed(node.id)
-            self.widen()
+                self._widen()
             self.drive()
 
         self.send_query(node, on_response, on_failure)
