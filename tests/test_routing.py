@@ -200,7 +200,7 @@ def test_local_id_is_never_added() -> None:
     assert len(table) == 0
     assert table.candidates_to_verify() == []
     assert table.touch(local, ADDRESS, 0.0) is False
-    assert table.wants(local, ADDRESS) is False
+    assert table.wants(local) is False
     assert table.failed(local) is False
 
 
@@ -324,7 +324,7 @@ def test_add_verified_replaces_a_failed_contact_in_a_full_bucket() -> None:
     table, members = full_table(local)
     assert table.failed(members[5]) is False  # one failure: still a contact
     newcomer = in_bucket(local, 159, 0xBEEF)
-    assert table.wants(newcomer, ADDRESS) is True
+    assert table.wants(newcomer) is True
     assert table.add_verified(newcomer, ADDRESS, 30.0) is True
     assert newcomer in table
     assert members[5] not in table
@@ -397,16 +397,16 @@ def test_wants() -> None:
     local = bytes(KEY_BYTES)
     table, members = full_table(local, index=159)
     near = in_bucket(local, 30, 1)
-    assert table.wants(near, ADDRESS) is True  # unknown, bucket has room
+    assert table.wants(near) is True  # unknown, bucket has room
     table.add_verified(near, ADDRESS, 0.0)
-    assert table.wants(near, ADDRESS) is False  # known
+    assert table.wants(near) is False  # known
     newcomer = in_bucket(local, 159, 0xC0FFEE)
-    assert table.wants(newcomer, ADDRESS) is False  # full, nobody failing
-    assert table.wants(members[0], OTHER_ADDRESS) is False  # known, whatever the address
+    assert table.wants(newcomer) is False  # full, nobody failing
+    assert table.wants(members[0]) is False  # known
     table.failed(members[7])
-    assert table.wants(newcomer, ADDRESS) is True  # full, but a contact has failed
+    assert table.wants(newcomer) is True  # full, but a contact has failed
     table.touch(members[7], ADDRESS, 99.0)
-    assert table.wants(newcomer, ADDRESS) is False
+    assert table.wants(newcomer) is False
 
 
 # ---------------------------------------------------------------------------

@@ -390,7 +390,7 @@ class Engine:
         # our ping arrives and need not ping us in turn.
         now = self._clock()
         if not self.table.touch(sender, source, now):
-            if self.table.wants(sender, source):
+            if self.table.wants(sender):
                 self._prove(sender, source)
             else:
                 self.table.add_candidate(sender, source, now)

@@ -67,6 +67,13 @@ class Bucket:
         self.contacts: dict[bytes, Contact] = {}
         self.replacements: dict[bytes, Contact] = {}
 
+    def seen(self, contact: Contact, now: float) -> None:
+        """A contact was heard from: it is live again, and the most recently
+        seen (the tail). Call with ``lock`` held."""
+        contact.last_seen = now
+        contact.failures = 0
+        self.contacts[contact.id] = self.contacts.pop(contact.id)
+
     def _add_replacement(self, contact: Contact) -> None:
         self.replacements.pop(contact.id, None)
         self.replacements[contact.id] = contact
@@ -104,7 +111,7 @@ class RoutingTable:
                 bucket = self._buckets[index]
                 if bucket is None:
                     bucket = self._buckets[index] = Bucket(self.bucket_size)
-                    self._created = sorted([*self._created, (index, bucket)], key=_first_index)
+                    self._created = [*self._created, (index, bucket)]
         return bucket
 
     def touch(self, node_id: bytes, address: Address, now: float) -> bool:
@@ -117,12 +124,10 @@ class RoutingTable:
             contact = bucket.contacts.get(node_id)
             if contact is None or contact.address != address:
                 return False
-            contact.last_seen = now
-            contact.failures = 0
-            bucket.contacts[node_id] = bucket.contacts.pop(node_id)  # to the tail
+            bucket.seen(contact, now)
             return True
 
-    def wants(self, node_id: bytes, address: Address) -> bool:
+    def wants(self, node_id: bytes) -> bool:
         """Whether an unsolicited sender is worth verifying (a ping): it is not
         known, and its bucket has room or a contact that has failed."""
         if node_id == self.local_id:
@@ -158,9 +163,7 @@ class RoutingTable:
             if contact is not None:
                 if contact.address == address or contact.failures:
                     contact.move(address)
-                    contact.last_seen = now
-                    contact.failures = 0
-                    contacts[node_id] = contacts.pop(node_id)
+                    bucket.seen(contact, now)
                 return False
             bucket.replacements.pop(node_id, None)
             fresh = Contact(node_id, address, now)
@@ -192,16 +195,6 @@ class RoutingTable:
             self._promote(bucket)
             return True
 
-    def remove(self, node_id: bytes) -> None:
-        """Forget a node entirely."""
-        bucket = self._bucket(node_id)
-        if bucket is None:
-            return
-        with bucket.lock:
-            bucket.replacements.pop(node_id, None)
-            if bucket.contacts.pop(node_id, None) is not None:
-                self._promote(bucket)
-
     @staticmethod
     def _promote(bucket: Bucket) -> None:
         for replacement in reversed(bucket.replacements.values()):
@@ -228,7 +221,7 @@ class RoutingTable:
             home = KEY_BITS - 1 - t  # the bucket of contacts sharing exactly t bits
 
             def group(index: int) -> int:
-                if t == KEY_BITS or index > home:
+                if index > home:  # always when the target is the local id (home = -1)
                     return index + 2  # bucket order is distance order past home
                 return 0 if index == home else 1
 
@@ -287,10 +280,6 @@ class RoutingTable:
 
 
 def _first(item: tuple[int, Contact]) -> int:
-    return item[0]
-
-
-def _first_index(item: tuple[int, Bucket]) -> int:
     return item[0]
 
 
