@@ -161,7 +161,9 @@ class Engine:
         self._clock = clock
         self._wall_clock_ns = wall_clock_ns
         self._new_id = new_id
-        self._lock = threading.Lock()  # guards the three fields below
+        # Guards _pending, _operations, _verifying, closed and the three
+        # bounded address/node records below.
+        self._lock = threading.Lock()
         self._pending: dict[bytes, _Request] = {}
         self._operations: set[_Operation] = set()
         self._verifying: set[bytes] = set()
@@ -656,6 +658,11 @@ class _LookupOperation(_Operation):
     def payload(self) -> Payload:
         return FindNode(key=self.target)
 
+    def seed(self) -> None:
+        """Start from the K closest nodes of the routing table."""
+        with self.lock:
+            self.lookup.add(self.engine.table.closest(self.target, K))
+
     def drive(self) -> None:
         with self.lock:
             if self.finished or self.completing:
@@ -842,8 +849,7 @@ class _FindOperation(_LookupOperation):
                 self._deliver(value.value for value in local)
             self.finish(None)
             return
-        with self.lock:
-            self.lookup.add(self.engine.table.closest(self.target, K))
+        self.seed()
         if self._hedge is not None:
             self._hedge_timer = self.engine._timers.schedule(self._hedge, self._hedge_expired)
         self.drive()
@@ -946,8 +952,7 @@ class _StoreOperation(_LookupOperation):
     def start(self) -> None:
         if not self.register():
             return
-        with self.lock:
-            self.lookup.add(self.engine.table.closest(self.target, K))
+        self.seed()
         self.drive()
 
     def complete(self) -> None:
@@ -974,13 +979,14 @@ class _StoreOperation(_LookupOperation):
             elif local:
                 self.failures += 1
         self.check()
+        payload = Store((value,))
         for node in targets:
             try:
                 engine.request(
                     node.address,
                     node.id,
                     EventType.STORE,
-                    Store((value,)),
+                    payload,
                     self.on_ack,
                     self.on_nack,
                     retries=1,
