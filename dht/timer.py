@@ -31,7 +31,10 @@ class TimerThread:
     def __init__(
         self, *, tick: float = 0.01, name: str = "dht-timer", cpus: frozenset[int] | None = None
     ) -> None:
-        self._cpus = cpus
+        self.cpus = cpus
+        self.tick = tick
+        self.users = 0
+        """``shared_timer`` callers not yet released (under its lock)."""
         self._clock = time.monotonic
         self._wheel = TimerWheel(self._clock(), tick=tick)
         self._cond = threading.Condition()
@@ -76,7 +79,7 @@ class TimerThread:
             return len(self._wheel)
 
     def _run(self) -> None:
-        pin_current_thread(self._cpus)
+        pin_current_thread(self.cpus)
         while True:
             with self._cond:
                 while True:
@@ -98,7 +101,7 @@ class TimerThread:
 
 
 _shared_lock = threading.Lock()
-_shared: dict[tuple[float, frozenset[int] | None], tuple[TimerThread, list[int]]] = {}
+_shared: dict[tuple[float, frozenset[int] | None], TimerThread] = {}
 
 
 def shared_timer(tick: float, cpus: frozenset[int] | None) -> TimerThread:
@@ -106,28 +109,25 @@ def shared_timer(tick: float, cpus: frozenset[int] | None) -> TimerThread:
     on first use. Each call must be matched by one ``release_timer``."""
     key = (tick, cpus)
     with _shared_lock:
-        entry = _shared.get(key)
-        if entry is None:
+        timer = _shared.get(key)
+        if timer is None:
             name = "dht-timer" if cpus is None else f"dht-timer-cpus-{min(cpus)}"
-            timer = TimerThread(tick=tick, name=name, cpus=cpus)
+            timer = _shared[key] = TimerThread(tick=tick, name=name, cpus=cpus)
             timer.start()
-            entry = _shared[key] = (timer, [0])
-        entry[1][0] += 1
-        return entry[0]
+        timer.users += 1
+        return timer
 
 
 def release_timer(timer: TimerThread) -> None:
     """Give back a ``shared_timer``; the last user stops it (pending timers
     are dropped; see ``TimerThread.stop``)."""
+    key = (timer.tick, timer.cpus)
     with _shared_lock:
-        for key, (running, users) in _shared.items():
-            if running is timer:
-                users[0] -= 1
-                last = users[0] == 0
-                if last:
-                    del _shared[key]
-                break
-        else:
+        if _shared.get(key) is not timer:
             return
+        timer.users -= 1
+        last = timer.users == 0
+        if last:
+            del _shared[key]
     if last:
         timer.stop()

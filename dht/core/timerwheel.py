@@ -16,10 +16,9 @@ from collections.abc import Callable
 class Timer:
     """A scheduled callback; pass it to ``TimerWheel.cancel``."""
 
-    __slots__ = ("callback", "deadline", "due_tick", "slot")
+    __slots__ = ("callback", "due_tick", "slot")
 
-    def __init__(self, deadline: float, due_tick: int, callback: Callable[[], None]) -> None:
-        self.deadline = deadline
+    def __init__(self, due_tick: int, callback: Callable[[], None]) -> None:
         self.due_tick = due_tick
         self.callback = callback
         self.slot: dict[Timer, None] | None = None
@@ -45,7 +44,7 @@ class TimerWheel:
         if due * self.tick < deadline:  # float rounding must never make it early
             due += 1
         due = max(due, self._current + 1)
-        timer = Timer(deadline, due, callback)
+        timer = Timer(due, callback)
         index = due % len(self._slots)
         slot = self._slots[index]
         if slot is None:
