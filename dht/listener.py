@@ -24,12 +24,13 @@ from .core.ratelimit import RateLimiter
 from .errors import ProtocolError
 from .wire.codec import decode
 from .wire.events import Address, Event
-from .wire.framing import MAX_DATAGRAM, Reassembler
+from .wire.framing import Reassembler
 
 log = logging.getLogger("dht.listener")
 
 RECEIVE_BUFFER = 2048
-"""Larger than any valid datagram, so truncation (D10) shows as a long read."""
+"""Larger than any valid datagram, so truncation (D10) shows as a long read
+(which framing refuses as ``long-datagram``)."""
 DRAIN_BATCH = 256
 """Datagrams handled per wake-up before checking for a stop request."""
 
@@ -122,9 +123,6 @@ class Listener:
                 log.debug("receive error: %s", error)
                 return
             self.datagrams += 1
-            if size > MAX_DATAGRAM:
-                stats.incr("drop-long-datagram")
-                continue
             now = time.monotonic()
             try:
                 data = reassembler.feed(view[:size], source, now)
