@@ -22,7 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import datetime, timedelta
 
-from .config import Config, parse_address, resolve
+from .config import Config, resolve
 from .core.engine import Engine
 from .core.handler import MAX_VALUE_SIZE
 from .core.ratelimit import RateLimiter
@@ -328,8 +328,7 @@ def _bind(cfg: Config) -> list[socket.socket]:
     between, the bind fails and another port is tried. The lock keeps two
     nodes of this process from probing the same port at once.
     """
-    host, port = parse_address(cfg.listen_address, "listen_address")
-    host = resolve(f"{host}:{port}", "listen_address")[0]
+    host, port = resolve(cfg.listen_address, "listen_address")
     if port:
         return _bind_all(cfg, host, port)
     with _bind_lock:
