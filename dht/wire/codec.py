@@ -448,11 +448,7 @@ def _decode_values(buf: Buffer, end: int, position: int) -> tuple[Value, ...]:
     for pos, (key_field, value_field, ttl_field, created_field) in _vector_of_tables(
         buf, end, position, _VALUE_FIELDS
     ):
-        if not key_field:
-            raise DecodeError("missing-field", "value key is absent")
-        key = _vector_bytes(buf, end, pos + key_field)
-        if len(key) != KEY_BYTES:
-            raise DecodeError("bad-length", f"value key is {len(key)} bytes, expected 20")
+        key = _required_id(buf, end, pos + key_field if key_field else 0, "value key")
         values.append(
             Value(
                 key,
@@ -508,9 +504,7 @@ def _host_name(packed: bytes) -> str:
 
 def _decode_node_slowly(buf: Buffer, end: int, pos: int, id_field: int, address_field: int) -> Node:
     """A node the fast path refused: find exactly what is wrong, or decode it."""
-    node_id = _vector_bytes(buf, end, pos + id_field)
-    if len(node_id) != KEY_BYTES:
-        raise DecodeError("bad-length", f"node id is {len(node_id)} bytes, expected 20")
+    node_id = _required_id(buf, end, pos + id_field, "node id")
     address = _vector_bytes(buf, end, pos + address_field) if address_field else None
     if address is None or len(address) != ADDRESS_BYTES:
         shown = "absent" if address is None else f"{len(address)} bytes"

@@ -24,7 +24,6 @@ MAX_DATAGRAM = 1472
 MAX_CHUNK = MAX_DATAGRAM - HEADER_SIZE  # 1448
 MAX_EVENT_SIZE = 0xFFFF
 """The header's size field is 16 bits."""
-MAX_PARTS = -(-MAX_EVENT_SIZE // MAX_CHUNK)  # 46
 
 _HEADER = struct.Struct("<20sBBH")
 
