@@ -92,15 +92,16 @@ def main() -> int:
                     **extra,
                 }
                 row = _run(module, "cluster", cluster, timeout=600)
-                record({"impl": name, "concurrency": c, **row}, repetition)
+                record({**row, "impl": name, "concurrency": c}, repetition)
                 row = _run(module, "micro", {"concurrency": c, **extra}, timeout=300)
-                record({"impl": name, "concurrency": c, **row}, repetition)
+                record({**row, "impl": name, "concurrency": c}, repetition)
             for pin in (False, True):
                 name = "udp-echo-pinned" if pin else "udp-echo"
                 row = _run("bench.echo", "micro", {"concurrency": c, "pin": pin}, timeout=120)
-                record({"impl": name, "concurrency": c, **row}, repetition)
+                record({**row, "impl": name, "concurrency": c}, repetition)
     shapes = _run("bench.shapes", "json", {}, timeout=600)
-    for shape in shapes.get("rows", []) if isinstance(shapes.get("rows"), list) else []:
+    shape_rows = shapes.get("rows")
+    for shape in shape_rows if isinstance(shape_rows, list) else []:
         record({"impl": "dht", "workload": "shapes", "concurrency": 1, **shape}, 1)
     report = markdown(rows, machine)
     (RESULTS / "RESULTS.md").write_text(report)

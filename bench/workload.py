@@ -19,7 +19,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,15 @@ class Params:
     seed: int = 2026
     base_port: int = 20000
     pin: bool = False  # dht only: every node's threads on one CPU (Config.cpus)
+
+    def port(self, index: int) -> int:
+        """Node ``index``'s UDP port (0: the OS chooses, when base_port is 0)."""
+        return self.base_port + index if self.base_port else 0
+
+
+PHASE_DEADLINE_S = 300.0
+"""Operations still running this long after a phase began count as failures."""
+MICRO_REQUESTS = 5000
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,15 @@ def plan(params: Params) -> Plan:
         for op in (rng.choice(stores) for _ in range(params.finds))
     ]
     return Plan(node_ids, stores, finds)
+
+
+def micro_plan(params: Params, requests: int = MICRO_REQUESTS) -> Plan:
+    """The micro workload: two node ids (0 asks, 1 answers) and ``requests``
+    finds of absent keys from node 0, identical for every implementation."""
+    node_ids = plan(Params(nodes=2, stores=0, finds=0, seed=params.seed)).node_ids
+    rng = random.Random(params.seed)
+    finds = [Op("find", 0, rng.randbytes(20), b"") for _ in range(requests)]
+    return Plan(node_ids, [], finds)
 
 
 @dataclass
@@ -103,7 +121,7 @@ def run_callback_phase(
     concurrency: int,
     start: Callable[[Op, Completion], None],
     *,
-    deadline_s: float = 300.0,
+    deadline_s: float = PHASE_DEADLINE_S,
 ) -> PhaseResult:
     """Run ``ops`` with at most ``concurrency`` in flight, for implementations
     with a callback API.
@@ -226,10 +244,6 @@ def micro_result(
         "requests": requests,
         **result.summary(),
     }
-
-
-def as_dict(params: Params) -> dict[str, int]:
-    return asdict(params)
 
 
 def driver_main(

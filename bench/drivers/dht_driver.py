@@ -9,6 +9,7 @@ from concurrent.futures import Future
 
 import dht
 from bench.workload import (
+    MICRO_REQUESTS,
     Completion,
     Op,
     Params,
@@ -16,6 +17,7 @@ from bench.workload import (
     cluster_result,
     driver_main,
     idle_cpu,
+    micro_plan,
     micro_result,
     plan,
     process_figures,
@@ -83,18 +85,17 @@ def _complete_find(future: Future[list[bytes]], op: Op, complete: Completion) ->
     complete(op.value in values)
 
 
-def run_micro(params: Params, requests: int = 5000) -> dict[str, object]:
+def run_micro(params: Params, requests: int = MICRO_REQUESTS) -> dict[str, object]:
     """Node A sends node B ``requests`` FIND_VALUE requests for absent keys."""
-    import random
-
-    rng = random.Random(params.seed)
-    server = dht.New(_config(params))
-    client = dht.New(_config(params, bootstrap_addresses=[server.address]))
+    work = micro_plan(params, requests)
+    server = dht.New(_config(params, local_id=work.node_ids[1]))
+    client = dht.New(
+        _config(params, local_id=work.node_ids[0], bootstrap_addresses=[server.address])
+    )
     try:
         engine = client._engine
         host, port = server.address.rsplit(":", 1)
         target = (host, int(port))
-        ops = [Op("find", 0, rng.randbytes(20), b"") for _ in range(requests)]
 
         def send(op: Op, complete: Completion) -> None:
             def answered(event: object, source: object) -> bool:
@@ -110,7 +111,7 @@ def run_micro(params: Params, requests: int = 5000) -> dict[str, object]:
                 lambda error: complete(False),
             )
 
-        result: PhaseResult = run_callback_phase(ops, params.concurrency, send)
+        result: PhaseResult = run_callback_phase(work.finds, params.concurrency, send)
     finally:
         client.Close()
         server.Close()

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import sys
 import threading
 import time
@@ -37,12 +36,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bench.workload import (
+    MICRO_REQUESTS,
+    PHASE_DEADLINE_S,
     Op,
     Params,
     PhaseResult,
     cluster_result,
     driver_main,
     idle_cpu,
+    micro_plan,
     micro_result,
     plan,
     process_figures,
@@ -50,8 +52,6 @@ from bench.workload import (
 
 IMPL = "kademlia"
 HOST = "127.0.0.1"
-PHASE_DEADLINE_S = 300.0
-MICRO_REQUESTS = 5000
 
 
 def _quiet_libraries() -> None:
@@ -120,10 +120,6 @@ async def _start(node_id: bytes, port: int) -> tuple[Any, tuple[str, int]]:
     return server, (host, bound)
 
 
-def _port(params: Params, index: int) -> int:
-    return params.base_port + index if params.base_port else 0
-
-
 async def _cluster(params: Params) -> dict[str, object]:
     work = plan(params)
     servers: list[Any] = []
@@ -131,10 +127,10 @@ async def _cluster(params: Params) -> dict[str, object]:
         t0 = time.perf_counter()
 
         async def join() -> None:
-            first, address = await _start(work.node_ids[0], _port(params, 0))
+            first, address = await _start(work.node_ids[0], params.port(0))
             servers.append(first)
             for i, node_id in enumerate(work.node_ids[1:], start=1):
-                server, _ = await _start(node_id, _port(params, i))
+                server, _ = await _start(node_id, params.port(i))
                 servers.append(server)
                 await server.bootstrap([address])
 
@@ -168,14 +164,12 @@ async def _cluster(params: Params) -> dict[str, object]:
 async def _micro(params: Params, requests: int) -> dict[str, object]:
     from kademlia.node import Node
 
-    # The same absent keys as every other driver's micro workload.
-    rng = random.Random(params.seed)
-    ops = [Op("find", 0, rng.randbytes(20), b"") for _ in range(requests)]
-    ids = plan(Params(nodes=2, stores=0, finds=0, seed=params.seed)).node_ids
+    work = micro_plan(params, requests)
+    ids = work.node_ids
     client = server = None
     try:
-        server, (host, port) = await _start(ids[1], _port(params, 1))
-        client, _ = await _start(ids[0], _port(params, 0))
+        server, (host, port) = await _start(ids[1], params.port(1))
+        client, _ = await _start(ids[0], params.port(0))
         await asyncio.wait_for(client.bootstrap([(host, port)]), PHASE_DEADLINE_S)
         target = Node(server.node.id, host, port)
 
@@ -183,7 +177,7 @@ async def _micro(params: Params, requests: int) -> dict[str, object]:
             answered, _ = await client.protocol.call_find_value(target, Node(op.key))
             return bool(answered)
 
-        result = await _run_phase(ops, params.concurrency, find_value)
+        result = await _run_phase(work.finds, params.concurrency, find_value)
     finally:
         for node in (client, server):
             if node is not None:

@@ -42,7 +42,6 @@ exits 1.
 
 from __future__ import annotations
 
-import random
 import socket
 import sys
 import threading
@@ -50,12 +49,15 @@ import time
 from typing import Any
 
 from bench.workload import (
+    MICRO_REQUESTS,
+    PHASE_DEADLINE_S,
     Completion,
     Op,
     Params,
     cluster_result,
     driver_main,
     idle_cpu,
+    micro_plan,
     micro_result,
     plan,
     process_figures,
@@ -64,8 +66,6 @@ from bench.workload import (
 
 IMPL = "opendht"
 HOST = "127.0.0.1"
-PHASE_DEADLINE_S = 300.0
-MICRO_REQUESTS = 5000
 NO_LIMIT = -1
 CLUSTER_RATE_LIMIT: tuple[int, int] | None = None
 """(max_req_per_sec, max_peer_req_per_sec) for the cluster, None for opendht's defaults."""
@@ -96,10 +96,6 @@ def _start(node_id: bytes, port: int, rate_limit: tuple[int, int] | None) -> Any
     runner = opendht.DhtRunner()
     runner.run(port=port, ipv4=HOST, config=config)
     return runner
-
-
-def _port(params: Params, index: int) -> int:
-    return params.base_port + index if params.base_port else 0
 
 
 def _wait(start: Any, deadline: float, what: str) -> bool:
@@ -153,10 +149,10 @@ def run_cluster(params: Params) -> dict[str, object]:
     try:
         t0 = time.perf_counter()
         deadline = time.monotonic() + PHASE_DEADLINE_S
-        runners.append(_start(work.node_ids[0], _port(params, 0), CLUSTER_RATE_LIMIT))
+        runners.append(_start(work.node_ids[0], params.port(0), CLUSTER_RATE_LIMIT))
         contact = runners[0].getBound()
         for i, node_id in enumerate(work.node_ids[1:], start=1):
-            runners.append(_start(node_id, _port(params, i), CLUSTER_RATE_LIMIT))
+            runners.append(_start(node_id, params.port(i), CLUSTER_RATE_LIMIT))
             _join(runners[-1], node_id, contact, deadline)
         join_s = time.perf_counter() - t0
         idle = idle_cpu(2.0)
@@ -174,12 +170,8 @@ def run_cluster(params: Params) -> dict[str, object]:
 
             runners[op.node].get(_infohash(op.key), on_value, lambda ok, nodes: complete(False))
 
-        stores = run_callback_phase(
-            work.stores, params.concurrency, store, deadline_s=PHASE_DEADLINE_S
-        )
-        finds = run_callback_phase(
-            work.finds, params.concurrency, find, deadline_s=PHASE_DEADLINE_S
-        )
+        stores = run_callback_phase(work.stores, params.concurrency, store)
+        finds = run_callback_phase(work.finds, params.concurrency, find)
         figures = process_figures()
     finally:
         _shutdown(runners)
@@ -195,15 +187,13 @@ def run_cluster(params: Params) -> dict[str, object]:
 
 
 def run_micro(params: Params, requests: int = MICRO_REQUESTS) -> dict[str, object]:
-    # The same absent keys as every other driver's micro workload.
-    rng = random.Random(params.seed)
-    ops = [Op("find", 0, rng.randbytes(20), b"") for _ in range(requests)]
-    ids = plan(Params(nodes=2, stores=0, finds=0, seed=params.seed)).node_ids
+    work = micro_plan(params, requests)
+    ids = work.node_ids
     unlimited = (NO_LIMIT, NO_LIMIT)
     runners: list[Any] = []
     try:
-        runners.append(_start(ids[1], _port(params, 1), unlimited))
-        runners.append(_start(ids[0], _port(params, 0), unlimited))
+        runners.append(_start(ids[1], params.port(1), unlimited))
+        runners.append(_start(ids[0], params.port(0), unlimited))
         server, client = runners
         deadline = time.monotonic() + PHASE_DEADLINE_S
         client.bootstrap(HOST, str(server.getBound().getPort()))
@@ -213,7 +203,7 @@ def run_micro(params: Params, requests: int = MICRO_REQUESTS) -> dict[str, objec
         def get(op: Op, complete: Completion) -> None:
             client.get(_infohash(op.key), lambda value: True, lambda ok, nodes: complete(ok))
 
-        result = run_callback_phase(ops, params.concurrency, get, deadline_s=PHASE_DEADLINE_S)
+        result = run_callback_phase(work.finds, params.concurrency, get)
     finally:
         _shutdown(runners)
     return micro_result(IMPL, params, requests, result)
