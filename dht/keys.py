@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import secrets
 
 from .errors import ArgumentError
@@ -44,10 +45,25 @@ def Key(x: str | bytes | int) -> bytes:
 def random_id() -> bytes:
     """A new random 20-byte id from the OS's cryptographic source.
 
-    Used for node ids and for event ids, which must be unpredictable so that
-    an off-path attacker cannot forge responses (defect D14).
+    Used for node ids; event ids come from ``EventIds``.
     """
     return secrets.token_bytes(KEY_BYTES)
+
+
+class EventIds:
+    """Unpredictable 20-byte event ids: a keyed BLAKE2b of a counter, the key
+    drawn once from the OS's cryptographic source. Ids must be unguessable
+    (an off-path attacker must not forge responses, defect D14), but asking
+    the OS for each one is a system call per request, and every system call
+    hands the GIL to a waiting thread. Safe to call from any thread."""
+
+    def __init__(self) -> None:
+        self._key = secrets.token_bytes(32)
+        self._counter = itertools.count()  # next() is atomic under the GIL
+
+    def __call__(self) -> bytes:
+        counter = next(self._counter).to_bytes(8, "big")
+        return hashlib.blake2b(counter, key=self._key, digest_size=KEY_BYTES).digest()
 
 
 def check_id(value: bytes, what: str) -> bytes:

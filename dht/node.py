@@ -28,7 +28,7 @@ from .core.handler import MAX_VALUE_SIZE
 from .core.ratelimit import RateLimiter
 from .core.storage import MemoryStorage
 from .errors import ArgumentError, BootstrapError, ValueTooLarge
-from .keys import check_id, random_id
+from .keys import EventIds, check_id, random_id
 from .listener import Listener
 from .timer import release_timer, shared_timer
 from .wire.events import NS_PER_SECOND, Address
@@ -94,7 +94,7 @@ class DHT:
                 timers=self._timers,
                 clock=time.monotonic,
                 wall_clock_ns=time.time_ns,
-                new_id=random_id,
+                new_id=EventIds(),
                 timeout=cfg.timeout,
                 refresh_interval=cfg.refresh_interval,
                 max_pending=cfg.max_pending_requests,

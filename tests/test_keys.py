@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 import dht
 from dht import KEY_BITS, KEY_BYTES, K, Key
-from dht.keys import common_prefix_length, distance, random_id
+from dht.keys import EventIds, common_prefix_length, distance, random_id
 
 # PROTOCOL.md 7.13, "Reference outputs" (all seven rows).
 REFERENCE_KEYS = [
@@ -70,6 +72,27 @@ def test_random_id() -> None:
     assert type(first) is bytes
     assert len(first) == len(second) == 20
     assert first != second
+
+
+def test_event_ids_are_distinct_across_threads_and_generators() -> None:
+    ids = EventIds()
+    per_thread: list[list[bytes]] = [[] for _ in range(4)]
+
+    def draw(out: list[bytes]) -> None:
+        out.extend(ids() for _ in range(5000))
+
+    threads = [threading.Thread(target=draw, args=(out,)) for out in per_thread]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    drawn = [event_id for out in per_thread for event_id in out]
+    assert len(drawn) == 20000
+    assert all(type(event_id) is bytes and len(event_id) == 20 for event_id in drawn)
+    assert len(set(drawn)) == len(drawn)
+    # Keyed per generator: another node's ids are not this one's sequence.
+    other = EventIds()
+    assert not {other() for _ in range(1000)} & set(drawn)
 
 
 def test_distance_basics() -> None:
