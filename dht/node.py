@@ -279,7 +279,9 @@ class DHT:
     def _transmit(self, datagrams: list[bytes], address: Address) -> None:
         sock = next(self._send_from)
         for datagram in datagrams:
-            sock.sendto(datagram, address)
+            # Never wait for buffer space: the listener keeps the socket in
+            # blocking mode for its reads; a full buffer is a lost datagram.
+            sock.sendto(datagram, socket.MSG_DONTWAIT, address)
 
 
 def New(cfg: Config | None = None) -> DHT:
@@ -358,7 +360,6 @@ def _bind_all(cfg: Config, host: str, port: int) -> list[socket.socket]:
                 except OSError:  # the kernel caps it; a smaller buffer still works
                     pass
             sock.bind((host, port))
-            sock.setblocking(False)
     except BaseException:
         for sock in sockets:
             sock.close()

@@ -37,6 +37,7 @@ from cluster import (
 )
 
 import dht
+import dht.listener as dht_listener
 import dht.node as dht_node
 from dht.keys import random_id
 from dht.wire import Event, EventType, encode, fragment
@@ -380,6 +381,24 @@ def test_close_is_prompt_under_incoming_traffic() -> None:
         if flood is not None:
             flood.kill()
             flood.wait(10)
+
+
+def test_close_wakes_a_listener_waiting_in_a_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a datagram the listener waits for the next one in a blocking
+    read, not in select. Close must wake it at once (it shuts the socket's
+    receive side), not when the read's quiet period ends."""
+    monkeypatch.setattr(dht_listener, "QUIET_S", 60.0)
+    node = add_node(None)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.sendto(b"x", ("127.0.0.1", int(node.address.rpartition(":")[2])))
+        assert wait_until(lambda: node.stats().get("drop-short-datagram", 0) == 1, 5.0)
+        start = time.monotonic()
+        node.Close()
+        elapsed = time.monotonic() - start
+        assert elapsed < 5.0, f"Close waited {elapsed:.2f} s for a listener's read"
+    finally:
+        node.Close()
 
 
 def test_bootstrap_where_nothing_listens() -> None:
