@@ -22,8 +22,8 @@ class Config:
 
     * ``listeners = 1``: the reference opens one socket per core, but CPython
       runs Python code on one core at a time (the GIL), so extra listener
-      threads add context switches rather than throughput. Raise it only to
-      spread kernel receive work. (Measured in ``bench/``.)
+      threads add threads rather than throughput. Raise it only to spread
+      kernel receive work. (Measured: README, "Defaults that differ".)
     * ``timeout = 2.0``: the reference waits 60 s for a reply, which stalls a
       lookup for a minute when a node has gone. Lookups here also move on
       from a slow node after ``timeout / 4`` without waiting for the timeout.
