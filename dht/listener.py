@@ -91,7 +91,6 @@ class Listener:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, quiet)
         # The wake pipe exists only while the thread runs, which closes it.
         self._wake_read, self._wake_write = os.pipe()
-        os.set_blocking(self._wake_read, False)
         self._wake_open = True
         self._thread.start()
 
