@@ -7,6 +7,7 @@ callback count is asserted; every node is closed by a fixture or a ``with``.
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -399,6 +400,32 @@ def test_close_wakes_a_listener_waiting_in_a_read(monkeypatch: pytest.MonkeyPatc
         assert elapsed < 5.0, f"Close waited {elapsed:.2f} s for a listener's read"
     finally:
         node.Close()
+
+
+def test_finished_operations_leave_no_reference_cycles() -> None:
+    """Stores and finds that have ended leave nothing of ours for the garbage
+    collector: requests, timers and lookups are freed by reference counting.
+    (Cycles through each request's timer once made full collections of a
+    100-node process take 14% of a find run.)"""
+    with running_cluster(5) as nodes:
+        gc.collect()
+        was_enabled = gc.isenabled()
+        gc.disable()
+        gc.set_debug(gc.DEBUG_SAVEALL)  # unreachable cycles go to gc.garbage
+        try:
+            for i in range(10):
+                key, value = new_key(), b"value-%d" % i
+                store(nodes[i % 5], key, value)
+                found = nodes[(i + 2) % 5].Find(key, None, dht.FirstValue())
+                assert found.result(timeout=RESULT) == [value]
+            gc.collect()
+            ours = [o for o in gc.garbage if type(o).__module__.startswith("dht")]
+            assert not ours, f"{len(ours)} objects in cycles, e.g. {ours[:5]}"
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            if was_enabled:
+                gc.enable()
 
 
 def test_bootstrap_where_nothing_listens() -> None:

@@ -11,11 +11,13 @@ loose deadline.
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from fractions import Fraction
 
@@ -206,6 +208,35 @@ def test_cancel_prevents_firing() -> None:
         callback()
     assert hits == ["kept"]
     assert wheel.cancel(kept) is False  # already fired
+
+
+class _Owner:
+    """Holds its timer, whose callback is one of its methods: the cycle every
+    pending request makes."""
+
+    timer: Timer | None = None
+
+    def fire(self) -> None:
+        pass
+
+
+def test_a_fired_or_cancelled_timer_lets_go_of_its_callback() -> None:
+    wheel = TimerWheel(0.0, tick=0.5, slots=4)
+    cancelled, fired = _Owner(), _Owner()
+    cancelled.timer = wheel.schedule(1.0, cancelled.fire)
+    fired.timer = wheel.schedule(1.0, fired.fire)
+    gone = [weakref.ref(cancelled), weakref.ref(fired)]
+    was_enabled = gc.isenabled()
+    gc.disable()  # only reference counting may free them
+    try:
+        assert wheel.cancel(cancelled.timer)
+        [callback] = wheel.advance(5.0)
+        callback()
+        del cancelled, fired, callback
+        assert [ref() for ref in gone] == [None, None]
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def test_same_tick_timers_fire_in_schedule_order() -> None:

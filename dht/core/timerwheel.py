@@ -13,8 +13,16 @@ import math
 from collections.abc import Callable
 
 
+def _spent() -> None:
+    """The callback of a timer that fired or was cancelled."""
+
+
 class Timer:
-    """A scheduled callback; pass it to ``TimerWheel.cancel``."""
+    """A scheduled callback; pass it to ``TimerWheel.cancel``.
+
+    A timer lets go of its callback once it fires or is cancelled: callbacks
+    usually close over the object that holds the timer, and that cycle would
+    otherwise outlive the timer until the garbage collector finds it."""
 
     __slots__ = ("callback", "due_tick", "slot")
 
@@ -61,6 +69,7 @@ class TimerWheel:
             return False
         del slot[timer]
         timer.slot = None
+        timer.callback = _spent
         self._count -= 1
         return True
 
@@ -80,13 +89,16 @@ class TimerWheel:
             if slot:
                 due.extend(timer for timer in slot if timer.due_tick <= target)
         due.sort(key=_due_tick)  # slot order is due order only within one turn
+        callbacks = []
         for timer in due:
             assert timer.slot is not None
             del timer.slot[timer]
             timer.slot = None
+            callbacks.append(timer.callback)
+            timer.callback = _spent
         self._count -= len(due)
         self._current = target
-        return [timer.callback for timer in due]
+        return callbacks
 
     def next_wakeup(self) -> float | None:
         """When the earliest pending timer is due (a tick boundary), or None."""
