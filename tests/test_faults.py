@@ -243,6 +243,20 @@ def sim_store(node: SimNode, key: bytes, value: bytes) -> Outcome:
     return outcome
 
 
+def sim_store_keys(
+    net: SimNetwork, rng: random.Random, nodes: list[SimNode], count: int
+) -> tuple[list[bytes], list[Outcome], list[int]]:
+    """Store ``count`` random keys (key i holds b"value-i") from random nodes:
+    the keys, every store's outcome, and the indexes of those that succeeded."""
+    keys = [rng.randbytes(20) for _ in range(count)]
+    stores = sim_run(
+        net,
+        [partial(sim_store, rng.choice(nodes), key, b"value-%d" % i) for i, key in enumerate(keys)],
+        CONCURRENCY,
+    )
+    return keys, stores, [i for i, outcome in enumerate(stores) if outcome.ends == [None]]
+
+
 def sim_find(node: SimNode, key: bytes, *, first_only: bool) -> Outcome:
     outcome = Outcome()
     node.engine.find(key, 0, outcome.value, outcome.find_done, first_only=first_only)
@@ -293,13 +307,7 @@ def test_loss_on_simnet() -> None:
     )
     nodes = list(net.nodes.values())
 
-    keys = [rng.randbytes(20) for _ in range(LOSS_STORES)]
-    stores = sim_run(
-        net,
-        [partial(sim_store, rng.choice(nodes), key, b"value-%d" % i) for i, key in enumerate(keys)],
-        CONCURRENCY,
-    )
-    stored = [i for i, outcome in enumerate(stores) if outcome.ends == [None]]
+    keys, stores, stored = sim_store_keys(net, rng, nodes, LOSS_STORES)
 
     plan = [(True, rng.choice(stored)) for _ in range(LOSS_FINDS)]
     plan += [(False, rng.choice(stored)) for _ in range(LOSS_EXHAUSTIVE)]
@@ -498,13 +506,7 @@ def test_churn_on_simnet() -> None:
         sim_join(net, net.add_node(timeout=TIMEOUT), first, attempts=1)
     nodes = list(net.nodes.values())
 
-    keys = [rng.randbytes(20) for _ in range(CHURN_KEYS)]
-    stores = sim_run(
-        net,
-        [partial(sim_store, rng.choice(nodes), key, b"value-%d" % i) for i, key in enumerate(keys)],
-        CONCURRENCY,
-    )
-    stored = [i for i, outcome in enumerate(stores) if outcome.ends == [None]]
+    keys, stores, stored = sim_store_keys(net, rng, nodes, CHURN_KEYS)
     assert len(stored) >= 0.99 * CHURN_KEYS
 
     for i in rng.sample(range(1, CHURN_NODES), CHURN_LEAVE):
