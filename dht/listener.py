@@ -133,7 +133,8 @@ class Listener:
         stats = self._stats
         reassembler = self.reassembler
         limiter = self.limiter
-        while not self._stop_requested.is_set():
+        stopping = self._stop_requested.is_set
+        while not stopping():
             try:
                 size, source = sock.recvfrom_into(buffer)
             except BlockingIOError:  # quiet for QUIET_S
@@ -142,7 +143,7 @@ class Listener:
                 stats.incr("receive-error")
                 log.debug("receive error: %s", error)
                 return
-            if not size and self._stop_requested.is_set():  # the shutdown in stop() woke us
+            if not size and stopping():  # the shutdown in stop() woke us
                 return
             self.datagrams += 1
             now = time.monotonic()
