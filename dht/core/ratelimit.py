@@ -24,7 +24,6 @@ class RateLimiter:
         self.burst = float(burst)
         self.max_sources = max_sources
         self._buckets: OrderedDict[Address, list[float]] = OrderedDict()  # [tokens, last]
-        self.refused = 0
 
     def allow(self, source: Address, now: float) -> bool:
         """Take one token for ``source``; False if it has none left."""
@@ -41,7 +40,6 @@ class RateLimiter:
         if bucket[0] >= 1.0:
             bucket[0] -= 1.0
             return True
-        self.refused += 1
         return False
 
     def __len__(self) -> int:
