@@ -205,6 +205,76 @@ def test_an_answered_request_never_stalls():
     assert answered == [True] and stalls == []
 
 
+def test_a_timeout_while_the_response_is_handled_does_not_end_the_request_again():
+    """The timer thread may fire a request's timeout while a listener runs its
+    response callback; here the callback fires it itself, deterministically."""
+    net = build_network(2, seed=16)
+    a, b = net.nodes.values()
+    ends: list[str] = []
+
+    def on_response(event, source) -> bool:
+        a.engine._expired(request)  # what the timer thread can do meanwhile
+        ends.append("response")
+        return True
+
+    a.engine.request(
+        b.address,
+        b.id,
+        EventType.PING,
+        None,
+        on_response,
+        lambda error: ends.append(type(error).__name__),
+    )
+    request = next(r for r in a.engine._pending.values() if r.on_response is on_response)
+    net.run_until(lambda: False, limit=5.0)  # past the timeout
+    assert ends == ["response"]
+    assert a.engine.pending_requests == 0
+    assert "request-timeout" not in a.engine.stats.snapshot()
+
+
+def test_close_while_a_response_awaits_more_ends_the_request_once():
+    net = build_network(2, seed=17)
+    a, b = net.nodes.values()
+    ends: list[str] = []
+
+    def on_response(event, source) -> bool:
+        a.engine.close()  # another thread closes the node meanwhile
+        ends.append("response")
+        return False  # more events expected
+
+    a.engine.request(
+        b.address,
+        b.id,
+        EventType.PING,
+        None,
+        on_response,
+        lambda error: ends.append(type(error).__name__),
+    )
+    net.run_until(lambda: False, limit=5.0)
+    assert ends == ["response", "ClosedError"]
+    assert a.engine.pending_requests == 0
+
+
+def test_a_request_awaiting_more_times_out_when_its_first_send_does():
+    """The rest of an answer must come within the request's own timeout: a
+    trickle of parts does not keep it alive."""
+    net = build_network(2, seed=18, timeout=1.0)
+    a, b = net.nodes.values()
+    marks: list[tuple[str, float]] = []
+    a.engine.request(
+        b.address,
+        b.id,
+        EventType.PING,
+        None,
+        lambda event, source: marks.append(("response", net.clock.now)) or False,
+        lambda error: marks.append((type(error).__name__, net.clock.now)),
+    )
+    start = net.clock.now
+    assert net.run_until(lambda: len(marks) == 2, limit=5.0)
+    assert [kind for kind, _ in marks] == ["response", "RequestTimeout"]
+    assert marks[1][1] - start == pytest.approx(a.engine.timeout)
+
+
 def test_round_trips_are_measured_only_from_requests_sent_once():
     """Karn's rule: the answer to a resent request may answer either send, so
     it is no round-trip sample; an answer to a request sent once is."""

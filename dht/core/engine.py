@@ -94,11 +94,11 @@ class _Request:
         "address",
         "event",
         "kind",
+        "measurable",
         "node_id",
         "on_failure",
         "on_response",
         "on_stall",
-        "resent",
         "retries",
         "sent",
         "timer",
@@ -123,7 +123,9 @@ class _Request:
         self.retries = retries
         self.on_stall = on_stall
         self.sent = 0.0  # engine clock, seconds: the last send
-        self.resent = False
+        self.measurable = True
+        """Whether an answer gives a round-trip sample: not after a resend,
+        which it may answer either send of (Karn), nor for later parts."""
         self.timer: object = None
 
 
@@ -317,7 +319,7 @@ class Engine:
                 del self._pending[request.event.id]
                 resend = False
         if resend:
-            request.resent = True
+            request.measurable = False
             self.stats.incr("request-retried")
             self._send_request(request)
             return
@@ -346,40 +348,44 @@ class Engine:
             self._on_request(event, source)
 
     def _on_response(self, event: Event, source: Address) -> None:
+        # Claim the request before running its callback: a timeout on the
+        # timer thread or a Close meanwhile then finds nothing to end twice.
         with self._lock:
             request = self._pending.get(event.id)
-        if request is None:
-            self.stats.incr("drop-unsolicited-response")
+            drop = _mismatch(request, event, source)
+            if drop is None:
+                del self._pending[event.id]
+        if drop is not None:
+            self.stats.incr(drop)
             return
-        if request.address != source or (
-            request.node_id is not None and request.node_id != event.sender
-        ):
-            self.stats.incr("drop-spoofed-response")
-            return
-        if event.type is not request.kind:
-            self.stats.incr("drop-wrong-response-type")
-            return
+        assert request is not None
+        self._timers.cancel(request.timer)
         now = self._clock()
-        if not request.resent:  # Karn: an answer to a resent request may be to either send
+        if request.measurable:
             rtt = now - request.sent
             srtt = self.smoothed_rtt  # a race between listeners only blurs the average
             self.smoothed_rtt = rtt if srtt is None else srtt + (rtt - srtt) / 8
         self._remember_proven(source)
         newly_seen = self.table.add_verified(event.sender, source, now)
-        finished = _call(request.on_response, event, source) is not False
-        if finished:
-            with self._lock:
-                if self._pending.get(event.id) is request:
-                    del self._pending[event.id]
-                else:
-                    finished = False
-            if finished:
-                self._timers.cancel(request.timer)
+        if _call(request.on_response, event, source) is False:
+            self._await_rest(request)
         if newly_seen:
             log.log(
                 self._new_node_level, "discovered node %s at %s:%d", event.sender.hex(), *source
             )
             self._transfer_keys(Node(event.sender, source))
+
+    def _await_rest(self, request: _Request) -> None:
+        """Pend again a request whose answer has more events to come, until
+        its original timeout (a slow trickle of parts does not extend it)."""
+        request.measurable = False  # later parts are no round-trip samples
+        with self._lock:
+            if not self.closed:
+                self._pending[request.event.id] = request
+                left = max(request.sent + self.timeout - self._clock(), 0.0)
+                request.timer = self._timers.schedule(left, lambda: self._expired(request))
+                return
+        _call(request.on_failure, ClosedError("the node was closed"))
 
     def _on_request(self, event: Event, source: Address) -> None:
         sender = event.sender
@@ -587,6 +593,19 @@ def _ignore(*_: object) -> bool:
 
 def _discard(_: object) -> None:
     pass
+
+
+def _mismatch(request: _Request | None, event: Event, source: Address) -> str | None:
+    """Why a response cannot answer ``request`` (a counter name), or None."""
+    if request is None:
+        return "drop-unsolicited-response"
+    if request.address != source or (
+        request.node_id is not None and request.node_id != event.sender
+    ):
+        return "drop-spoofed-response"  # D14: only from where we asked, by whom we asked
+    if event.type is not request.kind:
+        return "drop-wrong-response-type"
+    return None
 
 
 class _Operation:
