@@ -166,9 +166,11 @@ class Outcome:
         self.ends: list[Exception | None] = []
         self.values: list[bytes] = []
         self.final_values: list[bytes] | None = None
+        self.after_end: list[bytes] = []
+        """Values delivered after the end (a defect)."""
 
     def value(self, data: bytes) -> None:
-        self.values.append(data)
+        (self.after_end if self.ends else self.values).append(data)
 
     def store_done(self, error: Exception | None) -> None:
         self.ends.append(error)

@@ -7,7 +7,9 @@ from simnet import Outcome, SimNetwork, build_network
 
 from dht.errors import ClosedError, NotFoundError, StoreError
 from dht.keys import K, distance
-from dht.wire.events import EventType
+from dht.wire.codec import encode
+from dht.wire.events import Event, EventType, FindValue, Value
+from dht.wire.framing import fragment
 
 HOUR_NS = 3600 * 10**9
 
@@ -203,6 +205,71 @@ def test_an_answered_request_never_stalls():
     )
     net.run_until(lambda: False, limit=5.0)  # past both the stall and the timeout
     assert answered == [True] and stalls == []
+
+
+def test_first_value_find_delivers_nothing_after_its_end():
+    """With alpha queries in flight, the answers that come after the first
+    holder's are dropped, not handed to the user after on_done."""
+    net = build_network(30, seed=11)
+    nodes = list(net.nodes.values())
+    key = net.rng.randbytes(20)
+    querier = nodes[3]
+    for i, node in enumerate(nodes):
+        if node is not querier:
+            node.storage.Set(key, b"v%d" % i, 0, HOUR_NS)
+    querier.engine.smoothed_rtt = None  # no hedge: alpha queries at once
+    outcome = Outcome()
+    querier.engine.find(key, 0, outcome.value, outcome.find_done, first_only=True)
+    net.run_until(lambda: False, limit=5.0)
+    assert outcome.ends == [None]
+    assert outcome.values and outcome.final_values == outcome.values
+    assert outcome.after_end == []
+
+
+def test_a_find_ended_as_not_found_ignores_a_slow_holder_answering_later():
+    net = build_network(40, seed=12)
+    nodes = list(net.nodes.values())
+    key = net.rng.randbytes(20)
+    querier = nodes[0]
+    holder = min(nodes[1:], key=lambda node: distance(node.id, key))
+    holder.storage.Set(key, b"late", 0, HOUR_NS)
+    send = holder.engine._transport
+    # The holder answers after stall_after, so the lookup ends without it.
+    holder.engine._transport = lambda datagrams, to: net.schedule(0.5, lambda: send(datagrams, to))
+    outcome = Outcome()
+    querier.engine.find(key, 0, outcome.value, outcome.find_done)
+    net.run_until(lambda: False, limit=5.0)
+    assert len(outcome.ends) == 1 and isinstance(outcome.ends[0], NotFoundError)
+    assert outcome.values == [] and outcome.after_end == []
+
+
+def test_a_split_answer_cut_short_by_an_answer_without_values_still_ends_the_find():
+    """A hostile node sends the first part of a two-part answer, then a reply
+    with no values for the same request: the Find must still end."""
+    net = SimNetwork(seed=3)
+    asker, hostile = net.add_node(), net.add_node()
+    joined = Outcome()
+    hostile.engine.bootstrap([asker.address], joined.store_done)
+    assert net.run_until(lambda: joined.ended and hostile.id in asker.engine.table)
+    key = b"\x11" * 20
+    receive = hostile.engine.receive
+
+    def hostile_receive(event, source):
+        if event.type is not EventType.FIND_VALUE or event.response:
+            return receive(event, source)
+        for payload in (
+            FindValue(values=(Value(key, b"part-1", HOUR_NS, 1),), found=2),
+            FindValue(nodes=()),
+        ):
+            reply = Event(event.id, hostile.id, EventType.FIND_VALUE, True, payload)
+            hostile.engine._transport(fragment(reply.id, encode(reply)), source)
+
+    hostile.engine.receive = hostile_receive
+    outcome = Outcome()
+    asker.engine.find(key, 0, outcome.value, outcome.find_done)
+    assert net.run_until(lambda: outcome.ended, limit=30.0)
+    assert outcome.ends == [None] and outcome.values == [b"part-1"]
+    assert not asker.engine._operations
 
 
 def test_a_timeout_while_the_response_is_handled_does_not_end_the_request_again():

@@ -886,7 +886,10 @@ class _FindOperation(_LookupOperation):
         self.drive()
 
     def _deliver(self, values: Iterable[bytes]) -> None:
-        """Queue new distinct values for the user; call with the lock held."""
+        """Queue new distinct values for the user; call with the lock held.
+        Values that come after the end (answers still in flight) are dropped."""
+        if self.finished:
+            return
         for data in values:
             if data not in self._seen:
                 self._seen.add(data)
@@ -927,6 +930,8 @@ class _FindOperation(_LookupOperation):
             else:
                 finished = self.on_response(node, event, source)
                 with self.lock:
+                    if received:  # a split answer that ended without its rest
+                        self._partial -= 1
                     self._widen()  # a miss: this node does not hold the key
             self.drive()
             return finished
@@ -943,10 +948,7 @@ class _FindOperation(_LookupOperation):
         self.send_query(node, on_response, on_failure)
 
     def complete(self) -> None:
-        if self.values:
-            self.finish(None)
-        else:
-            self.finish(NotFoundError(self.target, self.lookup.queried))
+        self.finish(None)  # report() tells found from not found
 
     def report(self, error: Exception | None) -> None:
         if self._hedge_timer is not None:

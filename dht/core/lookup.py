@@ -51,6 +51,9 @@ class Lookup:
         self._target = int.from_bytes(target, "big")
         self._ordered: list[Candidate] = []
         self._by_id: dict[bytes, Candidate] = {}
+        self.queried = 0
+        """How many nodes were asked: handed out by ``next``, or added as
+        already asked. A counter, so reading it needs no lock."""
 
     def add(self, nodes: Iterable[Node], state: State = State.UNQUERIED) -> None:
         """Add nodes learned from the routing table or from a response.
@@ -63,6 +66,7 @@ class Lookup:
             existing = by_id.get(node_id)
             if existing is not None:
                 if state is State.ANSWERED:
+                    self.queried += existing.state is State.UNQUERIED
                     existing.state = state
                 continue
             if node_id == self.local_id:
@@ -70,6 +74,8 @@ class Lookup:
             candidate = Candidate(node, int.from_bytes(node_id, "big") ^ target, state)
             by_id[node_id] = candidate
             fresh.append(candidate)
+        if state is not State.UNQUERIED:  # asked by the caller, not through next()
+            self.queried += len(fresh)
         if len(fresh) > 1:  # one sort (Timsort merges the sorted runs) beats many insorts
             self._ordered += fresh
             self._ordered.sort(key=_distance_of)
@@ -98,6 +104,7 @@ class Lookup:
                 candidate.state = State.IN_FLIGHT
                 chosen.append(candidate.node)
                 active += 1
+        self.queried += len(chosen)
         return chosen
 
     def _set(self, node_id: bytes, state: State) -> None:
@@ -137,8 +144,3 @@ class Lookup:
                 if len(out) == limit:
                     break
         return out
-
-    @property
-    def queried(self) -> int:
-        """How many nodes were asked so far."""
-        return sum(1 for c in self._ordered if c.state is not State.UNQUERIED)
