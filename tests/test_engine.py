@@ -272,6 +272,40 @@ def test_a_split_answer_cut_short_by_an_answer_without_values_still_ends_the_fin
     assert not asker.engine._operations
 
 
+class FailingStorage:
+    """A user storage whose Set and Get raise for one key (a full disk, say)."""
+
+    def __init__(self, inner, key: bytes) -> None:
+        self.inner, self.key = inner, key
+
+    def Get(self, key: bytes, from_ns: int = 0):
+        if key == self.key:
+            raise OSError("disk unreadable")
+        return self.inner.Get(key, from_ns)
+
+    def Set(self, key: bytes, value: bytes, created_ns: int, ttl_ns: int) -> bool:
+        if key == self.key:
+            raise OSError("disk full")
+        return self.inner.Set(key, value, created_ns, ttl_ns)
+
+    def Iterate(self, fn) -> None:
+        self.inner.Iterate(fn)
+
+
+def test_a_storage_that_raises_neither_hangs_nor_fails_store_and_find():
+    net = build_network(10, seed=19)
+    nodes = list(net.nodes.values())
+    key = b"\x44" * 20
+    # The node closest to the key, so its own copy is one of the K targets.
+    node = min(nodes, key=lambda n: distance(n.id, key))
+    node.engine.storage = FailingStorage(node.storage, key)
+    stored = store(net, node, key, b"v")
+    assert stored.ends == [None]  # the other replicas make the quorum
+    found = find(net, node, key)  # the local read fails: it asks the network
+    assert found.ends == [None] and found.values == [b"v"]
+    assert node.engine.stats.snapshot()["storage-error"] == 2
+
+
 def test_a_timeout_while_the_response_is_handled_does_not_end_the_request_again():
     """The timer thread may fire a request's timeout while a listener runs its
     response callback; here the callback fires it itself, deterministically."""

@@ -541,6 +541,28 @@ class Engine:
         with contextlib.suppress(ClosedError):
             self.request(address, node_id, EventType.PING, None, _ignore, _ignore)
 
+    # -- the user's storage (user code: it may raise) ------------------------
+
+    def store_locally(self, value: Value) -> bool:
+        """Our own copy of a value we Store; False if the storage refused or
+        failed (logged and counted as ``storage-error``)."""
+        try:
+            return self.storage.Set(value.key, value.value, value.created_ns, value.ttl_ns)
+        except Exception:
+            self.stats.incr("storage-error")
+            log.exception("storage Set failed")
+            return False
+
+    def local_values(self, key: bytes, from_ns: int) -> list[Value]:
+        """The values a Find takes from our own storage first; none if it
+        fails (logged and counted), so the Find asks the network."""
+        try:
+            return self.storage.Get(key, from_ns)
+        except Exception:
+            self.stats.incr("storage-error")
+            log.exception("storage Get failed")
+            return []
+
     # -- operations ----------------------------------------------------------
 
     def bootstrap(
@@ -862,7 +884,7 @@ class _FindOperation(_LookupOperation):
     def start(self) -> None:
         if not self.register():
             return
-        local = self.engine.storage.Get(self.target, self.from_ns)
+        local = self.engine.local_values(self.target, self.from_ns)
         if local:
             with self.lock:
                 self._deliver(value.value for value in local)
@@ -981,11 +1003,13 @@ class _StoreOperation(_LookupOperation):
         it is one of them) and wait for a majority to acknowledge."""
         engine = self.engine
         key = self.target
-        targets = self.lookup.closest(K)
+        with self.lock:  # late answers may still be adding to the lookup
+            targets = self.lookup.closest(K)
         local = len(targets) < K or distance(engine.local_id, key) < distance(targets[-1].id, key)
         if local:
             targets = targets[: K - 1]
         value = self.value
+        stored = local and engine.store_locally(value)
         with self.lock:
             self.tried = len(targets) + local
             self.needed = self.tried // 2 + 1
@@ -995,7 +1019,7 @@ class _StoreOperation(_LookupOperation):
                 self.tried += self.lookup.queried
                 self.failures += self.lookup.queried
                 self.needed = self.tried // 2 + 1
-            if local and engine.storage.Set(key, value.value, value.created_ns, value.ttl_ns):
+            if stored:
                 self.acknowledged += 1
             elif local:
                 self.failures += 1

@@ -19,7 +19,12 @@ from ..wire.events import Value
 @runtime_checkable
 class Storage(Protocol):
     """What a node needs from its store. Must be thread-safe: listener threads
-    call it concurrently. ``Go`` names, like the rest of the API."""
+    call it concurrently. ``Go`` names, like the rest of the API.
+
+    A method that raises is logged and counted, never fatal: a Store counts
+    its local copy as failed (``storage-error``), a Find asks the network
+    instead (``storage-error``), and a request from the network goes
+    unanswered (``handler-error``)."""
 
     def Get(self, key: bytes, from_ns: int = 0) -> list[Value]:
         """Unexpired values under ``key`` created at or after ``from_ns``
