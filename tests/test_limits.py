@@ -9,6 +9,7 @@ import pytest
 from cluster import running_cluster, wait_until
 from simnet import Outcome, SimNetwork
 
+import dht.core.engine as engine_module
 from dht.core.ratelimit import RateLimiter
 from dht.errors import DHTError
 from dht.keys import random_id
@@ -72,6 +73,25 @@ def test_amplification_cap_limits_answers_to_unproven_sources() -> None:
     )
     node.engine.receive(store, forged)
     assert node.storage.Get(key) == []
+
+
+def test_sources_spent_by_one_answer_are_remembered_within_the_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A forged source whose very first answer exceeds the cap is recorded as
+    spent; those records are bounded like every other (a flood of forged
+    addresses must not grow them without end)."""
+    monkeypatch.setattr(engine_module, "PROVEN_ADDRESSES", 100)
+    net = SimNetwork()
+    node = net.add_node(amplification_limit=200)  # below one FIND_NODE answer
+    for peer in range(30):
+        node.engine.table.add_verified(random_id(), ("127.0.0.1", 20000 + peer), 0.0)
+    for i in range(1000):
+        forged = (f"127.0.{i // 250}.{i % 250 + 1}", 4242)
+        request = Event(random_id(), random_id(), EventType.FIND_NODE, False, FindNode(random_id()))
+        node.engine.receive(request, forged)
+    assert node.engine.stats.snapshot()["drop-amplification"] == 1000
+    assert len(node.engine._answered_unproven) <= 100
 
 
 def test_proven_sources_are_not_capped() -> None:

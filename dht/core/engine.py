@@ -440,13 +440,13 @@ class Engine:
             if source in self._proven:
                 return True
             sent = self._answered_unproven.pop(source, 0)
-            if sent + size > self.amplification_limit:
-                # Spent: from now on _capped() refuses before any work is done.
-                self._answered_unproven[source] = self.amplification_limit
-                return False
-            self._answered_unproven[source] = sent + size
+            allowed = sent + size <= self.amplification_limit
+            # Once spent, _capped() refuses this source before any work is done.
+            self._answered_unproven[source] = sent + size if allowed else self.amplification_limit
             if len(self._answered_unproven) > PROVEN_ADDRESSES:
                 self._answered_unproven.popitem(last=False)
+            if not allowed:
+                return False
             crossed = sent < self.amplification_limit // 2 <= sent + size
         if crossed:
             self._prove(sender, source)
