@@ -86,13 +86,25 @@ class Listener:
         return self._thread
 
     def start(self) -> None:
+        """Start the thread. Everything that can fail (out of file
+        descriptors or threads) happens here, on the caller's thread, and a
+        failure raises with nothing left open."""
         self.sock.setblocking(True)
         quiet = struct.pack("ll", int(QUIET_S), int(QUIET_S % 1 * 1_000_000))
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, quiet)
-        # The wake pipe exists only while the thread runs, which closes it.
-        self._wake_read, self._wake_write = os.pipe()
-        self._wake_open = True
-        self._thread.start()
+        # The selector and the wake pipe exist only while the thread runs,
+        # which closes them.
+        with contextlib.ExitStack() as undo:
+            self._selector = undo.enter_context(selectors.DefaultSelector())
+            self._wake_read, self._wake_write = os.pipe()
+            undo.callback(os.close, self._wake_read)
+            undo.callback(os.close, self._wake_write)
+            self._selector.register(self.sock, selectors.EVENT_READ)
+            self._selector.register(self._wake_read, selectors.EVENT_READ)
+            self._wake_open = True
+            undo.callback(setattr, self, "_wake_open", False)
+            self._thread.start()
+            undo.pop_all()
 
     def stop(self) -> None:
         """Ask the loop to end and wait for it (unless called from it: then
@@ -110,16 +122,15 @@ class Listener:
         pin_current_thread(self._cpus)
         buffer = bytearray(RECEIVE_BUFFER)
         view = memoryview(buffer)
+        selector = self._selector
         try:
-            with selectors.DefaultSelector() as selector:
-                selector.register(self.sock, selectors.EVENT_READ)
-                selector.register(self._wake_read, selectors.EVENT_READ)
-                while not self._stop_requested.is_set():
-                    selector.select()
-                    self._drain(buffer, view)
+            while not self._stop_requested.is_set():
+                selector.select()
+                self._drain(buffer, view)
         except (OSError, ValueError) as error:  # the socket was closed under us
             log.debug("listener stopped: %s", error)
         finally:
+            selector.close()
             with self._wake_lock:
                 self._wake_open = False
                 os.close(self._wake_read)

@@ -83,6 +83,7 @@ class DHT:
         self._sockets = _bind(cfg)
         cpus = frozenset(cfg.cpus) if cfg.cpus is not None else None
         self._timers = shared_timer(cfg.timer_tick, cpus)
+        started: list[Listener] = []
         try:
             host, port = self._sockets[0].getsockname()[:2]
             self._address: Address = (host, port)
@@ -120,13 +121,16 @@ class DHT:
                 )
                 for i, sock in enumerate(self._sockets)
             ]
+            for listener in self._listeners:
+                listener.start()  # may run out of file descriptors or threads
+                started.append(listener)
         except BaseException:
+            for listener in started:
+                listener.stop()
             release_timer(self._timers)
             for sock in self._sockets:
                 sock.close()
             raise
-        for listener in self._listeners:
-            listener.start()
         self._engine.start()
 
     # -- properties ----------------------------------------------------------

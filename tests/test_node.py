@@ -7,10 +7,12 @@ callback count is asserted; every node is closed by a fixture or a ``with``.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import math
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -438,6 +440,38 @@ def test_bootstrap_where_nothing_listens() -> None:
     elapsed = time.monotonic() - start
     assert elapsed < timeout + 2.0, f"BootstrapError after {elapsed:.2f} s"
     snapshot.assert_no_leaks()
+
+
+def test_new_out_of_file_descriptors_fails_cleanly_at_every_step() -> None:
+    """With the process a few file descriptors short of its limit, New
+    either works or raises OSError, and then leaves no thread or fd behind
+    and no listener thread silently dead."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    outcomes: list[str] = []
+    for free in range(1, 10):  # two listeners need 2 sockets + 2 x (epoll + pipe)
+        snapshot = ResourceSnapshot.take()
+        fillers: list[int] = []
+        resource.setrlimit(resource.RLIMIT_NOFILE, (snapshot.fds + 64, hard))
+        try:
+            with contextlib.suppress(OSError):
+                while True:
+                    fillers.append(os.open(os.devnull, os.O_RDONLY))
+            for _ in range(free):
+                os.close(fillers.pop())
+            try:
+                node = dht.New(dht.Config(listeners=2))
+            except OSError:
+                outcomes.append("raised")
+            else:
+                outcomes.append("started")
+                assert all(listener.thread.is_alive() for listener in node._listeners)
+                node.Close()
+        finally:
+            for fd in fillers:
+                os.close(fd)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        snapshot.assert_no_leaks()
+    assert "raised" in outcomes and outcomes[-1] == "started", outcomes
 
 
 def test_port_zero_is_never_shared() -> None:
