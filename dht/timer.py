@@ -92,7 +92,10 @@ class TimerThread:
                         break
                     wake = self._wheel.next_wakeup()
                     self._sleep_until = math.inf if wake is None else wake
-                    self._cond.wait(None if wake is None else max(wake - now, 0.0))
+                    # A far timer (a huge timeout) is waited for in steps:
+                    # a wait over TIMEOUT_MAX raises OverflowError.
+                    pause = None if wake is None else max(wake - now, 0.0)
+                    self._cond.wait(None if pause is None else min(pause, threading.TIMEOUT_MAX))
             for callback in due:
                 try:
                     callback()

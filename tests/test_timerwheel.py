@@ -417,6 +417,20 @@ def test_earlier_timer_wakes_a_thread_sleeping_for_a_later_one(timers: TimerThre
     assert len(timers) == 1
 
 
+def test_a_timer_beyond_the_longest_wait_the_os_allows_does_not_stop_the_thread(
+    timers: TimerThread,
+) -> None:
+    """``Config(timeout=1e10)`` is valid; the thread waits in shorter steps
+    instead of dying of an OverflowError (threading.TIMEOUT_MAX)."""
+    assert threading.TIMEOUT_MAX < 1e10
+    timers.schedule(1e10, lambda: None)
+    for _ in range(2):  # the second runs after the thread slept on the far one
+        event, _, callback = recorder()
+        timers.schedule(0.03, callback)
+        assert event.wait(0.03 + SLACK), "timer did not fire"
+    assert timers.thread.is_alive()
+
+
 def test_stop_joins_the_thread_and_drops_pending_timers() -> None:
     timers = TimerThread(tick=TICK)
     timers.start()
