@@ -15,8 +15,9 @@ KEY_BYTES = 20
 ALPHA = 3
 """Requests a lookup keeps in flight."""
 
-_INT64_MIN = -(1 << 63)
-_INT64_MAX = (1 << 63) - 1
+INT64_MIN = -(1 << 63)
+INT64_MAX = (1 << 63) - 1
+"""Go's int and the wire's times (nanoseconds) are signed 64-bit."""
 
 
 def Key(x: str | bytes | int) -> bytes:
@@ -34,7 +35,7 @@ def Key(x: str | bytes | int) -> bytes:
     elif isinstance(x, bytes | bytearray | memoryview):
         data = bytes(x)
     elif isinstance(x, int) and not isinstance(x, bool):
-        if not _INT64_MIN <= x <= _INT64_MAX:
+        if not INT64_MIN <= x <= INT64_MAX:
             raise ValueError(f"integer key {x} is outside the signed 64-bit range")
         data = (x & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little")
     else:

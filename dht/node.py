@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
+import math
 import socket
 import threading
 import time
@@ -28,7 +29,7 @@ from .core.handler import MAX_VALUE_SIZE
 from .core.ratelimit import RateLimiter
 from .core.storage import MemoryStorage
 from .errors import ArgumentError, BootstrapError, ValueTooLarge
-from .keys import EventIds, check_id, random_id
+from .keys import INT64_MAX, INT64_MIN, EventIds, check_id, random_id
 from .listener import Listener
 from .timer import release_timer, shared_timer
 from .wire.events import NS_PER_SECOND, Address
@@ -53,6 +54,8 @@ class ValuesFrom:
             seconds = float(t)
         else:
             raise ArgumentError(f"ValuesFrom takes a datetime or epoch seconds, not {t!r}")
+        if not math.isfinite(seconds) or not INT64_MIN <= seconds * NS_PER_SECOND <= INT64_MAX:
+            raise ArgumentError(f"ValuesFrom time {t!r} is out of range")
         self.from_ns = int(seconds * NS_PER_SECOND)
 
 
@@ -375,8 +378,10 @@ def _ttl_ns(ttl: float | timedelta) -> int:
     seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else ttl
     if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
         raise ArgumentError(f"ttl must be a positive number of seconds, got {ttl!r}")
+    if not seconds * NS_PER_SECOND <= INT64_MAX:  # also inf
+        raise ArgumentError(f"ttl {ttl!r} is out of range")
     ttl_ns = int(seconds * NS_PER_SECOND)
-    if ttl_ns <= 0 or ttl_ns >= 1 << 63:
+    if ttl_ns <= 0:
         raise ArgumentError(f"ttl {ttl!r} is out of range")
     return ttl_ns
 

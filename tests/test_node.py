@@ -527,6 +527,11 @@ def test_three_listeners_share_one_port() -> None:
         (lambda n, cb, fcb: n.Find(new_key(), fcb, "bogus"), dht.ArgumentError),
         (lambda n, cb, fcb: n.Find(new_key(), fcb, time.time()), dht.ArgumentError),
         (lambda n, cb, fcb: dht.ValuesFrom("yesterday"), dht.ArgumentError),
+        (lambda n, cb, fcb: dht.ValuesFrom(math.inf), dht.ArgumentError),
+        (lambda n, cb, fcb: dht.ValuesFrom(math.nan), dht.ArgumentError),
+        (lambda n, cb, fcb: dht.ValuesFrom(1e12), dht.ArgumentError),
+        (lambda n, cb, fcb: n.Store(new_key(), b"v", math.inf, cb), dht.ArgumentError),
+        (lambda n, cb, fcb: n.Store(new_key(), b"v", 1e10, cb), dht.ArgumentError),
     ],
     ids=[
         "key-19-bytes",
@@ -542,6 +547,11 @@ def test_three_listeners_share_one_port() -> None:
         "find-bad-option",
         "find-float-option",
         "values-from-str",
+        "values-from-inf",
+        "values-from-nan",
+        "values-from-beyond-int64",
+        "ttl-inf",
+        "ttl-beyond-int64",
     ],
 )
 def test_invalid_arguments(lone: dht.DHT, call: Any, error: type[Exception]) -> None:

@@ -16,7 +16,7 @@ import struct
 from collections.abc import Iterator, Sequence
 
 from ..errors import ArgumentError, DecodeError
-from ..keys import KEY_BYTES, check_id
+from ..keys import INT64_MAX, INT64_MIN, KEY_BYTES, check_id
 from .events import (
     PAYLOAD_CLASS,
     Address,
@@ -33,8 +33,6 @@ from .events import (
 ADDRESS_BYTES = 6
 """IPv4 address (4 bytes) then the UDP port, little-endian (PROTOCOL.md 5.3)."""
 
-_INT64_MIN = -(1 << 63)
-_INT64_MAX = (1 << 63) - 1
 
 # Union type codes, in the schema's declaration order (PROTOCOL.md 4.2).
 _UNION_TAG: dict[type[Payload], int] = {FindNode: 1, FindValue: 2, Store: 3}
@@ -259,7 +257,7 @@ _inet_ntoa = socket.inet_ntoa
 
 
 def _check_int64(value: int, what: str) -> int:
-    if not _INT64_MIN <= value <= _INT64_MAX:
+    if not INT64_MIN <= value <= INT64_MAX:
         raise ArgumentError(f"{what} = {value} does not fit in int64")
     return value
 
