@@ -83,7 +83,8 @@ class Config:
     max_values_per_key: int = 64
     """Values the default storage keeps under one key; more are refused."""
     max_store_bytes: int = 256 * 1024 * 1024
-    """Bytes (keys and values) the default storage holds; more are refused."""
+    """Bytes the default storage holds, counting each key and value with its
+    bookkeeping (``dht.core.storage.key_cost``, ``value_cost``); more are refused."""
     max_ttl: float = 30 * 24 * 3600.0
     """Longest lifetime in seconds the default storage grants a value."""
     transfer_batch_bytes: int = 16384

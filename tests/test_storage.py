@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable
 
 import dht
 from dht import Key, Value
-from dht.core.storage import MemoryStorage, Storage
+from dht.core.storage import MemoryStorage, Storage, key_cost, value_cost
 
 T0 = 1_700_000_000 * 10**9
 """A plausible "now" in nanoseconds since the epoch."""
@@ -196,14 +197,16 @@ def test_expire_removes_exactly_the_expired_values() -> None:
     long_key, short_key = Key("1 h"), Key("1 ns")
     assert storage.Set(long_key, b"hour", 0, HOUR)
     assert storage.Set(short_key, b"nanosecond", 0, 1)
-    assert storage.bytes == 2 * 20 + len(b"hour") + len(b"nanosecond")
+    assert storage.bytes == (
+        key_cost(long_key) + value_cost(b"hour") + key_cost(short_key) + value_cost(b"nanosecond")
+    )
     assert storage.next_expiry_ns() == T0 + 1
     clock.now += 10
     assert storage.expire() == 1
     assert datas(storage.Get(long_key)) == {b"hour"}
     assert storage.Get(short_key) == []
     assert len(storage) == 1
-    assert storage.bytes == 20 + len(b"hour")  # the empty key went too
+    assert storage.bytes == key_cost(long_key) + value_cost(b"hour")  # the empty key went too
     assert storage.next_expiry_ns() == T0 + HOUR
     seen: list[Value] = []
     storage.Iterate(collect_into(seen))
@@ -222,7 +225,7 @@ def test_expire_keeps_a_key_while_it_has_values() -> None:
     storage.Set(KEY, b"long", 0, 200)
     clock.now += 150
     assert storage.expire() == 1
-    assert storage.bytes == 20 + len(b"long")
+    assert storage.bytes == key_cost(KEY) + value_cost(b"long")
     assert datas(storage.Get(KEY)) == {b"long"}
     clock.now += 50
     assert storage.expire() == 1
@@ -249,7 +252,7 @@ def test_expire_removes_exactly_the_due_values_of_many() -> None:
     assert storage.expire() == 10
     assert len(storage) == count - 10
     assert storage.next_expiry_ns() == T0 + 1010
-    assert storage.bytes == (count - 10) * 21
+    assert storage.bytes == (count - 10) * (key_cost(bytes(20)) + value_cost(b"v"))
     assert storage.Get((9).to_bytes(20, "big")) == []
     assert len(storage.Get((10).to_bytes(20, "big"))) == 1
     assert storage.expire() == 0
@@ -261,7 +264,7 @@ def test_set_sweeps_expired_values() -> None:
     clock.now += 10
     storage.Set(OTHER_KEY, b"new", 0, HOUR)
     assert len(storage) == 1
-    assert storage.bytes == 20 + len(b"new")
+    assert storage.bytes == key_cost(OTHER_KEY) + value_cost(b"new")
 
 
 # ---------------------------------------------------------------------------
@@ -316,18 +319,39 @@ def test_max_values_per_key_refuses_the_extra_value() -> None:
 
 
 def test_max_bytes_refuses_the_value_that_would_exceed_it() -> None:
-    storage, clock = make(max_bytes=20 + 10 + 10)
+    full = key_cost(KEY) + 2 * value_cost(b"0123456789")
+    storage, clock = make(max_bytes=full)
     assert storage.Set(KEY, b"0123456789", 0, 100)
     assert storage.Set(KEY, b"abcdefghij", 0, HOUR)
-    assert storage.bytes == 40
+    assert storage.bytes == full
     assert storage.Set(KEY, b"x", 0, HOUR) is False
-    assert storage.Set(OTHER_KEY, b"", 0, HOUR) is False  # a new key costs its 20 bytes
+    assert storage.Set(OTHER_KEY, b"", 0, HOUR) is False  # even an empty value has a cost
     assert storage.refused == 2
     assert datas(storage.Get(KEY)) == {b"0123456789", b"abcdefghij"}
-    assert storage.bytes == 40
+    assert storage.bytes == full
     clock.now += 100  # the first value expires and frees its bytes
     assert storage.Set(KEY, b"klmnopqrst", 0, HOUR) is True
-    assert storage.bytes == 40
+    assert storage.bytes == full
+
+
+def test_max_bytes_bounds_the_memory_of_many_tiny_values() -> None:
+    """The limit counts what values cost in memory, not only their lengths:
+    a store filled with empty and one-byte values stays near ``max_bytes``."""
+    limit = 4_000_000
+    storage, _ = make(max_bytes=limit)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(limit):  # far more than fit
+            key = (i // 64).to_bytes(20, "big")
+            if not storage.Set(key, bytes([i % 64]) if i % 64 else b"", 0, HOUR):
+                break
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert storage.refused == 1 and len(storage) > 10_000
+    assert storage.bytes <= limit
+    assert used <= 1.5 * limit, f"{used:,} bytes of heap for max_bytes={limit:,}"
 
 
 def test_max_ttl_caps_the_ttl() -> None:
