@@ -8,7 +8,7 @@ from simnet import Outcome, SimNetwork, build_network
 from dht.errors import ClosedError, NotFoundError, StoreError
 from dht.keys import K, distance
 from dht.wire.codec import encode
-from dht.wire.events import Event, EventType, FindValue, Value
+from dht.wire.events import Event, EventType, FindValue, Node, Value
 from dht.wire.framing import fragment
 
 HOUR_NS = 3600 * 10**9
@@ -270,6 +270,43 @@ def test_a_split_answer_cut_short_by_an_answer_without_values_still_ends_the_fin
     assert net.run_until(lambda: outcome.ended, limit=30.0)
     assert outcome.ends == [None] and outcome.values == [b"part-1"]
     assert not asker.engine._operations
+
+
+def test_a_lookup_takes_at_most_k_nodes_from_one_answer():
+    """A hostile node answers with hundreds of made-up nodes close to the key;
+    the lookup asks at most K of them, not every one in turn."""
+    net = SimNetwork(seed=20)
+    asker, hostile = net.add_node(timeout=1.0), net.add_node()
+    joined = Outcome()
+    hostile.engine.bootstrap([asker.address], joined.store_done)
+    assert net.run_until(lambda: joined.ended and hostile.id in asker.engine.table)
+    key = b"\x55" * 20
+    made_up = tuple(
+        Node(key[:-2] + i.to_bytes(2, "big"), (f"127.0.9.{i % 250 + 1}", 1000 + i))
+        for i in range(300)
+    )
+    receive = hostile.engine.receive
+
+    def hostile_receive(event, source):
+        if event.type is not EventType.FIND_VALUE or event.response:
+            return receive(event, source)
+        reply = Event(event.id, hostile.id, EventType.FIND_VALUE, True, FindValue(nodes=made_up))
+        hostile.engine._transport(fragment(reply.id, encode(reply)), source)
+
+    hostile.engine.receive = hostile_receive
+    asked: set[tuple[str, int]] = set()
+    send = asker.engine._transport
+
+    def counting_transport(datagrams, destination):
+        asked.add(destination)
+        send(datagrams, destination)
+
+    asker.engine._transport = counting_transport
+    outcome = Outcome()
+    asker.engine.find(key, 0, outcome.value, outcome.find_done)
+    assert net.run_until(lambda: outcome.ended, limit=60.0)
+    assert isinstance(outcome.ends[0], NotFoundError)
+    assert len(asked & {node.address for node in made_up}) <= K
 
 
 class FailingStorage:

@@ -774,9 +774,13 @@ class _LookupOperation(_Operation):
 
 def usable_nodes(nodes: Iterable[Node], sender: bytes, source: Address) -> list[Node]:
     """Nodes from a response, with the reference's 0.0.0.0 self-entry repaired
-    from the datagram's source and other 0.0.0.0 entries dropped (5.3, D16)."""
-    out = []
+    from the datagram's source and other 0.0.0.0 entries dropped (5.3, D16).
+    At most K: an honest node sends no more, and a hostile one must not fill
+    a lookup with hundreds of made-up nodes to wait for."""
+    out: list[Node] = []
     for node in nodes:
+        if len(out) == K:
+            break
         host, port = node.address
         if host == "0.0.0.0" or port == 0:
             if node.id != sender or port == 0:
