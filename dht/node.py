@@ -83,6 +83,8 @@ class DHT:
         self._id = cfg.local_id or random_id()
         self._closed = False
         self._close_lock = threading.Lock()
+        self._closer: threading.Thread | None = None
+        self._close_done = threading.Event()
         self._sockets = _bind(cfg)
         cpus = frozenset(cfg.cpus) if cfg.cpus is not None else None
         self._timers = shared_timer(cfg.timer_tick, cpus)
@@ -252,17 +254,28 @@ class DHT:
     def Close(self) -> None:
         """Stop the threads, close the sockets, and end every pending Store,
         Find and request once with ``ClosedError`` (their callbacks run on the
-        calling thread). Idempotent; safe to call from a callback."""
+        calling thread). Idempotent; safe to call from a callback. A call
+        while another thread is closing the node returns once that is done
+        (at once from the node's own threads, which the closing one waits for)."""
         with self._close_lock:
-            if self._closed:
-                return
-            self._closed = True
-        for listener in self._listeners:
-            listener.stop()
-        self._engine.close()
-        release_timer(self._timers)
-        for sock in self._sockets:
-            sock.close()
+            closer = self._closer
+            if closer is None:
+                self._closer = threading.current_thread()
+                self._closed = True
+        if closer is not None:
+            me = threading.current_thread()
+            if me is not closer and me not in self.threads():
+                self._close_done.wait()
+            return
+        try:
+            for listener in self._listeners:
+                listener.stop()
+            self._engine.close()
+            release_timer(self._timers)
+            for sock in self._sockets:
+                sock.close()
+        finally:
+            self._close_done.set()
 
     def __enter__(self) -> DHT:
         return self

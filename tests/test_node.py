@@ -16,6 +16,7 @@ import resource
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -303,6 +304,32 @@ def test_close_is_idempotent_and_ends_calls_with_closed_error() -> None:
         assert len(calls) == 1, (call_id, calls)
         assert calls[0].value is None
         assert isinstance(calls[0].error, dht.ClosedError)
+
+
+def test_a_second_close_returns_only_once_the_node_is_closed() -> None:
+    """While one thread is closing the node (here held up in a ClosedError
+    callback), a Close from another thread waits for it to finish."""
+    a, b = start_cluster(2)
+    b.Close()
+    in_callback, second_returned = threading.Event(), threading.Event()
+
+    def on_find(value: bytes | None, error: Exception | None) -> None:
+        in_callback.set()
+        # Held up until the second Close returns, or 0.3 s if it waits as it should.
+        second_returned.wait(0.3)
+
+    a.Find(new_key(), on_find)  # pending: its only peer is gone
+    first = threading.Thread(target=a.Close, name="first-close")
+    first.start()
+    try:
+        assert in_callback.wait(RESULT)
+        a.Close()
+        sockets_closed = all(sock.fileno() == -1 for sock in a._sockets)
+        second_returned.set()
+        assert sockets_closed, "the second Close returned before the node was closed"
+    finally:
+        second_returned.set()
+        first.join(RESULT)
 
 
 def test_close_from_a_callback() -> None:
