@@ -272,6 +272,34 @@ def test_a_split_answer_cut_short_by_an_answer_without_values_still_ends_the_fin
     assert not asker.engine._operations
 
 
+def test_a_duplicated_part_of_a_split_answer_does_not_end_it_early():
+    """The first event of a two-event answer arrives twice (UDP may duplicate
+    datagrams): the request still waits for, and delivers, the second."""
+    net = SimNetwork(seed=21)
+    asker, holder = net.add_node(), net.add_node()
+    joined = Outcome()
+    holder.engine.bootstrap([asker.address], joined.store_done)
+    assert net.run_until(lambda: joined.ended and holder.id in asker.engine.table)
+    key = b"\x66" * 20
+    receive = holder.engine.receive
+
+    def duplicating_receive(event, source):
+        if event.type is not EventType.FIND_VALUE or event.response:
+            return receive(event, source)
+        first, second = (
+            FindValue(values=(Value(key, data, HOUR_NS, 1),), found=2) for data in (b"a", b"b")
+        )
+        for payload in (first, first, second):
+            reply = Event(event.id, holder.id, EventType.FIND_VALUE, True, payload)
+            holder.engine._transport(fragment(reply.id, encode(reply)), source)
+
+    holder.engine.receive = duplicating_receive
+    outcome = Outcome()
+    asker.engine.find(key, 0, outcome.value, outcome.find_done)
+    assert net.run_until(lambda: outcome.ended, limit=30.0)
+    assert outcome.ends == [None] and sorted(outcome.values) == [b"a", b"b"]
+
+
 def test_a_lookup_takes_at_most_k_nodes_from_one_answer():
     """A hostile node answers with hundreds of made-up nodes close to the key;
     the lookup asks at most K of them, not every one in turn."""

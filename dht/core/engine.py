@@ -938,18 +938,17 @@ class _FindOperation(_LookupOperation):
             super().drive()
 
     def query(self, node: Node) -> None:
-        received = 0
+        received: set[bytes] = set()  # distinct: a duplicated event counts once
 
         def on_response(event: Event, source: Address) -> bool:
-            nonlocal received
             payload = event.payload
             if isinstance(payload, FindValue) and payload.values:
                 with self.lock:
-                    was_partial = received > 0  # an earlier event left more to come
+                    was_partial = bool(received)  # an earlier event left more to come
                     if not was_partial:
                         self.lookup.answered(node.id)
-                    received += len(payload.values)
-                    finished = received >= payload.found
+                    received.update(value.value for value in payload.values)
+                    finished = len(received) >= payload.found
                     self._partial += int(not finished) - int(was_partial)
                     self._deliver(value.value for value in payload.values)
                 self.flush()
