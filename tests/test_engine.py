@@ -371,6 +371,19 @@ def test_a_storage_that_raises_neither_hangs_nor_fails_store_and_find():
     assert node.engine.stats.snapshot()["storage-error"] == 2
 
 
+def test_a_storage_whose_expire_raises_does_not_stop_the_periodic_refresh():
+    net = build_network(2, seed=22, refresh_interval=1.0)
+    node = list(net.nodes.values())[1]
+
+    class BrokenSweep(FailingStorage):
+        def expire(self) -> int:
+            raise OSError("disk unreadable")
+
+    node.engine.storage = BrokenSweep(node.storage, b"")
+    net.run_until(lambda: False, limit=5.5)
+    assert node.engine.stats.snapshot()["storage-error"] >= 4  # one per refresh
+
+
 def test_a_timeout_while_the_response_is_handled_does_not_end_the_request_again():
     """The timer thread may fire a request's timeout while a listener runs its
     response callback; here the callback fires it itself, deterministically."""

@@ -532,7 +532,11 @@ class Engine:
             self._prove(contact.id, contact.address)
         expire = getattr(self.storage, "expire", None)
         if callable(expire):
-            expire()
+            try:
+                expire()
+            except Exception:  # user storage: the liveness checks must go on
+                self.stats.incr("storage-error")
+                log.exception("storage expire failed")
         with self._lock:
             if not self.closed:
                 self._refresh_timer = self._timers.schedule(self.refresh_interval, self._refresh)
