@@ -103,10 +103,10 @@ class Config:
         for address in self.bootstrap_addresses:
             parse_address(address, "bootstrap_addresses")
         _positive_int(self.listeners, "listeners")
-        _positive_number(self.timeout, "timeout")
+        _duration(self.timeout, "timeout")
         _positive_int(self.socket_buffer_size, "socket_buffer_size")
-        _positive_number(self.refresh_interval, "refresh_interval")
-        _positive_number(self.timer_tick, "timer_tick")
+        _duration(self.refresh_interval, "refresh_interval")
+        _duration(self.timer_tick, "timer_tick")
         if self.timer_tick > self.timeout:
             raise ConfigError("timer_tick", "must not be longer than timeout")
         for name in (
@@ -122,8 +122,9 @@ class Config:
             "transfer_batch_bytes",
         ):
             _positive_int(getattr(self, name), name)
-        for name in ("request_rate", "max_ttl", "transfer_interval"):
-            _positive_number(getattr(self, name), name)
+        _positive_number(self.request_rate, "request_rate")
+        for name in ("max_ttl", "transfer_interval"):
+            _duration(getattr(self, name), name)
         if self.cpus is not None:
             self.cpus = _cpu_set(self.cpus)
         if self.storage is not None and not isinstance(self.storage, Storage):
@@ -170,8 +171,19 @@ def _positive_int(value: object, name: str) -> None:
         raise ConfigError(name, f"must be a positive integer, got {value!r}")
 
 
-def _positive_number(value: object, name: str) -> None:
+MAX_DURATION_S = 1e9
+"""Longest duration a ``Config`` field may give (about 31 years): longer
+ones would overflow the timer wheel's tick arithmetic and int64 nanoseconds."""
+
+
+def _positive_number(value: object, name: str) -> float:
     if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
-        raise ConfigError(name, f"must be a positive number of seconds, got {value!r}")
+        raise ConfigError(name, f"must be a positive number, got {value!r}")
     if value != value or value == float("inf"):
         raise ConfigError(name, f"must be finite, got {value!r}")
+    return value
+
+
+def _duration(value: object, name: str) -> None:
+    if _positive_number(value, name) > MAX_DURATION_S:
+        raise ConfigError(name, f"must be at most {MAX_DURATION_S:g} seconds, got {value!r}")

@@ -48,12 +48,12 @@ class ValuesFrom:
     __slots__ = ("from_ns",)
 
     def __init__(self, t: datetime | float) -> None:
-        if isinstance(t, datetime):
-            seconds = t.timestamp()
-        elif isinstance(t, int | float) and not isinstance(t, bool):
-            seconds = float(t)
-        else:
+        if not isinstance(t, datetime | int | float) or isinstance(t, bool):
             raise ArgumentError(f"ValuesFrom takes a datetime or epoch seconds, not {t!r}")
+        try:
+            seconds = t.timestamp() if isinstance(t, datetime) else float(t)
+        except (OverflowError, ValueError, OSError):  # 10**400, datetime.min
+            seconds = math.nan
         if not math.isfinite(seconds) or not INT64_MIN <= seconds * NS_PER_SECOND <= INT64_MAX:
             raise ArgumentError(f"ValuesFrom time {t!r} is out of range")
         self.from_ns = int(seconds * NS_PER_SECOND)
