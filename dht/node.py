@@ -19,6 +19,7 @@ import math
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import datetime, timedelta
@@ -83,7 +84,6 @@ class DHT:
         self._id = cfg.local_id or random_id()
         self._closed = False
         self._close_lock = threading.Lock()
-        self._closer: threading.Thread | None = None
         self._close_done = threading.Event()
         self._sockets = _bind(cfg)
         cpus = frozenset(cfg.cpus) if cfg.cpus is not None else None
@@ -136,6 +136,7 @@ class DHT:
             for sock in self._sockets:
                 sock.close()
             raise
+        _library_threads.update(self.threads())
         self._engine.start()
 
     # -- properties ----------------------------------------------------------
@@ -255,18 +256,20 @@ class DHT:
         """Stop the threads, close the sockets, and end every pending Store,
         Find and request once with ``ClosedError`` (their callbacks run on the
         calling thread). Idempotent; safe to call from a callback. A call
-        while another thread is closing the node returns once that is done
-        (at once from the node's own threads, which the closing one waits for)."""
+        while another thread is closing the node returns once that is done;
+        at once, though, from a library thread or from within a Close (a
+        ClosedError callback), which the closing thread may be waiting for."""
         with self._close_lock:
-            closer = self._closer
-            if closer is None:
-                self._closer = threading.current_thread()
-                self._closed = True
-        if closer is not None:
+            already = self._closed
+            self._closed = True
+        if already:
+            # Waiting is safe only where the closing thread cannot be waiting
+            # for us: not on a library thread, not inside any node's Close.
             me = threading.current_thread()
-            if me is not closer and me not in self.threads():
+            if not getattr(_closing, "depth", 0) and me not in _library_threads:
                 self._close_done.wait()
             return
+        _closing.depth = getattr(_closing, "depth", 0) + 1
         try:
             for listener in self._listeners:
                 listener.stop()
@@ -275,6 +278,7 @@ class DHT:
             for sock in self._sockets:
                 sock.close()
         finally:
+            _closing.depth -= 1
             self._close_done.set()
 
     def __enter__(self) -> DHT:
@@ -302,6 +306,12 @@ class DHT:
             # Never wait for buffer space: the listener keeps the socket in
             # blocking mode for its reads; a full buffer is a lost datagram.
             sock.sendto(datagram, socket.MSG_DONTWAIT, address)
+
+
+_library_threads: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+"""Every listener and timer thread started, weakly held."""
+_closing = threading.local()
+"""Per thread: how many Close calls it is running (nested through callbacks)."""
 
 
 def New(cfg: Config | None = None) -> DHT:

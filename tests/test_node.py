@@ -332,6 +332,49 @@ def test_a_second_close_returns_only_once_the_node_is_closed() -> None:
         first.join(RESULT)
 
 
+def test_nodes_closing_each_other_from_callbacks_do_not_deadlock() -> None:
+    """Thread 1 closes A, whose ClosedError callback closes B; thread 2 is
+    closing B and waits for B's listener, which (in a Find callback) closes A.
+    No Close may wait for another here."""
+    holder = add_node(None)
+    key = new_key()
+    holder.Store(key, b"v", TTL).result(RESULT)
+    b = add_node(holder, storage=RefusingStorage())  # its Find answer comes on its listener
+    gone = add_node(None)
+    a = add_node(gone, timeout=30.0)
+    gone.Close()
+    in_b_listener, release_b_listener, a_closing = (threading.Event() for _ in range(3))
+
+    def on_b_find(value: bytes | None, error: Exception | None) -> None:  # B's listener
+        if value is not None and not in_b_listener.is_set():
+            in_b_listener.set()
+            release_b_listener.wait(RESULT)
+            a.Close()
+
+    def on_a_find(value: bytes | None, error: Exception | None) -> None:  # thread 1
+        if isinstance(error, dht.ClosedError):
+            a_closing.set()
+            b.Close()
+
+    a.Find(new_key(), on_a_find)  # pending: its only peer is gone
+    b.Find(key, on_b_find)
+    second = threading.Thread(target=b.Close, name="close-b", daemon=True)
+    first = threading.Thread(target=a.Close, name="close-a", daemon=True)
+    try:
+        assert in_b_listener.wait(RESULT)
+        second.start()
+        wait_until(lambda: b.closed, RESULT)
+        first.start()
+        assert a_closing.wait(RESULT)
+        release_b_listener.set()
+        first.join(RESULT)
+        second.join(RESULT)
+        assert not first.is_alive() and not second.is_alive(), "deadlocked"
+    finally:
+        release_b_listener.set()
+        holder.Close()
+
+
 def test_close_from_a_callback() -> None:
     snapshot = ResourceSnapshot.take()
     with running_cluster(2) as nodes:
