@@ -243,28 +243,34 @@ def test_a_find_ended_as_not_found_ignores_a_slow_holder_answering_later():
     assert outcome.values == [] and outcome.after_end == []
 
 
+def scripted_pair(seed: int, replies, **asker_kwargs):
+    """An asker and a peer that joined it. The peer answers each FIND_VALUE
+    request with the events of ``replies`` (FindValue payloads), in order;
+    other requests as usual."""
+    net = SimNetwork(seed=seed)
+    asker, peer = net.add_node(**asker_kwargs), net.add_node()
+    joined = Outcome()
+    peer.engine.bootstrap([asker.address], joined.store_done)
+    assert net.run_until(lambda: joined.ended and peer.id in asker.engine.table)
+    receive = peer.engine.receive
+
+    def scripted_receive(event, source):
+        if event.type is not EventType.FIND_VALUE or event.response:
+            return receive(event, source)
+        for payload in replies:
+            reply = Event(event.id, peer.id, EventType.FIND_VALUE, True, payload)
+            peer.engine._transport(fragment(reply.id, encode(reply)), source)
+
+    peer.engine.receive = scripted_receive
+    return net, asker
+
+
 def test_a_split_answer_cut_short_by_an_answer_without_values_still_ends_the_find():
     """A hostile node sends the first part of a two-part answer, then a reply
     with no values for the same request: the Find must still end."""
-    net = SimNetwork(seed=3)
-    asker, hostile = net.add_node(), net.add_node()
-    joined = Outcome()
-    hostile.engine.bootstrap([asker.address], joined.store_done)
-    assert net.run_until(lambda: joined.ended and hostile.id in asker.engine.table)
     key = b"\x11" * 20
-    receive = hostile.engine.receive
-
-    def hostile_receive(event, source):
-        if event.type is not EventType.FIND_VALUE or event.response:
-            return receive(event, source)
-        for payload in (
-            FindValue(values=(Value(key, b"part-1", HOUR_NS, 1),), found=2),
-            FindValue(nodes=()),
-        ):
-            reply = Event(event.id, hostile.id, EventType.FIND_VALUE, True, payload)
-            hostile.engine._transport(fragment(reply.id, encode(reply)), source)
-
-    hostile.engine.receive = hostile_receive
+    first_part = FindValue(values=(Value(key, b"part-1", HOUR_NS, 1),), found=2)
+    net, asker = scripted_pair(3, [first_part, FindValue(nodes=())])
     outcome = Outcome()
     asker.engine.find(key, 0, outcome.value, outcome.find_done)
     assert net.run_until(lambda: outcome.ended, limit=30.0)
@@ -275,25 +281,11 @@ def test_a_split_answer_cut_short_by_an_answer_without_values_still_ends_the_fin
 def test_a_duplicated_part_of_a_split_answer_does_not_end_it_early():
     """The first event of a two-event answer arrives twice (UDP may duplicate
     datagrams): the request still waits for, and delivers, the second."""
-    net = SimNetwork(seed=21)
-    asker, holder = net.add_node(), net.add_node()
-    joined = Outcome()
-    holder.engine.bootstrap([asker.address], joined.store_done)
-    assert net.run_until(lambda: joined.ended and holder.id in asker.engine.table)
     key = b"\x66" * 20
-    receive = holder.engine.receive
-
-    def duplicating_receive(event, source):
-        if event.type is not EventType.FIND_VALUE or event.response:
-            return receive(event, source)
-        first, second = (
-            FindValue(values=(Value(key, data, HOUR_NS, 1),), found=2) for data in (b"a", b"b")
-        )
-        for payload in (first, first, second):
-            reply = Event(event.id, holder.id, EventType.FIND_VALUE, True, payload)
-            holder.engine._transport(fragment(reply.id, encode(reply)), source)
-
-    holder.engine.receive = duplicating_receive
+    first, second = (
+        FindValue(values=(Value(key, data, HOUR_NS, 1),), found=2) for data in (b"a", b"b")
+    )
+    net, asker = scripted_pair(21, [first, first, second])
     outcome = Outcome()
     asker.engine.find(key, 0, outcome.value, outcome.find_done)
     assert net.run_until(lambda: outcome.ended, limit=30.0)
@@ -303,25 +295,12 @@ def test_a_duplicated_part_of_a_split_answer_does_not_end_it_early():
 def test_a_lookup_takes_at_most_k_nodes_from_one_answer():
     """A hostile node answers with hundreds of made-up nodes close to the key;
     the lookup asks at most K of them, not every one in turn."""
-    net = SimNetwork(seed=20)
-    asker, hostile = net.add_node(timeout=1.0), net.add_node()
-    joined = Outcome()
-    hostile.engine.bootstrap([asker.address], joined.store_done)
-    assert net.run_until(lambda: joined.ended and hostile.id in asker.engine.table)
     key = b"\x55" * 20
     made_up = tuple(
         Node(key[:-2] + i.to_bytes(2, "big"), (f"127.0.9.{i % 250 + 1}", 1000 + i))
         for i in range(300)
     )
-    receive = hostile.engine.receive
-
-    def hostile_receive(event, source):
-        if event.type is not EventType.FIND_VALUE or event.response:
-            return receive(event, source)
-        reply = Event(event.id, hostile.id, EventType.FIND_VALUE, True, FindValue(nodes=made_up))
-        hostile.engine._transport(fragment(reply.id, encode(reply)), source)
-
-    hostile.engine.receive = hostile_receive
+    net, asker = scripted_pair(20, [FindValue(nodes=made_up)], timeout=1.0)
     asked: set[tuple[str, int]] = set()
     send = asker.engine._transport
 
@@ -384,6 +363,10 @@ def test_a_storage_whose_expire_raises_does_not_stop_the_periodic_refresh():
     assert node.engine.stats.snapshot()["storage-error"] >= 4  # one per refresh
 
 
+def ping(asker, peer, on_response, on_failure) -> None:
+    asker.engine.request(peer.address, peer.id, EventType.PING, None, on_response, on_failure)
+
+
 def test_a_timeout_while_the_response_is_handled_does_not_end_the_request_again():
     """The timer thread may fire a request's timeout while a listener runs its
     response callback; here the callback fires it itself, deterministically."""
@@ -396,14 +379,7 @@ def test_a_timeout_while_the_response_is_handled_does_not_end_the_request_again(
         ends.append("response")
         return True
 
-    a.engine.request(
-        b.address,
-        b.id,
-        EventType.PING,
-        None,
-        on_response,
-        lambda error: ends.append(type(error).__name__),
-    )
+    ping(a, b, on_response, lambda error: ends.append(type(error).__name__))
     request = next(r for r in a.engine._pending.values() if r.on_response is on_response)
     net.run_until(lambda: False, limit=5.0)  # past the timeout
     assert ends == ["response"]
@@ -421,14 +397,7 @@ def test_close_while_a_response_awaits_more_ends_the_request_once():
         ends.append("response")
         return False  # more events expected
 
-    a.engine.request(
-        b.address,
-        b.id,
-        EventType.PING,
-        None,
-        on_response,
-        lambda error: ends.append(type(error).__name__),
-    )
+    ping(a, b, on_response, lambda error: ends.append(type(error).__name__))
     net.run_until(lambda: False, limit=5.0)
     assert ends == ["response", "ClosedError"]
     assert a.engine.pending_requests == 0
@@ -440,11 +409,9 @@ def test_a_request_awaiting_more_times_out_when_its_first_send_does():
     net = build_network(2, seed=18, timeout=1.0)
     a, b = net.nodes.values()
     marks: list[tuple[str, float]] = []
-    a.engine.request(
-        b.address,
-        b.id,
-        EventType.PING,
-        None,
+    ping(
+        a,
+        b,
         lambda event, source: marks.append(("response", net.clock.now)) or False,
         lambda error: marks.append((type(error).__name__, net.clock.now)),
     )
