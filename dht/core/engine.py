@@ -20,7 +20,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from functools import partial
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from ..errors import (
     BootstrapError,
@@ -50,6 +50,7 @@ from .routing import RoutingTable
 from .storage import Storage
 
 log = logging.getLogger("dht.engine")
+_T = TypeVar("_T")
 
 Transport = Callable[[list[bytes], Address], None]
 """Sends datagrams to an address; raises OSError on failure."""
@@ -532,11 +533,7 @@ class Engine:
             self._prove(contact.id, contact.address)
         expire = getattr(self.storage, "expire", None)
         if callable(expire):
-            try:
-                expire()
-            except Exception:  # user storage: the liveness checks must go on
-                self.stats.incr("storage-error")
-                log.exception("storage expire failed")
+            self._call_storage(expire, None)  # a raise must not end the liveness checks
         with self._lock:
             if not self.closed:
                 self._refresh_timer = self._timers.schedule(self.refresh_interval, self._refresh)
@@ -547,25 +544,26 @@ class Engine:
 
     # -- the user's storage (user code: it may raise) ------------------------
 
-    def store_locally(self, value: Value) -> bool:
-        """Our own copy of a value we Store; False if the storage refused or
-        failed (logged and counted as ``storage-error``)."""
+    def _call_storage(self, method: Callable[..., _T], fallback: _T, *args: object) -> _T:
+        """Call a method of the user's storage; if it raises, log it, count
+        ``storage-error`` and return ``fallback``."""
         try:
-            return self.storage.Set(value.key, value.value, value.created_ns, value.ttl_ns)
+            return method(*args)
         except Exception:
             self.stats.incr("storage-error")
-            log.exception("storage Set failed")
-            return False
+            log.exception("storage %s failed", getattr(method, "__name__", method))
+            return fallback
+
+    def store_locally(self, value: Value) -> bool:
+        """Our own copy of a value we Store; False if the storage refused or failed."""
+        return self._call_storage(
+            self.storage.Set, False, value.key, value.value, value.created_ns, value.ttl_ns
+        )
 
     def local_values(self, key: bytes, from_ns: int) -> list[Value]:
-        """The values a Find takes from our own storage first; none if it
-        fails (logged and counted), so the Find asks the network."""
-        try:
-            return self.storage.Get(key, from_ns)
-        except Exception:
-            self.stats.incr("storage-error")
-            log.exception("storage Get failed")
-            return []
+        """The values a Find takes from our own storage first; none if the
+        storage fails, so the Find asks the network."""
+        return self._call_storage(self.storage.Get, [], key, from_ns)
 
     # -- operations ----------------------------------------------------------
 
