@@ -29,7 +29,18 @@ from .events import (
     Store,
     Value,
 )
-from .ourshapes import EVENT_TYPES, HOST_NAMES, HOSTS_MAX, decode_ours, host_name
+from .ourshapes import (
+    BARE_EVENT,
+    BARE_SHAPE,
+    EVENT_HEAD,
+    EVENT_TYPES,
+    HEAD_SHAPE,
+    HOST_NAMES,
+    HOSTS_MAX,
+    PAYLOAD_FIELD,
+    decode_ours,
+    host_name,
+)
 
 ADDRESS_BYTES = 6
 """IPv4 address (4 bytes) then the UDP port, little-endian (PROTOCOL.md 5.3)."""
@@ -51,10 +62,6 @@ _UNION_TAG_BY_EVENT = {event: _UNION_TAG[cls] for event, cls in PAYLOAD_CLASS.it
 # the flatc Builder encoder and the Go vectors.
 
 _PACK_U32 = struct.Struct("<I").pack_into
-_VT_EVENT_PAYLOAD = struct.Struct("<8H")
-_VT_EVENT = struct.Struct("<6H")
-_EVENT_TABLE = struct.Struct("<iIIIbBBx")  # soffset, id, sender, payload, type, response, tag
-_EVENT_TABLE_NO_PAYLOAD = struct.Struct("<iIIbBxx")
 _VT_FIND_NODE = struct.Struct("<4H")
 _VT_FIND_VALUE = struct.Struct("<7H")
 _VT_STORE = struct.Struct("<3H")
@@ -76,8 +83,6 @@ def encode(event: Event) -> bytes:
     outside int64). The length limit is applied by the framing
     (``dht.wire.framing.fragment``), not here.
     """
-    check_id(event.id, "event id")
-    check_id(event.sender, "sender")
     try:
         event_type = EventType(event.type)
     except ValueError:
@@ -91,21 +96,16 @@ def encode(event: Event) -> bytes:
         problem = _request_problem(event_type, payload)
         if problem:
             raise ArgumentError(problem[1])
-    buf = bytearray(4)
+    event_id = check_id(event.id, "event id")
+    sender = check_id(event.sender, "sender")
     if payload is None:
-        buf += _VT_EVENT.pack(12, 16, 4, 8, 12, 13)
-        table = len(buf)
-        buf += _EVENT_TABLE_NO_PAYLOAD.pack(12, 0, 0, event_type, event.response)
-    else:
-        buf += _VT_EVENT_PAYLOAD.pack(16, 20, 4, 8, 16, 17, 18, 12)
-        table = len(buf)
-        tag = _UNION_TAG[type(payload)]
-        buf += _EVENT_TABLE.pack(16, 0, 0, 0, event_type, event.response, tag)
-    _PACK_U32(buf, 0, table)
-    _write_bytes(buf, table + 4, event.id)
-    _write_bytes(buf, table + 8, event.sender)
-    if payload is not None:
-        _write_payload(buf, table + 12, payload)
+        return BARE_EVENT.pack(*BARE_SHAPE, event_type, event.response, 20, event_id, 20, sender)
+    tag = _UNION_TAG[type(payload)]
+    head = EVENT_HEAD.pack(
+        *HEAD_SHAPE, 0, event_type, event.response, tag, 20, event_id, 20, sender
+    )
+    buf = bytearray(head)
+    _write_payload(buf, PAYLOAD_FIELD, payload)
     return bytes(buf)
 
 

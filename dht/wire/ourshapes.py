@@ -28,13 +28,19 @@ EVENT_TYPES = {int(event_type): event_type for event_type in EventType}
 
 # An event without a payload (80 bytes): root uoffset, 6-entry vtable, table
 # (soffset, id and sender uoffsets, type, response), id and sender vectors.
-_BARE = struct.Struct("<I6HiIIbB2xI20sI20s").unpack_from
-_BARE_SHAPE = (16, 12, 16, 4, 8, 12, 13, 12, 12, 32)
+# ``codec.encode`` writes every such event with it, after ``BARE_SHAPE``.
+BARE_EVENT = struct.Struct("<I6HiIIbB2xI20sI20s")
+BARE_SHAPE = (16, 12, 16, 4, 8, 12, 13, 12, 12, 32)
 # The first 88 bytes of an event with a payload: as above with an 8-entry
-# vtable, then the payload uoffset, type, response and union tag.
-_HEAD = struct.Struct("<I8HiIIIbBBxI20sI20s").unpack_from
-_HEAD_SHAPE = (20, 16, 20, 4, 8, 16, 17, 18, 12, 16, 16, 36)
-_HEAD_SIZE = 88
+# vtable, then the payload uoffset (``codec.encode`` writes 0 and links it
+# when it writes the payload), type, response and union tag.
+EVENT_HEAD = struct.Struct("<I8HiIIIbBBxI20sI20s")
+HEAD_SHAPE = (20, 16, 20, 4, 8, 16, 17, 18, 12, 16, 16, 36)
+PAYLOAD_FIELD = 32
+"""Where the payload's uoffset is in ``EVENT_HEAD``."""
+_BARE = BARE_EVENT.unpack_from
+_HEAD = EVENT_HEAD.unpack_from
+_HEAD_SIZE = EVENT_HEAD.size
 # The payload tables at 88: FindValue after 2 bytes of alignment, FindNode.
 _FIND_VALUE = struct.Struct("<2x7HiIqqII").unpack_from
 _FIND_VALUE_SHAPE = (14, 32, 0, 8, 16, 14)  # vtable sizes, values/from/found slots, soffset
@@ -53,7 +59,7 @@ def decode_ours(buffer: Buffer) -> Event | None:
     end = len(buffer)
     if end == 80:
         bare = _BARE(buffer, 0)
-        if bare[:10] != _BARE_SHAPE or bare[12] != 20 or bare[14] != 20:
+        if bare[:10] != BARE_SHAPE or bare[12] != 20 or bare[14] != 20:
             return None
         event_type = EVENT_TYPES.get(bare[10])
         response = bool(bare[11])
@@ -63,7 +69,7 @@ def decode_ours(buffer: Buffer) -> Event | None:
     if end < _HEAD_SIZE:
         return None
     head = _HEAD(buffer, 0)
-    if head[:12] != _HEAD_SHAPE or head[16] != 20 or head[18] != 20:
+    if head[:12] != HEAD_SHAPE or head[16] != 20 or head[18] != 20:
         return None
     event_type = EVENT_TYPES.get(head[13])
     response = bool(head[14])
