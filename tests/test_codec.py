@@ -16,6 +16,7 @@ from dht.wire import Event, EventType, FindNode, FindValue, Node, Store, Value, 
 from dht.wire.events import Payload
 from dht.wire.fb import Event as fb_event
 from dht.wire.fb import FindNode as fb_find_node
+from dht.wire.fb import FindValue as fb_find_value
 from dht.wire.fb import Node as fb_node
 from dht.wire.fb import Store as fb_store
 from dht.wire.fb import Value as fb_value
@@ -526,3 +527,78 @@ def test_value_created_is_aware_utc_datetime() -> None:
     epoch = Value(KEY, b"", 1).created
     assert epoch == datetime(1970, 1, 1, tzinfo=UTC)
     assert epoch.utcoffset() == timedelta(0)
+
+
+# ---------------------------------------------------------------------------
+# Shared tables: a vector may point many slots at one table, so a small event
+# could decode to a huge one. What an event decodes to stays near its size.
+
+
+def _shared_table_event(kind: EventType, slots: int, value_size: int) -> bytes:
+    """A STORE request or FIND_VALUE/FIND_NODE answer whose vector points
+    ``slots`` times at one Value (of ``value_size`` bytes) or Node table."""
+    builder = flatbuffers.Builder(1024)
+    if kind is EventType.FIND_NODE:
+        node_id = builder.CreateByteVector(NODE_ID)
+        address = builder.CreateByteVector(bytes([127, 0, 0, 1, 1, 0]))
+        fb_node.Start(builder)
+        fb_node.AddId(builder, node_id)
+        fb_node.AddAddress(builder, address)
+    else:
+        key = builder.CreateByteVector(KEY)
+        data = builder.CreateByteVector(b"v" * value_size)
+        fb_value.Start(builder)
+        fb_value.AddKey(builder, key)
+        fb_value.AddValue(builder, data)
+        fb_value.AddTtl(builder, 10**12)
+    table = fb_node.End(builder) if kind is EventType.FIND_NODE else fb_value.End(builder)
+    builder.StartVector(4, slots, 4)
+    for _ in range(slots):
+        builder.PrependUOffsetTRelative(table)
+    vector = builder.EndVector()
+    if kind is EventType.STORE:
+        fb_store.Start(builder)
+        fb_store.AddValues(builder, vector)
+        payload, tag = fb_store.End(builder), 3
+    elif kind is EventType.FIND_NODE:
+        fb_find_node.Start(builder)
+        fb_find_node.AddNodes(builder, vector)
+        payload, tag = fb_find_node.End(builder), 1
+    else:
+        fb_find_value.Start(builder)
+        fb_find_value.AddValues(builder, vector)
+        fb_find_value.AddFound(builder, slots)
+        payload, tag = fb_find_value.End(builder), 2
+    event_id = builder.CreateByteVector(EVENT_ID)
+    sender = builder.CreateByteVector(SENDER)
+    fb_event.Start(builder)
+    fb_event.AddId(builder, event_id)
+    fb_event.AddSender(builder, sender)
+    fb_event.AddEvent(builder, int(kind))
+    fb_event.AddResponse(builder, kind is not EventType.STORE)
+    fb_event.AddPayloadType(builder, tag)
+    fb_event.AddPayload(builder, payload)
+    builder.Finish(fb_event.End(builder))
+    return bytes(builder.Output())
+
+
+@pytest.mark.parametrize(
+    ("kind", "slots", "value_size"),
+    [
+        (EventType.STORE, 8000, 32768),  # 65 KB that decoded to 262 MB
+        (EventType.STORE, 2, 32768),  # few slots, one big value read twice
+        (EventType.FIND_VALUE, 20, 32768),
+        (EventType.FIND_VALUE, 400, 0),  # many slots, each value tiny
+        (EventType.FIND_NODE, 1000, 0),
+    ],
+)
+def test_tables_shared_by_many_slots_are_refused(
+    kind: EventType, slots: int, value_size: int
+) -> None:
+    buffer = _shared_table_event(kind, slots, value_size)
+    with pytest.raises(DecodeError) as raised:
+        decode(buffer)
+    assert raised.value.reason == "bad-vector"
+    # One slot is an ordinary event.
+    decoded = decode(_shared_table_event(kind, 1, value_size))
+    assert decoded.payload is not None

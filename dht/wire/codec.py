@@ -415,10 +415,11 @@ def _decode_payload(event_type: EventType, table: _Table) -> Payload:
 
 
 def _vector_of_tables(
-    buf: Buffer, end: int, position: int, widths: tuple[int, ...]
+    buf: Buffer, end: int, position: int, widths: tuple[int, ...], element_bytes: int
 ) -> Iterator[tuple[int, list[int]]]:
     """``(table position, field offsets)`` of each table of the vector whose
-    uoffset is at ``position`` (0: an absent vector, no tables). Tables of a
+    uoffset is at ``position`` (0: an absent vector, no tables), refusing
+    more tables than the buffer holds at ``element_bytes`` each. Tables of a
     vector usually share one vtable (Go's builder and ours both share it):
     its offsets (for fields of ``widths``) are checked once, and each further
     table costs one bounds check."""
@@ -431,6 +432,8 @@ def _vector_of_tables(
     start = vector + 4
     if start + length * 4 > end:
         raise DecodeError("bad-vector", f"vector of {length} elements runs past the end")
+    if length * element_bytes > end:
+        raise DecodeError("bad-vector", f"{length} tables cannot fit in the event's {end} bytes")
     offsets: list[int] = []
     table_size = 0
     known_vtable = -1
@@ -448,18 +451,32 @@ def _vector_of_tables(
         yield pos, offsets
 
 
+# The fewest bytes any encoding spends on one value beyond its bytes (vector
+# slot, table of soffset and two uoffsets, key vector, value length) and on
+# one node (the same with a 6-byte address). A hostile event can point many
+# tables at one vector; charging these per element keeps what an event
+# decodes to within a small multiple of its size.
+_VALUE_MIN_BYTES = 44
+_NODE_MIN_BYTES = 48
+
+
 def _decode_values(buf: Buffer, end: int, position: int) -> tuple[Value, ...]:
     if not position:
         return ()
     values = []
+    spent = 0
     for pos, (key_field, value_field, ttl_field, created_field) in _vector_of_tables(
-        buf, end, position, _VALUE_FIELDS
+        buf, end, position, _VALUE_FIELDS, _VALUE_MIN_BYTES
     ):
         key = _required_id(buf, end, pos + key_field if key_field else 0, "value key")
+        start, stop = _vector_span(buf, end, pos + value_field) if value_field else (0, 0)
+        spent += stop - start + _VALUE_MIN_BYTES
+        if spent > end:
+            raise DecodeError("bad-vector", f"values refer to more than the event's {end} bytes")
         values.append(
             Value(
                 key,
-                _vector_bytes(buf, end, pos + value_field) if value_field else b"",
+                bytes(buf[start:stop]),
                 _i64(buf, pos + ttl_field)[0] if ttl_field else 0,
                 _i64(buf, pos + created_field)[0] if created_field else 0,
             )
@@ -476,7 +493,9 @@ def _decode_nodes(buf: Buffer, end: int, position: int) -> tuple[Node, ...]:
     if not position:
         return ()
     nodes = []
-    for pos, (id_field, address_field) in _vector_of_tables(buf, end, position, _NODE_FIELDS):
+    for pos, (id_field, address_field) in _vector_of_tables(
+        buf, end, position, _NODE_FIELDS, _NODE_MIN_BYTES
+    ):
         if not id_field:
             raise DecodeError("missing-field", "node id is absent")
         # Fast path: both vectors in bounds with the expected lengths.
@@ -510,6 +529,12 @@ def _decode_node_slowly(buf: Buffer, end: int, pos: int, id_field: int, address_
 
 def _vector_bytes(buf: Buffer, end: int, position: int) -> bytes:
     """The byte vector whose uoffset is at ``position`` (inside its table)."""
+    start, stop = _vector_span(buf, end, position)
+    return bytes(buf[start:stop])
+
+
+def _vector_span(buf: Buffer, end: int, position: int) -> tuple[int, int]:
+    """Where the bytes of the vector whose uoffset is at ``position`` are."""
     vector = position + _u32(buf, position)[0]
     if vector + 4 > end:
         raise DecodeError("bad-offset", f"vector at {vector} is past the end")
@@ -517,7 +542,7 @@ def _vector_bytes(buf: Buffer, end: int, position: int) -> bytes:
     stop = start + _u32(buf, vector)[0]
     if stop > end:
         raise DecodeError("bad-vector", f"vector of {stop - start} elements runs past the end")
-    return bytes(buf[start:stop])
+    return start, stop
 
 
 def _optional_id(buf: Buffer, end: int, position: int, what: str) -> bytes | None:
