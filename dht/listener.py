@@ -166,6 +166,10 @@ class Listener:
             except ProtocolError as error:
                 stats.incr("drop-" + error.reason)
                 continue
+            except Exception:  # e.g. MemoryError: drop the datagram, keep the loop
+                stats.incr("drop-internal-error")
+                log.exception("error reading a datagram from %s", source)
+                continue
             if not event.response and not limiter.allow(source, now):
                 stats.incr("drop-rate-limited")
                 continue

@@ -743,3 +743,36 @@ def test_fragment_flood_stays_within_memory_caps() -> None:
     finally:
         close_all(nodes)
     snapshot.assert_no_leaks()
+
+
+class _FailingOnce:
+    """A reassembler that raises ``error`` on the first datagram it is fed."""
+
+    def __init__(self, inner: Any, error: BaseException) -> None:
+        self.inner = inner
+        self.error: BaseException | None = error
+
+    def feed(self, *args: Any) -> Any:
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
+        return self.inner.feed(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@pytest.mark.timeout(30)
+def test_an_unexpected_error_on_one_datagram_does_not_stop_the_listener() -> None:
+    # A MemoryError (a node under an address-space limit, decoding a large
+    # event) killed the listener thread: the node went deaf.
+    node = dht.New(dht.Config(listen_address="127.0.0.1:0"))
+    try:
+        [listener] = node._listeners
+        listener.reassembler = _FailingOnce(listener.reassembler, MemoryError())
+        assert ping_rtts(node, 1, timeout=0.5) == [math.inf]  # that datagram was dropped
+        assert math.isfinite(ping_rtts(node, 1)[0])
+        assert node.stats()["drop-internal-error"] == 1
+        assert all(thread.is_alive() for thread in node.threads())
+    finally:
+        node.Close()
