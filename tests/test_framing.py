@@ -718,3 +718,30 @@ def test_a_legitimate_event_survives_a_flood_spread_over_many_sources(sources: i
         assert reassembler.records <= 64 and reassembler.held_bytes <= 64 * MAX_CHUNK
     assert done == event
     assert reassembler.evicted > 0
+
+
+def test_a_straggler_after_completion_does_not_corrupt_the_next_event_with_its_id():
+    # D6/D7: events of a split answer share the id, and two of them can have
+    # the same total and size. A late duplicate of the first event's part
+    # opened a record that the second event then completed with that stale
+    # part: a mixed event, decoded without error.
+    first, second = event_bytes(3000, 1), event_bytes(3000, 2)
+    parts_1, parts_2 = fragment(ID_A, first), fragment(ID_A, second)
+    r = Reassembler()
+    listen = bytearray(MAX_DATAGRAM)  # the receive loop's reused buffer
+
+    def feed(datagram: bytes, now: float) -> bytes | None:
+        listen[: len(datagram)] = datagram
+        result = r.feed(memoryview(listen)[: len(datagram)], SRC_A, now)
+        return None if result is None else bytes(result)
+
+    assert [feed(d, 0.0) for d in parts_1][-1] == first
+    with pytest.raises(dht.FramingError) as raised:
+        feed(parts_1[0], 0.1)  # the straggler
+    assert raised.value.reason == "duplicate-part"
+    assert [feed(d, 0.2) for d in parts_2][-1] == second
+    # After the timeout it is forgotten (and a straggler then starts a
+    # record that expires like any other).
+    r.expire(0.2 + r.timeout)
+    assert r._completed == {}
+    assert feed(parts_1[0], 6.0) is None and r.records == 1

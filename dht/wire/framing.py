@@ -148,6 +148,11 @@ class Reassembler:
         self._fresh: dict[_RecordKey, None] = {}  # records with one part, oldest first
         self._by_source: dict[Address, dict[_RecordKey, None]] = {}
         self._source_bytes: dict[Address, int] = {}
+        # Recently completed events: key -> (deadline, hash of each part).
+        # A late duplicate of one of their parts is a straggler (D6): left in,
+        # it would open a record that the next event reusing the id (D7)
+        # completes with the wrong bytes. A part with other bytes is new.
+        self._completed: dict[_RecordKey, tuple[float, dict[int, int]]] = {}
         self.held_bytes = 0
         """Chunk bytes held by incomplete events."""
         self.evicted = 0
@@ -187,6 +192,9 @@ class Reassembler:
         if header.total == 1:
             return chunk
         key = (source, header.event_id, header.total, header.size)
+        completed = self._completed.get(key)
+        if completed is not None and completed[1].get(header.part) == hash(bytes(chunk)):
+            raise FramingError("duplicate-part", f"part {header.part} of a completed event")
         record = self._records.get(key)
         if record is None:
             record = self._open(key, source, len(chunk), now)
@@ -203,7 +211,17 @@ class Reassembler:
             return None
         self._remove(key)
         chunks = record.chunks
+        self._remember(key, chunks, now)
         return b"".join(chunks[part] for part in range(1, header.total + 1))
+
+    def _remember(self, key: _RecordKey, chunks: dict[int, bytes], now: float) -> None:
+        """Keep the parts' hashes of a completed event for ``timeout``
+        seconds, for at most ``max_records`` events."""
+        completed = self._completed
+        completed.pop(key, None)  # re-inserted last: the order stays deadline order
+        if len(completed) >= self.max_records:
+            del completed[next(iter(completed))]
+        completed[key] = (now + self.timeout, {part: hash(chunk) for part, chunk in chunks.items()})
 
     def _open(self, key: _RecordKey, source: Address, size: int, now: float) -> _Record:
         own = self._by_source.get(source)
@@ -299,4 +317,10 @@ class Reassembler:
             self._remove(key)
             dropped += 1
         self.expired += dropped
+        completed = self._completed
+        while completed:
+            key = next(iter(completed))
+            if completed[key][0] > now:
+                break
+            del completed[key]
         return dropped
