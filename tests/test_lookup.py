@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from dht.core.lookup import Lookup, State
+from dht.core.lookup import MAX_QUERIES, Lookup, State
 from dht.keys import ALPHA, KEY_BYTES, K, common_prefix_length, distance
 from dht.wire.events import Node
 
@@ -266,6 +266,39 @@ def test_queried_counts_every_node_asked() -> None:
     assert lookup.queried == 6
     lookup.add([n(100)], State.ANSWERED)
     assert lookup.queried == 7
+
+
+def test_a_lookup_fed_ever_closer_ids_ends_within_its_query_budget() -> None:
+    # Sybils answering every query with K fresh ids closer to the target kept
+    # the k closest from ever all answering: a Find or Store never ended.
+    lookup = Lookup(LOCAL, TARGET)
+    distance_now = 1 << 150
+    lookup.add([n(distance_now + i) for i in range(K)])
+    in_flight: list[Node] = []
+    rounds = 0
+    while not lookup.done:
+        rounds += 1
+        assert rounds < 10 * MAX_QUERIES, f"still running after {lookup.queried} queries"
+        in_flight += lookup.next()
+        if not in_flight:
+            break
+        asked = in_flight.pop(0)
+        lookup.answered(asked.id)
+        distance_now -= K  # K fresh ids, all closer than any before
+        lookup.add([n(distance_now + i) for i in range(K)])
+    assert lookup.done
+    assert lookup.queried == MAX_QUERIES
+    assert in_flight == []  # it waited for the answers it was owed
+    assert len(lookup.closest()) == K
+
+
+def test_an_honest_lookup_is_not_cut_short_by_the_budget() -> None:
+    lookup = lookup_with(10 * MAX_QUERIES)
+    while not lookup.done:
+        for node in lookup.next():
+            lookup.answered(node.id)
+    assert numbers(lookup.closest()) == list(range(1, K + 1))
+    assert lookup.queried == K
 
 
 def test_in_flight_never_exceeds_alpha() -> None:

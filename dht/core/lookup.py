@@ -6,7 +6,9 @@ XOR-distance order to the target. Up to ``alpha`` requests are in flight;
 one that is slow (``stalled``) stops counting against ``alpha`` so the lookup
 moves on without waiting for its timeout. The lookup is done when the ``k``
 closest candidates that have not failed or stalled have all answered, or when
-nothing is left to ask (D30's convergence rule).
+nothing is left to ask (D30's convergence rule), or after ``max_queries``.
+That budget ends lookups that hostile nodes keep feeding ever closer ids:
+without it, a Find or Store never ended.
 """
 
 from __future__ import annotations
@@ -17,6 +19,11 @@ from collections.abc import Iterable
 
 from ..keys import ALPHA, K
 from ..wire.events import Node
+
+MAX_QUERIES = 10 * K
+"""Nodes one lookup asks at most. An honest lookup in a network of a
+million nodes asks a few dozen (about log2(n) / log2(K) rounds of ``alpha``,
+then the ``k`` closest)."""
 
 
 class State(enum.IntEnum):
@@ -43,11 +50,20 @@ def _distance_of(candidate: Candidate) -> int:
 class Lookup:
     """Which nodes to ask next when looking for ``target``; not thread-safe."""
 
-    def __init__(self, local_id: bytes, target: bytes, *, k: int = K, alpha: int = ALPHA) -> None:
+    def __init__(
+        self,
+        local_id: bytes,
+        target: bytes,
+        *,
+        k: int = K,
+        alpha: int = ALPHA,
+        max_queries: int = MAX_QUERIES,
+    ) -> None:
         self.local_id = local_id
         self.target = target
         self.k = k
         self.alpha = alpha
+        self.max_queries = max_queries
         self._target = int.from_bytes(target, "big")
         self._ordered: list[Candidate] = []
         self._by_id: dict[bytes, Candidate] = {}
@@ -97,8 +113,9 @@ class Lookup:
         window = self._window()
         active = sum(1 for c in self._ordered if c.state is State.IN_FLIGHT)
         chosen = []
+        budget = self.max_queries - self.queried
         for candidate in window:
-            if active >= self.alpha:
+            if active >= self.alpha or len(chosen) >= budget:
                 break
             if candidate.state is State.UNQUERIED:
                 candidate.state = State.IN_FLIGHT
@@ -128,6 +145,8 @@ class Lookup:
         window = self._window()
         if window and all(c.state is State.ANSWERED for c in window):
             return True
+        if self.queried >= self.max_queries:  # out of budget: only wait for answers due
+            return not any(c.state is State.IN_FLIGHT for c in self._ordered)
         return not any(
             c.state in (State.UNQUERIED, State.IN_FLIGHT, State.STALLED) for c in self._ordered
         )
