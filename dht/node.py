@@ -12,6 +12,7 @@ swallowed.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import itertools
 import logging
@@ -320,10 +321,12 @@ def New(cfg: Config | None = None) -> DHT:
     Returns once the node is usable: its sockets are bound, its threads run,
     and, when bootstrap addresses are given, a FIND_NODE lookup of its own id
     through them has finished. Raises ``BootstrapError`` if none of them
-    answered, and ``ConfigError`` for an unresolvable address; on any error
-    no thread or socket is left behind.
+    answered, and ``ConfigError`` for an unresolvable address or a field
+    changed to an invalid value after ``cfg`` was built; on any error no
+    thread or socket is left behind. The node keeps a checked copy of
+    ``cfg``: changing ``cfg`` later does not affect it.
     """
-    cfg = cfg if cfg is not None else Config()
+    cfg = dataclasses.replace(cfg) if cfg is not None else Config()  # checks every field
     addresses = [resolve(text, "bootstrap_addresses") for text in cfg.bootstrap_addresses]
     node = DHT(cfg)
     try:

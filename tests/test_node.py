@@ -732,6 +732,27 @@ def test_config_validation(kwargs: dict[str, Any], field: str) -> None:
     assert isinstance(raised.value, dht.ArgumentError)
 
 
+@pytest.mark.parametrize(("field", "value"), [("timeout", -1.0), ("timeout", 0), ("listeners", 0)])
+def test_a_config_changed_after_it_was_built_is_checked_again_by_new(
+    field: str, value: object
+) -> None:
+    # D24: a timeout set to -1 after construction reached the engine, and
+    # every request timed out at once.
+    cfg = dht.Config(listen_address="127.0.0.1:0")
+    setattr(cfg, field, value)
+    with pytest.raises(dht.ConfigError) as raised:
+        dht.New(cfg)
+    assert raised.value.field == field
+
+
+def test_the_node_keeps_its_own_copy_of_the_config() -> None:
+    cfg = dht.Config(listen_address="127.0.0.1:0", timeout=3.0)
+    with dht.New(cfg) as node:
+        cfg.timeout = -1.0
+        assert node.config.timeout == 3.0
+        assert node.config is not cfg
+
+
 def test_cpus_pins_the_node_threads_and_only_them() -> None:
     allowed = os.sched_getaffinity(0)
     cpu = max(allowed)
