@@ -88,7 +88,12 @@ class DHT:
         self._close_done = threading.Event()
         self._sockets = _bind(cfg)
         cpus = frozenset(cfg.cpus) if cfg.cpus is not None else None
-        self._timers = shared_timer(cfg.timer_tick, cpus)
+        try:
+            self._timers = shared_timer(cfg.timer_tick, cpus)  # may run out of threads
+        except BaseException:
+            for sock in self._sockets:
+                sock.close()
+            raise
         started: list[Listener] = []
         try:
             host, port = self._sockets[0].getsockname()[:2]

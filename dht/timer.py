@@ -115,8 +115,9 @@ def shared_timer(tick: float, cpus: frozenset[int] | None) -> TimerThread:
         timer = _shared.get(key)
         if timer is None:
             name = "dht-timer" if cpus is None else f"dht-timer-cpus-{min(cpus)}"
-            timer = _shared[key] = TimerThread(tick=tick, name=name, cpus=cpus)
-            timer.start()
+            timer = TimerThread(tick=tick, name=name, cpus=cpus)
+            timer.start()  # registered only once running: a failed start is not reused
+            _shared[key] = timer
         timer.users += 1
         return timer
 

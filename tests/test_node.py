@@ -34,6 +34,7 @@ from cluster import (
     close_all,
     config,
     free_udp_address,
+    open_fds,
     running_cluster,
     start_cluster,
     stored_values,
@@ -43,6 +44,7 @@ from cluster import (
 import dht
 import dht.listener as dht_listener
 import dht.node as dht_node
+import dht.timer as dht_timer
 from dht.keys import random_id
 from dht.wire import Event, EventType, encode, fragment
 
@@ -795,3 +797,23 @@ def test_logging_flag_sets_the_level_of_discovery_messages(
     found = [r for r in caplog.records if "discovered node" in r.getMessage()]
     assert {r.levelno for r in found} == {level}
     assert all(r.name.startswith("dht") for r in caplog.records)
+
+
+def test_a_timer_thread_that_failed_to_start_is_not_shared_with_later_nodes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # D31: the shared timer was registered before it started; after one
+    # "can't start new thread", every later node got the dead timer and no
+    # request of theirs ever timed out. The failed New also held its sockets.
+    def cannot_start(self: dht_timer.TimerThread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    tick = 0.0123  # a timer of its own, not one other tests' nodes share
+    snapshot = ResourceSnapshot.take()
+    with monkeypatch.context() as patch:
+        patch.setattr(dht_timer.TimerThread, "start", cannot_start)
+        with pytest.raises(RuntimeError):
+            dht.New(dht.Config(listen_address="127.0.0.1:0", timer_tick=tick, listeners=2))
+    assert open_fds() == snapshot.fds  # the sockets were closed at once
+    with dht.New(dht.Config(listen_address="127.0.0.1:0", timer_tick=tick)) as node:
+        assert node._timers.thread.is_alive()
