@@ -112,7 +112,7 @@ class Lookup:
         """Nodes to query now (they become in flight), closest first."""
         window = self._window()
         active = sum(1 for c in self._ordered if c.state is State.IN_FLIGHT)
-        chosen = []
+        chosen: list[Node] = []
         budget = self.max_queries - self.queried
         for candidate in window:
             if active >= self.alpha or len(chosen) >= budget:
