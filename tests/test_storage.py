@@ -11,9 +11,12 @@ import time
 import tracemalloc
 from collections.abc import Callable
 
+import pytest
+
 import dht
 from dht import Key, Value
-from dht.core.storage import MemoryStorage, Storage, key_cost, value_cost
+from dht.core.storage import CLOCK_SKEW_NS, MemoryStorage, Storage, key_cost, value_cost
+from dht.keys import INT64_MAX
 
 T0 = 1_700_000_000 * 10**9
 """A plausible "now" in nanoseconds since the epoch."""
@@ -294,6 +297,21 @@ def test_re_set_takes_the_newer_created() -> None:
     [got] = storage.Get(KEY)
     assert got.created_ns == T0 - 10
     assert datas(storage.Get(KEY, T0 - 20)) == {b"v"}
+
+
+@pytest.mark.parametrize("created", [INT64_MAX, T0 + 2 * CLOCK_SKEW_NS])
+def test_a_created_time_far_in_the_future_is_taken_as_now(created: int) -> None:
+    # Anyone could re-store someone else's value with created = INT64_MAX and
+    # make it look new to every ValuesFrom filter, for good.
+    storage, _ = make()
+    assert storage.Set(KEY, b"headline", T0 - 50, HOUR)
+    assert storage.Set(KEY, b"headline", created, HOUR)
+    [got] = storage.Get(KEY)
+    assert got.created_ns == T0
+    assert storage.Get(KEY, T0 + 1) == []
+    # Within the allowed clock skew, a created time is kept as sent.
+    assert storage.Set(OTHER_KEY, b"v", T0 + CLOCK_SKEW_NS, HOUR)
+    assert storage.Get(OTHER_KEY)[0].created_ns == T0 + CLOCK_SKEW_NS
 
 
 # ---------------------------------------------------------------------------

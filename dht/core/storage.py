@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 
 from sortedcontainers import SortedList
 
-from ..wire.events import Value
+from ..wire.events import NS_PER_SECOND, Value
 
 
 @runtime_checkable
@@ -45,6 +45,11 @@ class Storage(Protocol):
 # what CPython spends on the dicts, the entry and the expiry index (about 250
 # each, measured on 3.11). Without them a flood of tiny values used over 150
 # times max_bytes.
+CLOCK_SKEW_NS = 60 * NS_PER_SECOND
+"""How far ahead of our clock a value's ``created`` may be. A later one is
+taken as now: a STORE with ``created`` = INT64_MAX made someone else's value
+look new to every ``ValuesFrom`` filter, for good."""
+
 KEY_BOOKKEEPING = 256
 VALUE_BOOKKEEPING = 256
 
@@ -129,6 +134,8 @@ class MemoryStorage:
             ttl_ns = min(ttl_ns, self.max_ttl_ns)
         now = self._clock_ns()
         expires = now + ttl_ns
+        if created_ns > now + CLOCK_SKEW_NS:
+            created_ns = now
         if created_ns > 0:  # a value handed on keeps its original lifetime (D34)
             expires = min(expires, created_ns + ttl_ns)
             if expires <= now:
