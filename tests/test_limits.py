@@ -9,7 +9,7 @@ import pytest
 from cluster import running_cluster, wait_until
 from simnet import Outcome, SimNetwork
 
-import dht.core.engine as engine_module
+from dht.core.amplification import HELD_BYTES, AmplificationGuard
 from dht.core.ratelimit import RateLimiter
 from dht.errors import DHTError
 from dht.keys import random_id
@@ -65,7 +65,8 @@ def test_amplification_cap_limits_answers_to_unproven_sources() -> None:
         node.engine.receive(request, forged)
     answered = sum(size for size in sent if size > 200)  # the answers, not our probes
     assert 0 < answered <= 4000
-    assert node.engine.stats.snapshot()["drop-amplification"] >= 40
+    stats = node.engine.stats.snapshot()
+    assert stats["drop-amplification"] + stats["held-amplification"] >= 40
     # Once spent, requests are refused before any work: a STORE is not applied.
     key = random_id()
     store = Event(
@@ -75,23 +76,78 @@ def test_amplification_cap_limits_answers_to_unproven_sources() -> None:
     assert node.storage.Get(key) == []
 
 
-def test_sources_spent_by_one_answer_are_remembered_within_the_bound(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_sources_spent_by_one_answer_are_remembered_within_the_bound() -> None:
     """A forged source whose very first answer exceeds the cap is recorded as
     spent; those records are bounded like every other (a flood of forged
     addresses must not grow them without end)."""
-    monkeypatch.setattr(engine_module, "PROVEN_ADDRESSES", 100)
     net = SimNetwork()
     node = net.add_node(amplification_limit=200)  # below one FIND_NODE answer
+    node.engine.amplification.addresses = 100
     for peer in range(30):
         node.engine.table.add_verified(random_id(), ("127.0.0.1", 20000 + peer), 0.0)
     for i in range(1000):
         forged = (f"127.0.{i // 250}.{i % 250 + 1}", 4242)
         request = Event(random_id(), random_id(), EventType.FIND_NODE, False, FindNode(random_id()))
         node.engine.receive(request, forged)
-    assert node.engine.stats.snapshot()["drop-amplification"] == 1000
-    assert len(node.engine._answered_unproven) <= 100
+    assert node.engine.stats.snapshot()["held-amplification"] == 1000
+    assert node.engine.amplification.unproven_addresses <= 100
+    # The cut answers are held within their byte cap.
+    assert node.engine.amplification.held_bytes <= HELD_BYTES
+
+
+def test_the_guard_holds_what_the_cap_cut_until_the_source_is_proven() -> None:
+    guard = AmplificationGuard(1000, hold_for=2.0, held_bytes=5000)
+    source, other = ("127.0.0.1", 1), ("127.0.0.1", 2)
+    assert guard.allow(source, 400).send
+    crossing = guard.allow(source, 400)
+    assert crossing.send and crossing.prove  # halfway: ping it
+    refused = guard.allow(source, 400)
+    assert not refused.send and refused.prove
+    assert guard.spent(source)
+    rest = [[b"a" * 400], [b"b" * 300, b"c" * 100]]
+    guard.hold(source, rest, now=10.0)
+    assert guard.held_bytes == 800
+    assert guard.prove(other, now=10.5) == []  # held per source
+    assert guard.prove(source, now=11.0) == rest
+    assert guard.held_bytes == 0 and not guard.spent(source)
+    assert guard.allow(source, 10**6).send  # proven: no cap
+
+
+def test_the_guard_drops_held_answers_that_are_too_old_or_too_many() -> None:
+    guard = AmplificationGuard(1000, hold_for=2.0, held_bytes=5000)
+    a, b, c = (("127.0.0.1", port) for port in (1, 2, 3))
+    guard.hold(a, [[b"x" * 2000]], now=0.0)
+    assert guard.prove(a, now=2.0) == []  # the requester has given up by now
+    guard.hold(a, [[b"x" * 2000]], now=3.0)
+    guard.hold(b, [[b"y" * 2000]], now=3.0)
+    guard.hold(c, [[b"z" * 2000]], now=3.0)  # over the byte cap: a's goes
+    assert guard.held_bytes == 4000
+    assert guard.prove(a, now=3.1) == []
+    assert guard.prove(b, now=3.1) == [[b"y" * 2000]]
+    guard.hold(c, [[b"w" * 9000]], now=3.2)  # larger than the cap: not held
+    assert guard.held_bytes == 0
+
+
+def test_a_split_answer_cut_by_the_cap_arrives_whole_once_the_requester_is_proven() -> None:
+    # A requester that had not yet answered the holder got only the parts of
+    # a split FIND_VALUE answer within the cap: it waited out its timeout
+    # and ended with values missing.
+    net = SimNetwork()
+    holder = net.add_node(amplification_limit=20_000)
+    key = random_id()
+    values = {bytes([i]) * 30_000 for i in range(3)}  # one event each, 90 KB in all
+    for value in values:
+        assert holder.storage.Set(key, value, net.clock.wall_ns(), 10**12)
+    requester = net.add_node()
+    requester.engine.table.add_verified(holder.id, holder.address, net.clock.now)
+    found = Outcome()
+    requester.engine.find(key, 0, found.value, found.find_done)
+    started = net.clock.now
+    assert net.run_until(lambda: found.ended, limit=5.0)
+    assert found.ends == [None]
+    assert set(found.values) == values
+    assert net.clock.now - started < requester.engine.timeout / 2  # no timeout waited
+    assert holder.engine.stats.snapshot()["held-amplification"] == 1
 
 
 def test_proven_sources_are_not_capped() -> None:

@@ -44,6 +44,7 @@ from ..wire.events import (
     Value,
 )
 from ..wire.framing import fragment
+from .amplification import AmplificationGuard
 from .handler import answer, batch_values
 from .lookup import Lookup, State
 from .routing import RoutingTable
@@ -60,8 +61,8 @@ MAX_VERIFYING = 256
 BOOTSTRAP_RETRIES = 2
 """Resends of the FIND_NODE to each bootstrap address (one lost datagram
 must not make New fail)."""
-PROVEN_ADDRESSES = 65536
-"""Addresses remembered for the amplification cap (least recently used go)."""
+TRANSFERRED_NODES = 65536
+"""Nodes remembered as served by key transfer (least recently used go)."""
 
 _RESPONSE_TYPE = {EventType.PING: EventType.PONG}
 
@@ -171,14 +172,10 @@ class Engine:
         self._operations: set[_Operation] = set()
         self._verifying: set[bytes] = set()
         self.max_pending = max_pending
-        self.amplification_limit = amplification_limit
         self.transfer_batch_bytes = transfer_batch_bytes
         self.transfer_interval = transfer_interval
         self._new_node_level = logging.INFO if log_new_nodes else logging.DEBUG
-        # Addresses that answered a request of ours (so they are not forged),
-        # and bytes answered to the others (amplification cap); both bounded.
-        self._proven: OrderedDict[Address, None] = OrderedDict()
-        self._answered_unproven: OrderedDict[Address, int] = OrderedDict()
+        self.amplification = AmplificationGuard(amplification_limit, hold_for=timeout)
         self._transferred: OrderedDict[bytes, float] = OrderedDict()  # node id -> when
         self.closed = False
         self._refresh_timer: object = None
@@ -366,7 +363,9 @@ class Engine:
             rtt = now - request.sent
             srtt = self.smoothed_rtt  # a race between listeners only blurs the average
             self.smoothed_rtt = rtt if srtt is None else srtt + (rtt - srtt) / 8
-        self._remember_proven(source)
+        held = self.amplification.prove(source, now)
+        if held:
+            self._send_events(held, source)
         newly_seen = self.table.add_verified(event.sender, source, now)
         if _call(request.on_response, event, source) is False:
             self._await_rest(request)
@@ -390,7 +389,7 @@ class Engine:
 
     def _on_request(self, event: Event, source: Address) -> None:
         sender = event.sender
-        if self._capped(source):  # spend nothing on a source we may not answer
+        if self.amplification.spent(source):  # spend nothing on a source we may not answer
             self.stats.incr("drop-amplification")
         else:
             self._answer(event, source)
@@ -407,51 +406,37 @@ class Engine:
     def _answer(self, event: Event, source: Address) -> None:
         sender = event.sender
         requester = Node(sender, source)
-        for response in answer(event, requester, self.table, self.storage, self.stats.incr):
+        responses = answer(event, requester, self.table, self.storage, self.stats.incr)
+        for index, response in enumerate(responses):
             try:
                 datagrams = fragment(response.id, encode(response))
-                if not self._may_answer(sender, source, sum(map(len, datagrams))):
-                    self.stats.incr("drop-amplification")
-                    return
-                self._transport(datagrams, source)
-            except (OSError, DHTError) as error:
+            except DHTError as error:
                 self.stats.incr("send-failed")
                 log.debug("cannot answer %s: %s", source, error)
+                continue
+            verdict = self.amplification.allow(source, sum(map(len, datagrams)))
+            if verdict.prove:
+                self._prove(sender, source)
+            if not verdict.send:
+                # Hold the rest until the ping proves the source: cut short,
+                # a split answer left the requester waiting for parts.
+                self.stats.incr("held-amplification")
+                rest = [datagrams]
+                for later in responses[index + 1 :]:
+                    with contextlib.suppress(DHTError):
+                        rest.append(fragment(later.id, encode(later)))
+                self.amplification.hold(source, rest, self._clock())
+                return
+            self._send_events([datagrams], source)
 
-    def _remember_proven(self, address: Address) -> None:
-        with self._lock:
-            self._proven[address] = None
-            self._proven.move_to_end(address)
-            if len(self._proven) > PROVEN_ADDRESSES:
-                self._proven.popitem(last=False)
-            self._answered_unproven.pop(address, None)
-
-    def _capped(self, source: Address) -> bool:
-        """Whether an unproven source has used up its amplification budget."""
-        with self._lock:
-            if source in self._proven:
-                return False
-            return self._answered_unproven.get(source, 0) >= self.amplification_limit
-
-    def _may_answer(self, sender: bytes, source: Address, size: int) -> bool:
-        """Amplification cap: a source that never answered us gets at most
-        ``amplification_limit`` bytes of answers. Halfway there we ping it;
-        if it is real, its answer lifts the cap."""
-        with self._lock:
-            if source in self._proven:
-                return True
-            sent = self._answered_unproven.pop(source, 0)
-            allowed = sent + size <= self.amplification_limit
-            # Once spent, _capped() refuses this source before any work is done.
-            self._answered_unproven[source] = sent + size if allowed else self.amplification_limit
-            if len(self._answered_unproven) > PROVEN_ADDRESSES:
-                self._answered_unproven.popitem(last=False)
-            if not allowed:
-                return False
-            crossed = sent < self.amplification_limit // 2 <= sent + size
-        if crossed:
-            self._prove(sender, source)
-        return True
+    def _send_events(self, events: list[list[bytes]], destination: Address) -> None:
+        """Send the datagrams of each event; a failure is counted, not raised."""
+        for datagrams in events:
+            try:
+                self._transport(datagrams, destination)
+            except OSError as error:
+                self.stats.incr("send-failed")
+                log.debug("cannot answer %s: %s", destination, error)
 
     def _prove(self, node_id: bytes, address: Address) -> None:
         """Ping ``address`` expecting ``node_id``. An answer proves the address
@@ -487,7 +472,7 @@ class Engine:
                 return
             self._transferred[node.id] = now
             self._transferred.move_to_end(node.id)
-            if len(self._transferred) > PROVEN_ADDRESSES:
+            if len(self._transferred) > TRANSFERRED_NODES:
                 self._transferred.popitem(last=False)
         everything = len(self.table) < K
         chosen: list[Value] = []

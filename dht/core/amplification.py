@@ -1,0 +1,144 @@
+"""The amplification cap: how much a node answers an address that has never
+answered it, so may be forged, and the answers it holds until it does.
+
+A request costs its sender a datagram and can make us send many (a split
+FIND_VALUE answer runs to megabytes), towards whatever source address the
+request claims. So a source that has not yet answered one of our requests
+gets at most ``limit`` bytes of answers; halfway there the engine pings it,
+and its answer proves the address. The part of an answer that the cap cuts
+off is held until that proof arrives (then sent) or ``hold_for`` seconds
+pass (then dropped): an honest requester gets its whole answer one round
+trip later instead of a truncated one. Pure state, thread-safe; time is
+passed in.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from ..wire.events import Address
+
+REMEMBERED_ADDRESSES = 65536
+"""Proven and unproven addresses remembered (least recently used go)."""
+HELD_BYTES = 4 * 1024 * 1024
+"""Bytes of answers held for unproven addresses, in all (oldest go first)."""
+
+Datagrams = list[bytes]
+"""The datagrams of one event."""
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What ``AmplificationGuard.allow`` decided for one event."""
+
+    send: bool
+    """Whether it may be sent now."""
+    prove: bool
+    """Whether to ping the source now, so that its answer lifts the cap."""
+
+
+_SEND = Verdict(send=True, prove=False)
+
+
+@dataclass(slots=True)
+class _Held:
+    deadline: float
+    events: list[Datagrams]
+    size: int
+
+
+class AmplificationGuard:
+    """Bytes answered per unproven address, and answers held for them."""
+
+    def __init__(
+        self,
+        limit: int,
+        *,
+        hold_for: float,
+        addresses: int = REMEMBERED_ADDRESSES,
+        held_bytes: int = HELD_BYTES,
+    ) -> None:
+        self.limit = limit
+        self.hold_for = hold_for
+        self.addresses = addresses
+        self.held_bytes_cap = held_bytes
+        self._lock = threading.Lock()
+        self._proven: OrderedDict[Address, None] = OrderedDict()
+        self._answered: OrderedDict[Address, int] = OrderedDict()
+        self._held: OrderedDict[Address, _Held] = OrderedDict()  # deadline order
+        self.held_bytes = 0
+        """Bytes of answers held now."""
+
+    def spent(self, source: Address) -> bool:
+        """Whether ``source`` is unproven and has used up its bytes (so a
+        request from it is not worth any work)."""
+        with self._lock:
+            if source in self._proven:
+                return False
+            return self._answered.get(source, 0) >= self.limit
+
+    def allow(self, source: Address, size: int) -> Verdict:
+        """Whether an event of ``size`` bytes may be sent to ``source`` now
+        (counting it if so), and whether to ping ``source``."""
+        with self._lock:
+            if source in self._proven:
+                return _SEND
+            sent = self._answered.pop(source, 0)
+            send = sent + size <= self.limit
+            # Once spent, spent() refuses this source before any work is done.
+            self._answered[source] = sent + size if send else self.limit
+            if len(self._answered) > self.addresses:
+                self._answered.popitem(last=False)
+        crossed = sent < self.limit // 2 <= sent + size
+        return Verdict(send=send, prove=crossed or not send)
+
+    def hold(self, source: Address, events: list[Datagrams], now: float) -> None:
+        """Keep the rest of an answer that ``allow`` refused until ``source``
+        is proven (one answer per source, the newest; the oldest held
+        answers go first to stay within the byte cap)."""
+        size = sum(len(datagram) for datagrams in events for datagram in datagrams)
+        with self._lock:
+            self._drop_expired(now)
+            previous = self._held.pop(source, None)
+            if previous is not None:
+                self.held_bytes -= previous.size
+            if size > self.held_bytes_cap:
+                return
+            while self.held_bytes + size > self.held_bytes_cap:
+                _, oldest = self._held.popitem(last=False)
+                self.held_bytes -= oldest.size
+            self._held[source] = _Held(now + self.hold_for, events, size)
+            self.held_bytes += size
+
+    def prove(self, address: Address, now: float) -> list[Datagrams]:
+        """``address`` answered one of our requests, so it is real: no cap
+        for it from now on. Returns the answers held for it, to send now."""
+        with self._lock:
+            self._proven[address] = None
+            self._proven.move_to_end(address)
+            if len(self._proven) > self.addresses:
+                self._proven.popitem(last=False)
+            self._answered.pop(address, None)
+            if not self._held:
+                return []
+            held = self._held.pop(address, None)
+            if held is None:
+                return []
+            self.held_bytes -= held.size
+        return held.events if held.deadline > now else []
+
+    def _drop_expired(self, now: float) -> None:
+        while self._held:
+            address, held = next(iter(self._held.items()))
+            if held.deadline > now:
+                return
+            del self._held[address]
+            self.held_bytes -= held.size
+
+    @property
+    def unproven_addresses(self) -> int:
+        """Unproven addresses with bytes counted (bounded by ``addresses``)."""
+        with self._lock:
+            return len(self._answered)
