@@ -350,6 +350,36 @@ def test_a_storage_that_raises_neither_hangs_nor_fails_store_and_find():
     assert node.engine.stats.snapshot()["storage-error"] == 2
 
 
+def test_requests_from_the_network_to_a_node_whose_storage_raises_are_still_handled():
+    # Its Set and Get were called unguarded when answering a STORE or a
+    # FIND_VALUE: the raise was counted as handler-error, and the FIND_VALUE
+    # went unanswered, so the asker waited out a timeout.
+    net = build_network(10, seed=19)
+    nodes = list(net.nodes.values())
+    key = b"\x44" * 20
+    failing = min(nodes, key=lambda n: distance(n.id, key))
+    failing.engine.storage = FailingStorage(failing.storage, key)
+    other = max(nodes, key=lambda n: distance(n.id, key))
+    assert store(net, other, key, b"v").ends == [None]  # the failing node did not ack
+    answers: list[Event] = []
+    other.engine.request(
+        failing.address,
+        failing.id,
+        EventType.FIND_VALUE,
+        FindValue(key=key),
+        lambda event, source: answers.append(event) or True,
+        lambda error: answers.append(error),
+    )
+    started = net.clock.now
+    assert net.run_until(lambda: bool(answers))
+    [answer] = answers
+    assert isinstance(answer, Event) and answer.payload.nodes and not answer.payload.values
+    assert net.clock.now - started < other.engine.timeout
+    stats = failing.engine.stats.snapshot()
+    assert "handler-error" not in stats
+    assert stats["storage-error"] == 2  # the STORE's Set, the FIND_VALUE's Get
+
+
 def test_a_storage_whose_expire_raises_does_not_stop_the_periodic_refresh():
     net = build_network(2, seed=22, refresh_interval=1.0)
     node = list(net.nodes.values())[1]

@@ -20,7 +20,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from functools import partial
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 from ..errors import (
     BootstrapError,
@@ -48,10 +48,9 @@ from .amplification import AmplificationGuard
 from .handler import answer, batch_values
 from .lookup import Lookup, State
 from .routing import RoutingTable
-from .storage import Storage
+from .storage import GuardedStorage, Storage
 
 log = logging.getLogger("dht.engine")
-_T = TypeVar("_T")
 
 Transport = Callable[[list[bytes], Address], None]
 """Sends datagrams to an address; raises OSError on failure."""
@@ -155,8 +154,8 @@ class Engine:
     ) -> None:
         self.local_id = local_id
         self.table = RoutingTable(local_id)
-        self.storage = storage
         self.stats = Stats()
+        self.storage = storage  # also sets self._storage, the guarded one
         self.timeout = timeout
         self.stall_after = stall_after if stall_after is not None else timeout / 4
         self.refresh_interval = refresh_interval
@@ -406,7 +405,7 @@ class Engine:
     def _answer(self, event: Event, source: Address) -> None:
         sender = event.sender
         requester = Node(sender, source)
-        responses = answer(event, requester, self.table, self.storage, self.stats.incr)
+        responses = answer(event, requester, self.table, self._storage, self.stats.incr)
         for index, response in enumerate(responses):
             try:
                 datagrams = fragment(response.id, encode(response))
@@ -491,7 +490,7 @@ class Engine:
                 chosen.append(value)
             return True
 
-        self.storage.Iterate(select)
+        self._storage.Iterate(select)
         # Bounded batches at a bounded rate, never the whole store at once.
         batches = batch_values(chosen, self.transfer_batch_bytes)
         for i, batch in enumerate(batches):
@@ -516,9 +515,7 @@ class Engine:
             self._ping(contact.id, contact.address)
         for contact in self.table.candidates_to_verify():
             self._prove(contact.id, contact.address)
-        expire = getattr(self.storage, "expire", None)
-        if callable(expire):
-            self._call_storage(expire, None)  # a raise must not end the liveness checks
+        self._storage.expire()  # guarded: a raise must not end the liveness checks
         with self._lock:
             if not self.closed:
                 self._refresh_timer = self._timers.schedule(self.refresh_interval, self._refresh)
@@ -529,26 +526,23 @@ class Engine:
 
     # -- the user's storage (user code: it may raise) ------------------------
 
-    def _call_storage(self, method: Callable[..., _T], fallback: _T, *args: object) -> _T:
-        """Call a method of the user's storage; if it raises, log it, count
-        ``storage-error`` and return ``fallback``."""
-        try:
-            return method(*args)
-        except Exception:
-            self.stats.incr("storage-error")
-            log.exception("storage %s failed", getattr(method, "__name__", method))
-            return fallback
+    @property
+    def storage(self) -> Storage:
+        """The user's storage (as given; the engine calls it guarded)."""
+        return self._storage.storage
+
+    @storage.setter
+    def storage(self, storage: Storage) -> None:
+        self._storage = GuardedStorage(storage, partial(self.stats.incr, "storage-error"))
 
     def store_locally(self, value: Value) -> bool:
         """Our own copy of a value we Store; False if the storage refused or failed."""
-        return self._call_storage(
-            self.storage.Set, False, value.key, value.value, value.created_ns, value.ttl_ns
-        )
+        return self._storage.Set(value.key, value.value, value.created_ns, value.ttl_ns)
 
     def local_values(self, key: bytes, from_ns: int) -> list[Value]:
         """The values a Find takes from our own storage first; none if the
         storage fails, so the Find asks the network."""
-        return self._call_storage(self.storage.Get, [], key, from_ns)
+        return self._storage.Get(key, from_ns)
 
     # -- operations ----------------------------------------------------------
 

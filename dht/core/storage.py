@@ -7,6 +7,7 @@ exactly: ``created_ns`` since the Unix epoch, ``ttl_ns`` a duration.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
@@ -15,16 +16,18 @@ from sortedcontainers import SortedList
 
 from ..wire.events import NS_PER_SECOND, Value
 
+log = logging.getLogger("dht.storage")
+
 
 @runtime_checkable
 class Storage(Protocol):
     """What a node needs from its store. Must be thread-safe: listener threads
     call it concurrently. ``Go`` names, like the rest of the API.
 
-    A method that raises is logged and counted, never fatal: a Store counts
-    its local copy as failed (``storage-error``), a Find asks the network
-    instead (``storage-error``), and a request from the network goes
-    unanswered (``handler-error``)."""
+    A method that raises is logged and counted as ``storage-error``, never
+    fatal (``GuardedStorage``): a Store counts its local copy as failed, a
+    Find asks the network instead, a STORE from the network is not
+    acknowledged, and a FIND_VALUE is answered with the closest nodes."""
 
     def Get(self, key: bytes, from_ns: int = 0) -> list[Value]:
         """Unexpired values under ``key`` created at or after ``from_ns``
@@ -39,6 +42,49 @@ class Storage(Protocol):
     def Iterate(self, fn: Callable[[Value], bool]) -> None:
         """Call ``fn`` for each stored value until it returns False."""
         ...
+
+
+class GuardedStorage:
+    """The user's storage as the engine calls it: a method that raises is
+    logged, reported to ``on_error``, and returns what "nothing" means (no
+    values, refused, no iteration)."""
+
+    def __init__(self, storage: Storage, on_error: Callable[[], None]) -> None:
+        self.storage = storage
+        self._on_error = on_error
+
+    def _failed(self, method: str) -> None:
+        self._on_error()
+        log.exception("storage %s failed", method)
+
+    def Get(self, key: bytes, from_ns: int = 0) -> list[Value]:
+        try:
+            return self.storage.Get(key, from_ns)
+        except Exception:
+            self._failed("Get")
+            return []
+
+    def Set(self, key: bytes, value: bytes, created_ns: int, ttl_ns: int) -> bool:
+        try:
+            return self.storage.Set(key, value, created_ns, ttl_ns)
+        except Exception:
+            self._failed("Set")
+            return False
+
+    def Iterate(self, fn: Callable[[Value], bool]) -> None:
+        try:
+            self.storage.Iterate(fn)
+        except Exception:
+            self._failed("Iterate")
+
+    def expire(self) -> None:
+        """The storage's own ``expire()`` sweep, if it has one."""
+        expire = getattr(self.storage, "expire", None)
+        if callable(expire):
+            try:
+                expire()
+            except Exception:
+                self._failed("expire")
 
 
 # Bytes MemoryStorage charges per key and per value on top of their lengths:
