@@ -1,0 +1,118 @@
+"""Which responses complete a request (D14), the 0.0.0.0 repair (D16), the
+bootstrap resend, and Close ending raw requests: core on simnet, with
+responses injected through ``Engine.receive``."""
+
+from __future__ import annotations
+
+import pytest
+from simnet import Outcome, SimNetwork, SimNode
+
+import dht.core.engine as engine_module
+from dht.errors import ClosedError
+from dht.keys import K, random_id
+from dht.wire import Event, EventType, Node
+
+
+def _silent_peer_request(seed: int) -> tuple[SimNetwork, SimNode, SimNode, list[object], bytes]:
+    """A PING from ``asker`` to a ``peer`` that never answers by itself; the
+    list collects what reaches the request's callbacks."""
+    net = SimNetwork(seed=seed)
+    asker, peer = net.add_node(), net.add_node()
+    peer.online = False
+    ends: list[object] = []
+    asker.engine.request(
+        peer.address,
+        peer.id,
+        EventType.PING,
+        None,
+        lambda event, source: ends.append(event) or True,
+        ends.append,
+    )
+    [request_id] = asker.engine._pending
+    return net, asker, peer, ends, request_id
+
+
+WRONG = {
+    # name: (counter, how the response is wrong)
+    "from another address": (
+        "drop-spoofed-response",
+        lambda asker, peer, rid: (Event(rid, peer.id, EventType.PONG, True), ("127.0.0.1", 1)),
+    ),
+    "from another node id": (
+        "drop-spoofed-response",
+        lambda asker, peer, rid: (Event(rid, random_id(), EventType.PONG, True), peer.address),
+    ),
+    "of another type": (
+        "drop-wrong-response-type",
+        lambda asker, peer, rid: (Event(rid, peer.id, EventType.STORE, True), peer.address),
+    ),
+    "claiming our own id": (
+        "drop-own-id",
+        lambda asker, peer, rid: (Event(rid, asker.id, EventType.PONG, True), peer.address),
+    ),
+    "with an unknown id": (
+        "drop-unsolicited-response",
+        lambda asker, peer, rid: (Event(random_id(), peer.id, EventType.PONG, True), peer.address),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", WRONG)
+def test_a_response_that_cannot_answer_the_request_is_dropped(case: str) -> None:
+    counter, make = WRONG[case]
+    _, asker, peer, ends, request_id = _silent_peer_request(seed=31)
+    event, source = make(asker, peer, request_id)
+    asker.engine.receive(event, source)
+    assert ends == []
+    assert asker.engine.stats.snapshot()[counter] == 1
+    assert request_id in asker.engine._pending  # still waiting for the real one
+    right = Event(request_id, peer.id, EventType.PONG, True)
+    asker.engine.receive(right, peer.address)
+    assert ends == [right]
+    asker.engine.receive(right, peer.address)  # a duplicate ends nothing again
+    assert ends == [right]
+
+
+def test_close_fails_each_pending_request_once_with_closed_error() -> None:
+    net, asker, _, ends, _ = _silent_peer_request(seed=32)
+    asker.engine.close()
+    assert len(ends) == 1 and isinstance(ends[0], ClosedError)
+    net.run_until(lambda: False, limit=5.0)  # past the timeout: nothing more
+    assert len(ends) == 1
+
+
+def test_the_0000_self_entry_is_repaired_and_other_unusable_entries_dropped() -> None:
+    # D16: the reference lists itself as 0.0.0.0:port; only the sender's own
+    # entry can be repaired (from the datagram's source address).
+    sender, other, zero_port, good = (random_id() for _ in range(4))
+    nodes = [
+        Node(sender, ("0.0.0.0", 5000)),
+        Node(other, ("0.0.0.0", 6000)),
+        Node(zero_port, ("127.0.0.5", 0)),
+        Node(sender, ("0.0.0.0", 0)),
+        Node(good, ("127.0.0.6", 7000)),
+    ]
+    usable = engine_module.usable_nodes(nodes, sender, ("127.0.0.9", 4000))
+    assert usable == [Node(sender, ("127.0.0.9", 5000)), Node(good, ("127.0.0.6", 7000))]
+    many = [Node(random_id(), ("127.0.0.7", 1000 + i)) for i in range(3 * K)]
+    assert engine_module.usable_nodes(many, sender, ("127.0.0.9", 4000)) == many[:K]
+
+
+def test_bootstrap_resends_its_first_request_when_it_is_lost() -> None:
+    net = SimNetwork(seed=33)
+    seed_node, joiner = net.add_node(), net.add_node()
+    lost: list[bytes] = []
+    send = joiner.engine._transport
+
+    def lose_the_first(datagrams: list[bytes], destination: tuple[str, int]) -> None:
+        if destination == seed_node.address and not lost:
+            lost.extend(datagrams)
+            return
+        send(datagrams, destination)
+
+    joiner.engine._transport = lose_the_first  # type: ignore[method-assign]
+    joined = Outcome()
+    joiner.engine.bootstrap([seed_node.address], joined.store_done)
+    assert net.run_until(lambda: joined.ended, limit=10.0)
+    assert lost and joined.ends == [None]
+    assert seed_node.id in joiner.engine.table
