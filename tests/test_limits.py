@@ -195,3 +195,14 @@ def test_stats_count_datagrams_and_events_received() -> None:
         assert stats["events-received"] == 2
         assert stats["drop-short-datagram"] == 1
         assert stats["fragments-held"] == 0
+
+
+def test_the_guard_remembers_a_bounded_number_of_proven_addresses() -> None:
+    guard = AmplificationGuard(1000, hold_for=2.0, addresses=10)
+    addresses = [("127.0.3.1", 5000 + i) for i in range(30)]
+    for address in addresses:
+        guard.prove(address, now=0.0)
+    assert len(guard._proven) == 10
+    # The least recently proven are forgotten: capped again.
+    assert not guard.allow(addresses[0], 2000).send
+    assert guard.allow(addresses[-1], 2000).send

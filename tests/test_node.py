@@ -197,6 +197,9 @@ def test_lone_values_from(lone: dht.DHT) -> None:
     assert find_all(lone, key, dht.ValuesFrom(t)) == [b"new"]
     assert sorted(find_all(lone, key)) == [b"new", b"old"]
     assert_not_found(lone, key, dht.ValuesFrom(time.time() + 3600))
+    # The first ValuesFrom counts, as in Go.
+    assert find_all(lone, key, dht.ValuesFrom(t), dht.ValuesFrom(time.time() + 3600)) == [b"new"]
+    assert_not_found(lone, key, dht.ValuesFrom(time.time() + 3600), dht.ValuesFrom(t))
 
 
 def test_lone_missing_key(lone: dht.DHT) -> None:

@@ -116,3 +116,40 @@ def test_bootstrap_resends_its_first_request_when_it_is_lost() -> None:
     assert net.run_until(lambda: joined.ended, limit=10.0)
     assert lost and joined.ends == [None]
     assert seed_node.id in joiner.engine.table
+
+
+def test_verification_pings_are_bounded_under_a_flood_of_unknown_senders(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(engine_module, "MAX_VERIFYING", 5)
+    net = SimNetwork(seed=34)
+    node = net.add_node()
+    for i in range(50):  # unknown ids from addresses where nothing answers
+        ping = Event(random_id(), random_id(), EventType.PING)
+        node.engine.receive(ping, (f"127.0.1.{i + 1}", 4000))
+    assert len(node.engine._verifying) == 5
+    assert node.engine.pending_requests == 5
+
+
+def test_a_node_seen_twice_within_the_refresh_interval_is_sent_keys_once() -> None:
+    net = SimNetwork(seed=35)
+    holder, newcomer = net.add_node(refresh_interval=60.0), net.add_node()
+    for i in range(3):
+        assert holder.storage.Set(random_id(), b"v%d" % i, net.clock.wall_ns(), 10**12)
+    for _ in range(2):
+        holder.engine._transfer_keys(Node(newcomer.id, newcomer.address))
+        net.run_until(lambda: False, limit=1.0)
+    assert holder.engine.stats.snapshot()["values-transferred"] == 3
+    net.clock.now += 61.0  # a refresh interval later it is served again
+    holder.engine._transfer_keys(Node(newcomer.id, newcomer.address))
+    net.run_until(lambda: False, limit=1.0)
+    assert holder.engine.stats.snapshot()["values-transferred"] == 6
+
+
+def test_the_key_transfer_record_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine_module, "TRANSFERRED_NODES", 10)
+    net = SimNetwork(seed=36)
+    holder = net.add_node()
+    for i in range(30):
+        holder.engine._transfer_keys(Node(random_id(), ("127.0.2.1", 5000 + i)))
+    assert len(holder.engine._transferred) == 10
