@@ -30,6 +30,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import random
+import select
 import socket
 import struct
 import sys
@@ -60,6 +61,8 @@ U32 = struct.Struct("<I")
 I32 = struct.Struct("<i")
 U16 = struct.Struct("<H")
 TTL_NS = 60 * 1_000_000_000
+SEND_DEADLINE = 30.0
+"""Seconds a send may wait for room in a full socket buffer."""
 
 Address = tuple[str, int]
 
@@ -153,13 +156,17 @@ class Sender:
             sock.close()
 
     def send(self, sock: socket.socket, data: bytes | bytearray, target: Address) -> None:
+        deadline = time.monotonic() + SEND_DEADLINE
         while True:
             try:
                 sock.sendto(data, target)
                 break
             except BlockingIOError:
+                # The send buffer is full: wait for room, but not for ever.
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no room to send for {SEND_DEADLINE} s") from None
                 self.send_retries += 1
-                time.sleep(0.0001)
+                select.select([], [sock], [], 0.01)
         self.sent += 1
         self.per_target[f"{target[0]}:{target[1]}"] += 1
         self.pacer.wait(self.drain)

@@ -171,7 +171,7 @@ def settle(nodes: list[dht.DHT], timeout: float) -> None:
     ]
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(240)  # within it: calls 120 s, futures 60 s, checks
 def test_concurrent_stores_and_finds_end_exactly_once() -> None:
     """20 nodes (18 ordinary, 2 that keep nothing so their Finds use the
     network); 8 threads issue 1,000 Stores and 1,000 Finds at once."""
@@ -276,7 +276,7 @@ def test_concurrent_stores_and_finds_end_exactly_once() -> None:
             assert sorted(op.future.result(timeout=0)) == sorted(op.expected)  # type: ignore[union-attr]
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(200)  # within it: calls 60 s, Close 30 + 60 s, futures 30 s
 def test_close_while_calls_are_in_flight() -> None:
     """Four threads issue 600 calls; once 150 are out, every node is closed
     (all at once, one closing thread per node) while the rest are issued."""

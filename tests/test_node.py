@@ -318,11 +318,21 @@ def test_a_second_close_returns_only_once_the_node_is_closed() -> None:
     a, b = start_cluster(2)
     b.Close()
     in_callback, second_returned = threading.Event(), threading.Event()
+    main = threading.get_ident()
+
+    def second_close_waits() -> bool:
+        """Whether the main thread is blocked waiting inside its Close."""
+        frame, names = sys._current_frames().get(main), set()
+        while frame is not None:
+            names.add(frame.f_code.co_name)
+            frame = frame.f_back
+        return {"Close", "wait"} <= names
 
     def on_find(value: bytes | None, error: Exception | None) -> None:
         in_callback.set()
-        # Held up until the second Close returns, or 0.3 s if it waits as it should.
-        second_returned.wait(0.3)
+        # Hold the first Close until the second has returned (the bug) or
+        # is waiting for the first (as it should).
+        assert wait_until(lambda: second_returned.is_set() or second_close_waits(), RESULT)
 
     a.Find(new_key(), on_find)  # pending: its only peer is gone
     first = threading.Thread(target=a.Close, name="first-close")
@@ -369,7 +379,7 @@ def test_nodes_closing_each_other_from_callbacks_do_not_deadlock() -> None:
     try:
         assert in_b_listener.wait(RESULT)
         second.start()
-        wait_until(lambda: b.closed, RESULT)
+        assert wait_until(lambda: b.closed, RESULT)
         first.start()
         assert a_closing.wait(RESULT)
         release_b_listener.set()
