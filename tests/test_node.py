@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -514,6 +515,22 @@ def test_finished_operations_leave_no_reference_cycles() -> None:
             gc.garbage.clear()
             if was_enabled:
                 gc.enable()
+
+
+def test_a_closed_node_is_freed_without_the_garbage_collector() -> None:
+    # The node held its engine and the engine the node's send method: every
+    # closed node waited for a full collection.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        node = add_node(None)
+        freed = weakref.ref(node)
+        node.Close()
+        del node
+        assert wait_until(lambda: freed() is None, RESULT)  # timers let go of it
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def test_bootstrap_where_nothing_listens() -> None:

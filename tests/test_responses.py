@@ -4,13 +4,16 @@ responses injected through ``Engine.receive``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from simnet import Outcome, SimNetwork, SimNode
 
 import dht.core.engine as engine_module
+from dht.core.storage import MemoryStorage
 from dht.errors import ClosedError
 from dht.keys import K, random_id
-from dht.wire import Event, EventType, Node
+from dht.wire import Event, EventType, Node, Value
 
 
 def _silent_peer_request(seed: int) -> tuple[SimNetwork, SimNode, SimNode, list[object], bytes]:
@@ -153,3 +156,45 @@ def test_the_key_transfer_record_is_bounded(monkeypatch: pytest.MonkeyPatch) -> 
     for i in range(30):
         holder.engine._transfer_keys(Node(random_id(), ("127.0.2.1", 5000 + i)))
     assert len(holder.engine._transferred) == 10
+
+
+class CountingStorage(MemoryStorage):
+    """The default storage, counting the scans of the whole store."""
+
+    def __init__(self, clock_ns: Callable[[], int]) -> None:
+        super().__init__(clock_ns=clock_ns)
+        self.scans = 0
+
+    def Iterate(self, fn: Callable[[Value], bool]) -> None:
+        self.scans += 1
+        super().Iterate(fn)
+
+
+def test_key_transfer_scans_the_store_later_in_slices_once_for_all_new_nodes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The scan ran on the listener thread, for each newly seen node: with
+    # 100,000 values a node stopped answering for a second per fresh node id.
+    monkeypatch.setattr(engine_module, "TRANSFER_SLICE", 100)
+    net = SimNetwork(seed=37)
+    holder = net.add_node()
+    storage = CountingStorage(net.clock.wall_ns)
+    holder.engine.storage = storage
+    for i in range(1000):
+        assert storage.Set(random_id(), b"v%d" % i, net.clock.wall_ns(), 10**12)
+    newcomers = [net.add_node() for _ in range(3)]
+    callbacks_before = len(net._queue)
+    for newcomer in newcomers:  # seen one after another, as from one datagram burst
+        holder.engine._transfer_keys(Node(newcomer.id, newcomer.address))
+    assert storage.scans == 0  # nothing scanned on the caller's thread
+    assert len(net._queue) == callbacks_before + 1  # one scan scheduled for all three
+    steps = 0
+    while holder.engine._transfer_scanning:
+        assert net.step()
+        steps += 1
+    assert storage.scans == 1
+    assert steps >= 1000 // 100  # one callback per slice
+    net.run_until(lambda: False, limit=5.0)
+    # A network smaller than K: each newcomer is sent every value.
+    assert holder.engine.stats.snapshot()["values-transferred"] == 3 * 1000
+    assert all(len(newcomer.storage) == 1000 for newcomer in newcomers)  # type: ignore[arg-type]

@@ -62,6 +62,10 @@ BOOTSTRAP_RETRIES = 2
 must not make New fail)."""
 TRANSFERRED_NODES = 65536
 """Nodes remembered as served by key transfer (least recently used go)."""
+TRANSFER_QUEUE = 64
+"""Newly seen nodes waiting for their key transfer; more are skipped."""
+TRANSFER_SLICE = 2000
+"""Stored values one timer callback of a key-transfer scan looks at."""
 
 _RESPONSE_TYPE = {EventType.PING: EventType.PONG}
 
@@ -176,6 +180,8 @@ class Engine:
         self._new_node_level = logging.INFO if log_new_nodes else logging.DEBUG
         self.amplification = AmplificationGuard(amplification_limit, hold_for=timeout)
         self._transferred: OrderedDict[bytes, float] = OrderedDict()  # node id -> when
+        self._transfer_queue: dict[bytes, Node] = {}  # newly seen, not yet scanned for
+        self._transfer_scanning = False
         self.closed = False
         self._refresh_timer: object = None
         self.smoothed_rtt: float | None = None
@@ -206,6 +212,10 @@ class Engine:
         for request in pending:
             self._timers.cancel(request.timer)
             _call(request.on_failure, error)
+        # The transport is a method of the node that holds this engine: let
+        # go of it, so a closed node is freed by reference counting, not
+        # left in a cycle for the garbage collector.
+        self._transport = _send_nothing
 
     def _register(self, operation: _Operation) -> bool:
         with self._lock:
@@ -459,44 +469,103 @@ class Engine:
     # -- key transfer and liveness -------------------------------------------
 
     def _transfer_keys(self, node: Node) -> None:
-        """Hand a newly seen node the values it should hold: those whose key
-        it is closer to than we are and for which it is among the K closest
-        nodes we know (all values while the network is smaller than K). A node
-        is served at most once per ``refresh_interval``, so a contact that is
-        evicted and seen again under packet loss is not sent everything again."""
+        """Queue a newly seen node for the values it should hold (D34): those
+        whose key it is closer to than we are and for which it is among the
+        K closest nodes we know (all values while the network is smaller
+        than K). A node is served at most once per ``refresh_interval``, so a
+        contact that is evicted and seen again under packet loss is not sent
+        everything again.
+
+        The store is scanned on the timer thread, ``TRANSFER_SLICE`` values
+        per callback, one scan at a time for every node queued meanwhile: a
+        scan of a large store ran on the listener thread for each newly seen
+        node (1 s per node with 100,000 values), so fresh node ids made a
+        node deaf."""
         now = self._clock()
         with self._lock:
             last = self._transferred.get(node.id)
             if last is not None and now - last < self.refresh_interval:
                 return
-            self._transferred[node.id] = now
-            self._transferred.move_to_end(node.id)
-            if len(self._transferred) > TRANSFERRED_NODES:
-                self._transferred.popitem(last=False)
-        everything = len(self.table) < K
-        chosen: list[Value] = []
-        closest_cache: dict[bytes, bool] = {}
+            if len(self._transfer_queue) >= TRANSFER_QUEUE:
+                skipped = True
+            else:
+                skipped = False
+                self._transferred[node.id] = now
+                self._transferred.move_to_end(node.id)
+                if len(self._transferred) > TRANSFERRED_NODES:
+                    self._transferred.popitem(last=False)
+                self._transfer_queue[node.id] = node
+                start = not self._transfer_scanning
+                self._transfer_scanning = True
+        if skipped:
+            self.stats.incr("transfer-skipped")
+        elif start:
+            self._timers.schedule(0.0, self._transfer_scan)
 
-        def among_closest(key: bytes) -> bool:
-            if key not in closest_cache:
-                closest_cache[key] = any(n.id == node.id for n in self.table.closest(key, K))
-            return closest_cache[key]
+    def _transfer_scan(self) -> None:
+        """Timer thread: start a scan of the store for the queued nodes."""
+        with self._lock:
+            nodes = list(self._transfer_queue.values())
+            self._transfer_queue.clear()
+            if self.closed or not nodes:
+                self._transfer_scanning = False
+                return
+        values: list[Value] = []
 
-        def select(value: Value) -> bool:
-            key = value.key
-            if everything or (
-                distance(node.id, key) < distance(self.local_id, key) and among_closest(key)
-            ):
-                chosen.append(value)
+        def collect(value: Value) -> bool:
+            values.append(value)
             return True
 
-        self._storage.Iterate(select)
-        # Bounded batches at a bounded rate, never the whole store at once.
-        batches = batch_values(chosen, self.transfer_batch_bytes)
-        for i, batch in enumerate(batches):
+        self._storage.Iterate(collect)
+        chosen: dict[bytes, list[Value]] = {node.id: [] for node in nodes}
+        self._transfer_slice(nodes, values, 0, chosen, len(self.table) < K)
+
+    def _transfer_slice(
+        self,
+        nodes: list[Node],
+        values: list[Value],
+        start: int,
+        chosen: dict[bytes, list[Value]],
+        everything: bool,
+    ) -> None:
+        """Timer thread: select from ``values[start:]``, one slice, then go on
+        in another callback, or send what was chosen and scan again for the
+        nodes queued meanwhile."""
+        local = int.from_bytes(self.local_id, "big")
+        ids = [(node.id, int.from_bytes(node.id, "big")) for node in nodes]
+        closest: dict[bytes, set[bytes]] = {}
+        for value in values[start : start + TRANSFER_SLICE]:
+            key = value.key
+            if everything:
+                for node_id, _ in ids:
+                    chosen[node_id].append(value)
+                continue
+            target = int.from_bytes(key, "big")
+            ours = local ^ target
+            for node_id, number in ids:
+                if number ^ target >= ours:
+                    continue  # we are closer: it is not the node's to hold
+                near = closest.get(key)
+                if near is None:
+                    near = closest[key] = {n.id for n in self.table.closest(key, K)}
+                if node_id in near:
+                    chosen[node_id].append(value)
+        if start + TRANSFER_SLICE < len(values) and not self.closed:
             self._timers.schedule(
-                i * self.transfer_interval, partial(self._send_batch, node, batch)
+                0.0,
+                partial(
+                    self._transfer_slice, nodes, values, start + TRANSFER_SLICE, chosen, everything
+                ),
             )
+            return
+        for node in nodes:
+            # Bounded batches at a bounded rate, never the whole store at once.
+            batches = batch_values(chosen[node.id], self.transfer_batch_bytes)
+            for i, batch in enumerate(batches):
+                self._timers.schedule(
+                    i * self.transfer_interval, partial(self._send_batch, node, batch)
+                )
+        self._transfer_scan()  # the nodes queued meanwhile, if any
 
     def _send_batch(self, node: Node, batch: tuple[Value, ...]) -> None:
         try:
@@ -596,6 +665,10 @@ def _ignore(*_: object) -> bool:
 
 def _discard(_: object) -> None:
     pass
+
+
+def _send_nothing(datagrams: list[bytes], address: Address) -> None:
+    raise OSError("the node is closed")
 
 
 def _mismatch(request: _Request | None, event: Event, source: Address) -> str | None:
