@@ -278,6 +278,18 @@ def test_a_split_answer_cut_short_by_an_answer_without_values_still_ends_the_fin
     assert not asker.engine._operations
 
 
+def test_values_under_another_key_are_not_delivered():
+    # A Find delivered whatever values an answer carried, whatever their key.
+    key, other = b"\x12" * 20, b"\x13" * 20
+    mixed = FindValue(values=(Value(other, b"forged", HOUR_NS, 1),), found=1)
+    net, asker = scripted_pair(4, [mixed])
+    outcome = Outcome()
+    asker.engine.find(key, 0, outcome.value, outcome.find_done)
+    assert net.run_until(lambda: outcome.ended, limit=30.0)
+    assert outcome.values == [] and isinstance(outcome.ends[0], NotFoundError)
+    assert asker.engine.stats.snapshot()["drop-wrong-key"] == 1
+
+
 def test_a_duplicated_part_of_a_split_answer_does_not_end_it_early():
     """The first event of a two-event answer arrives twice (UDP may duplicate
     datagrams): the request still waits for, and delivers, the second."""

@@ -996,15 +996,21 @@ class _FindOperation(_LookupOperation):
 
         def on_response(event: Event, source: Address) -> bool:
             payload = event.payload
+            values: list[Value] = []
             if isinstance(payload, FindValue) and payload.values:
+                # Values under another key are not what was asked for.
+                values = [value for value in payload.values if value.key == self.target]
+                if len(values) < len(payload.values):
+                    self.engine.stats.incr("drop-wrong-key")
+            if isinstance(payload, FindValue) and values:
                 with self.lock:
                     was_partial = bool(received)  # an earlier event left more to come
                     if not was_partial:
                         self.lookup.answered(node.id)
-                    received.update(value.value for value in payload.values)
+                    received.update(value.value for value in values)
                     finished = len(received) >= payload.found
                     self._partial += int(not finished) - int(was_partial)
-                    self._deliver(value.value for value in payload.values)
+                    self._deliver(value.value for value in values)
                 self.flush()
             else:
                 finished = self.on_response(node, event, source)
