@@ -745,3 +745,26 @@ def test_a_straggler_after_completion_does_not_corrupt_the_next_event_with_its_i
     r.expire(0.2 + r.timeout)
     assert r._completed == {}
     assert feed(parts_1[0], 6.0) is None and r.records == 1
+
+
+def test_a_legitimate_event_survives_a_flood_of_two_part_records_from_many_ports() -> None:
+    """Records past their first fragment are not bare first fragments; when
+    the overall caps bind, the victim is chosen by IP address. Chosen by
+    (address, port), the legitimate event, heavier than any one flood port,
+    was the one evicted."""
+    rng = random.Random(5)
+    reassembler = Reassembler(max_records=64, max_bytes=64 * MAX_CHUNK)
+    event = rng.randbytes(21 * MAX_CHUNK - 100)
+    done = None
+    flood = 0
+    for part in fragment(rng.randbytes(20), event):
+        result = reassembler.feed(part, ("127.0.0.200", 9), 0.0)
+        done = bytes(result) if result is not None else done
+        for _ in range(4):
+            two_parts = fragment(rng.randbytes(20), rng.randbytes(5 * MAX_CHUNK))[:2]
+            for datagram in two_parts:
+                reassembler.feed(datagram, ("127.0.0.1", 1000 + flood % 1000), 0.0)
+            flood += 1
+        assert reassembler.records <= 64 and reassembler.held_bytes <= 64 * MAX_CHUNK
+    assert done == event
+    assert reassembler.evicted > 0

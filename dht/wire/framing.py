@@ -148,6 +148,9 @@ class Reassembler:
         self._fresh: dict[_RecordKey, None] = {}  # records with one part, oldest first
         self._by_source: dict[Address, dict[_RecordKey, None]] = {}
         self._source_bytes: dict[Address, int] = {}
+        # The same per IP address: ports cost an attacker nothing, IPs do.
+        self._by_host: dict[str, dict[_RecordKey, None]] = {}
+        self._host_bytes: dict[str, int] = {}
         # Recently completed events: key -> (deadline, hash of each part).
         # A late duplicate of one of their parts is a straggler (D6): left in,
         # it would open a record that the next event reusing the id (D7)
@@ -207,6 +210,7 @@ class Reassembler:
         record.held += len(chunk)
         self.held_bytes += len(chunk)
         self._source_bytes[source] += len(chunk)
+        self._host_bytes[source[0]] += len(chunk)
         if len(record.chunks) < header.total:
             return None
         self._remove(key)
@@ -238,6 +242,8 @@ class Reassembler:
         self._fresh[key] = None
         self._by_source.setdefault(source, {})[key] = None
         self._source_bytes.setdefault(source, 0)
+        self._by_host.setdefault(source[0], {})[key] = None
+        self._host_bytes.setdefault(source[0], 0)
         return record
 
     def _make_room(self, source: Address, size: int, keep: _RecordKey | None) -> None:
@@ -266,16 +272,19 @@ class Reassembler:
         First the oldest record still holding only its first fragment: that
         is all a flood of first fragments leaves, from however many sources,
         while a legitimate event leaves this group at its second part. Then
-        the oldest record of the source holding the most bytes. O(1) apart
-        from that fallback, since it runs once per datagram under a flood.
+        the oldest record of the IP address holding the most bytes: counted
+        per (address, port), a flood from a thousand ports of one address
+        made a legitimate event of 20 parts the heaviest source, and it was
+        evicted again and again. O(1) apart from that fallback, since it
+        runs once per datagram under a flood.
         """
         for key in self._fresh:  # at most two steps: keep may come first
             if key != keep:
                 return key
-        if not self._source_bytes:
+        if not self._host_bytes:
             return None
-        heaviest = max(self._source_bytes, key=self._source_bytes.__getitem__)
-        victim = next((key for key in self._by_source[heaviest] if key != keep), None)
+        heaviest = max(self._host_bytes, key=self._host_bytes.__getitem__)
+        victim = next((key for key in self._by_host[heaviest] if key != keep), None)
         if victim is None:  # the heaviest holds only keep: take the oldest other
             victim = next((key for key in self._records if key != keep), None)
         return victim
@@ -305,6 +314,14 @@ class Reassembler:
         else:
             del self._by_source[source]
             del self._source_bytes[source]
+        host = source[0]
+        same_host = self._by_host[host]
+        del same_host[key]
+        if same_host:
+            self._host_bytes[host] -= record.held
+        else:
+            del self._by_host[host]
+            del self._host_bytes[host]
 
     def expire(self, now: float) -> int:
         """Drop records whose deadline has passed; return how many."""
