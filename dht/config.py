@@ -71,7 +71,10 @@ class Config:
     """Requests one source address may send at once."""
     amplification_limit: int = 65536
     """Bytes answered to a source that has never answered us (verified sources
-    have no limit), so a forged source address cannot be flooded through us."""
+    have no limit), so a forged source address cannot be flooded through us.
+    All such sources of one IP address together get at most 16 times this
+    at once, then this many bytes per second (ports cost an attacker
+    nothing). What the cap cuts off is sent once the source answers a ping."""
     reassembly_max_records: int = 1024
     """Fragmented events being reassembled at once, per listener."""
     reassembly_max_bytes: int = 16 * 1024 * 1024

@@ -9,11 +9,11 @@ import pytest
 from cluster import running_cluster, wait_until
 from simnet import Outcome, SimNetwork
 
-from dht.core.amplification import HELD_BYTES, AmplificationGuard
+from dht.core.amplification import HELD_BYTES, HOST_BURST, AmplificationGuard
 from dht.core.ratelimit import RateLimiter
 from dht.errors import DHTError
 from dht.keys import random_id
-from dht.wire import Event, EventType, FindNode, Store, Value, encode, fragment
+from dht.wire import Event, EventType, FindNode, FindValue, Store, Value, encode, fragment
 
 
 def test_rate_limiter_allows_the_burst_then_the_rate() -> None:
@@ -98,10 +98,10 @@ def test_sources_spent_by_one_answer_are_remembered_within_the_bound() -> None:
 def test_the_guard_holds_what_the_cap_cut_until_the_source_is_proven() -> None:
     guard = AmplificationGuard(1000, hold_for=2.0, held_bytes=5000)
     source, other = ("127.0.0.1", 1), ("127.0.0.1", 2)
-    assert guard.allow(source, 400).send
-    crossing = guard.allow(source, 400)
+    assert guard.allow(source, 400, 0.0).send
+    crossing = guard.allow(source, 400, 0.0)
     assert crossing.send and crossing.prove  # halfway: ping it
-    refused = guard.allow(source, 400)
+    refused = guard.allow(source, 400, 0.0)
     assert not refused.send and refused.prove
     assert guard.spent(source)
     rest = [[b"a" * 400], [b"b" * 300, b"c" * 100]]
@@ -110,7 +110,7 @@ def test_the_guard_holds_what_the_cap_cut_until_the_source_is_proven() -> None:
     assert guard.prove(other, now=10.5) == []  # held per source
     assert guard.prove(source, now=11.0) == rest
     assert guard.held_bytes == 0 and not guard.spent(source)
-    assert guard.allow(source, 10**6).send  # proven: no cap
+    assert guard.allow(source, 10**6, 0.0).send  # proven: no cap
 
 
 def test_the_guard_drops_held_answers_that_are_too_old_or_too_many() -> None:
@@ -204,5 +204,45 @@ def test_the_guard_remembers_a_bounded_number_of_proven_addresses() -> None:
         guard.prove(address, now=0.0)
     assert len(guard._proven) == 10
     # The least recently proven are forgotten: capped again.
-    assert not guard.allow(addresses[0], 2000).send
-    assert guard.allow(addresses[-1], 2000).send
+    assert not guard.allow(addresses[0], 2000, 0.0).send
+    assert guard.allow(addresses[-1], 2000, 0.0).send
+
+
+def test_the_unproven_ports_of_one_ip_address_share_a_refilling_budget() -> None:
+    guard = AmplificationGuard(1000, hold_for=2.0)
+    burst = HOST_BURST * 1000
+    sent = sum(900 for port in range(200) if guard.allow(("127.0.0.7", port), 900, now=0.0).send)
+    assert burst - 900 < sent <= burst  # not 200 x 900
+    assert guard.allow(("127.0.0.8", 1), 900, now=0.0).send  # other addresses are apart
+    assert not guard.allow(("127.0.0.7", 500), 900, now=0.0).send
+    assert guard.allow(("127.0.0.7", 500), 900, now=1.0).send  # refilled, 1000 bytes/s
+    # A refused address keeps what it had left of its own budget.
+    assert not guard.spent(("127.0.0.7", 501))
+
+
+def test_requests_forged_from_many_ports_of_one_address_are_not_amplified_without_bound() -> None:
+    # Forged FIND_VALUE requests from 200 ports of a victim's address, for a
+    # key with 60 KB of values: 334 times their size went to the victim.
+    net = SimNetwork()
+    node = net.add_node(amplification_limit=65536)
+    key = random_id()
+    for i in range(3):
+        assert node.storage.Set(key, bytes([i]) * 20_000, net.clock.wall_ns(), 10**12)
+    to_victim = 0
+    original = node.engine._transport
+
+    def transport(datagrams: list[bytes], address: tuple[str, int]) -> None:
+        nonlocal to_victim
+        if address[0] == "127.0.0.66":
+            to_victim += sum(map(len, datagrams))
+        original(datagrams, address)
+
+    node.engine._transport = transport  # type: ignore[method-assign]
+    received = 0
+    for port in range(200):
+        request = Event(random_id(), random_id(), EventType.FIND_VALUE, False, FindValue(key))
+        received += len(encode(request))
+        node.engine.receive(request, ("127.0.0.66", 2000 + port))
+    net.run_until(lambda: False, limit=5.0)  # the verification pings time out
+    assert to_victim <= HOST_BURST * 65536 + 200 * 200  # the burst, and the pings
+    print(f"\n{received:,} bytes of requests, {to_victim:,} bytes to the victim")

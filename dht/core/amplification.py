@@ -8,8 +8,13 @@ gets at most ``limit`` bytes of answers; halfway there the engine pings it,
 and its answer proves the address. The part of an answer that the cap cuts
 off is held until that proof arrives (then sent) or ``hold_for`` seconds
 pass (then dropped): an honest requester gets its whole answer one round
-trip later instead of a truncated one. Pure state, thread-safe; time is
-passed in.
+trip later instead of a truncated one.
+
+Ports cost an attacker nothing, so the unproven addresses of one IP address
+also share a token bucket: at most ``HOST_BURST`` times ``limit`` bytes at
+once, refilled at ``limit`` bytes per second. Without it, requests forged
+from 200 ports of a victim's address were answered with 334 times their
+size. Pure state, thread-safe; time is passed in.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ REMEMBERED_ADDRESSES = 65536
 """Proven and unproven addresses remembered (least recently used go)."""
 HELD_BYTES = 4 * 1024 * 1024
 """Bytes of answers held for unproven addresses, in all (oldest go first)."""
+HOST_BURST = 16
+"""Unproven addresses of one IP address get at most this many times
+``limit`` bytes at once (then ``limit`` bytes per second)."""
 
 Datagrams = list[bytes]
 """The datagrams of one event."""
@@ -68,6 +76,7 @@ class AmplificationGuard:
         self._proven: OrderedDict[Address, None] = OrderedDict()
         self._answered: OrderedDict[Address, int] = OrderedDict()
         self._held: OrderedDict[Address, _Held] = OrderedDict()  # deadline order
+        self._hosts: OrderedDict[str, tuple[float, float]] = OrderedDict()  # tokens, when
         self.held_bytes = 0
         """Bytes of answers held now."""
 
@@ -79,7 +88,7 @@ class AmplificationGuard:
                 return False
             return self._answered.get(source, 0) >= self.limit
 
-    def allow(self, source: Address, size: int) -> Verdict:
+    def allow(self, source: Address, size: int, now: float) -> Verdict:
         """Whether an event of ``size`` bytes may be sent to ``source`` now
         (counting it if so), and whether to ping ``source``."""
         with self._lock:
@@ -91,8 +100,22 @@ class AmplificationGuard:
             self._answered[source] = sent + size if send else self.limit
             if len(self._answered) > self.addresses:
                 self._answered.popitem(last=False)
+            if send:
+                send = self._take_from_host(source[0], size, now)
+                if not send:  # the address keeps what it had left
+                    self._answered[source] = sent
         crossed = sent < self.limit // 2 <= sent + size
         return Verdict(send=send, prove=crossed or not send)
+
+    def _take_from_host(self, host: str, size: int, now: float) -> bool:
+        burst = HOST_BURST * self.limit
+        tokens, then = self._hosts.pop(host, (burst, now))
+        tokens = min(burst, tokens + (now - then) * self.limit)
+        taken = tokens >= size
+        self._hosts[host] = (tokens - size if taken else tokens, now)
+        if len(self._hosts) > self.addresses:
+            self._hosts.popitem(last=False)
+        return taken
 
     def hold(self, source: Address, events: list[Datagrams], now: float) -> None:
         """Keep the rest of an answer that ``allow`` refused until ``source``

@@ -423,7 +423,7 @@ class Engine:
                 self.stats.incr("send-failed")
                 log.debug("cannot answer %s: %s", source, error)
                 continue
-            verdict = self.amplification.allow(source, sum(map(len, datagrams)))
+            verdict = self.amplification.allow(source, sum(map(len, datagrams)), self._clock())
             if verdict.prove:
                 self._prove(sender, source)
             if not verdict.send:
