@@ -392,6 +392,69 @@ def test_nodes_closing_each_other_from_callbacks_do_not_deadlock() -> None:
         holder.Close()
 
 
+def test_a_close_from_a_listener_callback_does_not_wait_for_the_close_joining_it() -> None:
+    """Thread T closes A and joins A's listener, which is in a Find callback
+    that closes A too: that second Close, on a library thread, must not wait
+    for T (the guard this needs, and only this)."""
+    holder = add_node(None)
+    key = new_key()
+    holder.Store(key, b"v", TTL).result(RESULT)
+    a = add_node(holder, storage=RefusingStorage())  # its Find answer comes on its listener
+    in_listener, release = threading.Event(), threading.Event()
+
+    def on_find(value: bytes | None, error: Exception | None) -> None:  # A's listener
+        if value is not None and not in_listener.is_set():
+            in_listener.set()
+            release.wait(RESULT)
+            a.Close()
+
+    a.Find(key, on_find)
+    closer = threading.Thread(target=a.Close, name="close-a", daemon=True)
+    try:
+        assert in_listener.wait(RESULT)
+        closer.start()
+        assert wait_until(lambda: a.closed, RESULT)
+        release.set()
+        closer.join(RESULT)
+        assert not closer.is_alive(), "deadlocked"
+    finally:
+        release.set()
+        holder.Close()
+
+
+def test_closes_nested_in_each_others_callbacks_do_not_wait_for_each_other() -> None:
+    """Threads 1 and 2 close A and B; each one's ClosedError callback closes
+    the other node: a Close inside a Close must not wait (the guard this
+    needs, and only this: no library thread is involved)."""
+    gone = add_node(None)
+    a = add_node(gone, timeout=30.0)
+    b = add_node(gone, timeout=30.0)
+    gone.Close()
+    a_closing, b_closing = threading.Event(), threading.Event()
+
+    def on_a_find(value: bytes | None, error: Exception | None) -> None:  # thread 1
+        if isinstance(error, dht.ClosedError):
+            a_closing.set()
+            b_closing.wait(RESULT)
+            b.Close()
+
+    def on_b_find(value: bytes | None, error: Exception | None) -> None:  # thread 2
+        if isinstance(error, dht.ClosedError):
+            b_closing.set()
+            a_closing.wait(RESULT)
+            a.Close()
+
+    a.Find(new_key(), on_a_find)  # pending: their only peer is gone
+    b.Find(new_key(), on_b_find)
+    first = threading.Thread(target=a.Close, name="close-a", daemon=True)
+    second = threading.Thread(target=b.Close, name="close-b", daemon=True)
+    first.start()
+    second.start()
+    first.join(RESULT)
+    second.join(RESULT)
+    assert not first.is_alive() and not second.is_alive(), "deadlocked"
+
+
 def test_close_from_a_callback() -> None:
     snapshot = ResourceSnapshot.take()
     with running_cluster(2) as nodes:
