@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import struct
+from collections.abc import Callable
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -698,12 +699,13 @@ def test_property_any_order_and_duplicates_give_the_event_once(case, source):
     assert r.records == 0
 
 
-@pytest.mark.parametrize("sources", [10, 60, 100, 500])
-def test_a_legitimate_event_survives_a_flood_spread_over_many_sources(sources: int) -> None:
-    """When the overall caps bind, first fragments from many sources are
-    evicted before an event that is receiving its parts (it holds more bytes
-    than any one flood source, which once made it the victim)."""
-    rng = random.Random(sources)
+def _survives_flood(
+    seed: int, ports: int, flood_datagrams: Callable[[random.Random], list[bytes]]
+) -> None:
+    """A 21-part event from one address, each part followed by four flood
+    rounds (``flood_datagrams(rng)`` each) from ``ports`` ports of
+    127.0.0.1, within caps of 64 records: the event must come out whole."""
+    rng = random.Random(seed)
     reassembler = Reassembler(max_records=64, max_bytes=64 * MAX_CHUNK)
     event = rng.randbytes(21 * MAX_CHUNK - 100)
     done = None
@@ -711,13 +713,25 @@ def test_a_legitimate_event_survives_a_flood_spread_over_many_sources(sources: i
     for part in fragment(rng.randbytes(20), event):
         result = reassembler.feed(part, ("127.0.0.200", 9), 0.0)
         done = bytes(result) if result is not None else done
-        for _ in range(8):
-            first = fragment(rng.randbytes(20), rng.randbytes(2000))[0]
-            reassembler.feed(first, ("127.0.0.1", 1000 + flood % sources), 0.0)
+        for _ in range(4):
+            for datagram in flood_datagrams(rng):
+                reassembler.feed(datagram, ("127.0.0.1", 1000 + flood % ports), 0.0)
             flood += 1
         assert reassembler.records <= 64 and reassembler.held_bytes <= 64 * MAX_CHUNK
     assert done == event
     assert reassembler.evicted > 0
+
+
+@pytest.mark.parametrize("sources", [10, 60, 100, 500])
+def test_a_legitimate_event_survives_a_flood_spread_over_many_sources(sources: int) -> None:
+    """When the overall caps bind, first fragments from many sources are
+    evicted before an event that is receiving its parts (it holds more bytes
+    than any one flood source, which once made it the victim)."""
+
+    def first_fragments(rng: random.Random) -> list[bytes]:
+        return [fragment(rng.randbytes(20), rng.randbytes(2000))[0] for _ in range(2)]
+
+    _survives_flood(sources, sources, first_fragments)
 
 
 def test_a_straggler_after_completion_does_not_corrupt_the_next_event_with_its_id():
@@ -752,19 +766,8 @@ def test_a_legitimate_event_survives_a_flood_of_two_part_records_from_many_ports
     the overall caps bind, the victim is chosen by IP address. Chosen by
     (address, port), the legitimate event, heavier than any one flood port,
     was the one evicted."""
-    rng = random.Random(5)
-    reassembler = Reassembler(max_records=64, max_bytes=64 * MAX_CHUNK)
-    event = rng.randbytes(21 * MAX_CHUNK - 100)
-    done = None
-    flood = 0
-    for part in fragment(rng.randbytes(20), event):
-        result = reassembler.feed(part, ("127.0.0.200", 9), 0.0)
-        done = bytes(result) if result is not None else done
-        for _ in range(4):
-            two_parts = fragment(rng.randbytes(20), rng.randbytes(5 * MAX_CHUNK))[:2]
-            for datagram in two_parts:
-                reassembler.feed(datagram, ("127.0.0.1", 1000 + flood % 1000), 0.0)
-            flood += 1
-        assert reassembler.records <= 64 and reassembler.held_bytes <= 64 * MAX_CHUNK
-    assert done == event
-    assert reassembler.evicted > 0
+
+    def two_parts(rng: random.Random) -> list[bytes]:
+        return fragment(rng.randbytes(20), rng.randbytes(5 * MAX_CHUNK))[:2]
+
+    _survives_flood(5, 1000, two_parts)

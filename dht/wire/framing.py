@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ..errors import EventTooLarge, FramingError, ReassemblyFull
 from ..keys import KEY_BYTES
@@ -99,6 +100,25 @@ class _Record:
 
 
 _RecordKey = tuple[Address, bytes, int, int]
+_Group = TypeVar("_Group", Address, str)
+
+
+def _forget(
+    records: dict[_Group, dict[_RecordKey, None]],
+    held: dict[_Group, int],
+    group: _Group,
+    key: _RecordKey,
+    size: int,
+) -> None:
+    """Take the record ``key`` of ``size`` bytes out of ``group``'s
+    accounts (a source address, or an IP address); drop an empty group."""
+    own = records[group]
+    del own[key]
+    if own:
+        held[group] -= size
+    else:
+        del records[group]
+        del held[group]
 
 
 class Reassembler:
@@ -306,22 +326,8 @@ class Reassembler:
         record = self._records.pop(key)
         self._fresh.pop(key, None)
         self.held_bytes -= record.held
-        source = record.source
-        own = self._by_source[source]
-        del own[key]
-        if own:
-            self._source_bytes[source] -= record.held
-        else:
-            del self._by_source[source]
-            del self._source_bytes[source]
-        host = source[0]
-        same_host = self._by_host[host]
-        del same_host[key]
-        if same_host:
-            self._host_bytes[host] -= record.held
-        else:
-            del self._by_host[host]
-            del self._host_bytes[host]
+        _forget(self._by_source, self._source_bytes, record.source, key, record.held)
+        _forget(self._by_host, self._host_bytes, record.source[0], key, record.held)
 
     def expire(self, now: float) -> int:
         """Drop records whose deadline has passed; return how many."""
