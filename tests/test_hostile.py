@@ -645,9 +645,7 @@ def test_fragment_flood_stays_within_memory_caps() -> None:
             )
             assert client.Find(stored).result(timeout=RESULT) == [value]
             other = os.urandom(LEGIT_VALUE)
-            # Only A keeps it (Y and the client refuse it, and do not
-            # acknowledge), so it goes into A's storage directly.
-            assert a._engine.storage.Set(fetched, other, time.time_ns(), TTL * 10**9)
+            assert a.Store(fetched, other, TTL).result(timeout=RESULT) is None
             assert not stored_values(y, fetched)
             assert y.Find(fetched).result(timeout=RESULT) == [other]
 

@@ -1,7 +1,7 @@
 """Answers to incoming requests: event in, response events out (PROTOCOL.md 6).
 
 PING gets a PONG; STORE stores each valid value and gets an empty STORE
-response if every value was kept (none otherwise; the counters record why);
+response (even when values were refused, which the counters record);
 FIND_NODE gets the closest contacts; FIND_VALUE gets the values, split over
 as many response events as needed to keep each one within the 65535-byte
 framing limit by its real size (D8), every one carrying ``found`` = total,
@@ -42,18 +42,12 @@ def answer(
         return [reply(EventType.PONG, None)]
     if event.type is EventType.STORE:
         assert isinstance(payload, Store)  # the codec guarantees it for requests
-        kept_all = True
         for value in payload.values:
             if len(value.value) > MAX_VALUE_SIZE or value.ttl_ns <= 0:
                 count("store-invalid-value")
-                kept_all = False
             elif not storage.Set(value.key, value.value, value.created_ns, value.ttl_ns):
                 count("store-refused")
-                kept_all = False
-        # A STORE response cannot say "not stored", and an ack for a refused
-        # value let a Store report success with the value kept nowhere (a
-        # key filled by squatters, a full store): silence is the only no.
-        return [reply(EventType.STORE, None)] if kept_all else []
+        return [reply(EventType.STORE, None)]
     if event.type is EventType.FIND_NODE:
         assert isinstance(payload, FindNode) and payload.key is not None
         nodes = _closest(table, payload.key, requester.id)

@@ -26,8 +26,8 @@ class Storage(Protocol):
 
     A method that raises is logged and counted as ``storage-error``, never
     fatal (``GuardedStorage``): a Store counts its local copy as failed, a
-    Find asks the network instead, a STORE from the network is not
-    acknowledged, and a FIND_VALUE is answered with the closest nodes."""
+    Find asks the network instead, a STORE from the network counts its
+    values as refused, and a FIND_VALUE is answered with the closest nodes."""
 
     def Get(self, key: bytes, from_ns: int = 0) -> list[Value]:
         """Unexpired values under ``key`` created at or after ``from_ns``
