@@ -132,6 +132,14 @@ class Reassembler:
     hit, bare first fragments go first, oldest first (see ``_overall_victim``).
     A record is dropped ``timeout`` seconds after its first fragment arrived.
 
+    Events may reuse an id (D7: the events of a split answer), so a late copy
+    of a part of a completed event (D6) can open a record that the next event
+    with the same id, total and size fills: when that event's own part
+    arrives with other bytes, it replaces the late copy. If the late copy is
+    of the part the next event sends last, the event completes with it
+    first; nothing tells the two apart sooner, and parts with equal bytes
+    (values sharing a block) must not be dropped.
+
     Not thread-safe: give each listener thread its own (the kernel steers all
     datagrams from one source address to the same SO_REUSEPORT socket).
     """
@@ -172,9 +180,12 @@ class Reassembler:
         self._by_host: dict[str, dict[_RecordKey, None]] = {}
         self._host_bytes: dict[str, int] = {}
         # Recently completed events: key -> (deadline, hash of each part).
-        # A late duplicate of one of their parts is a straggler (D6): left in,
-        # it would open a record that the next event reusing the id (D7)
-        # completes with the wrong bytes. A part with other bytes is new.
+        # A late duplicate of one of their parts (a straggler, D6) opens a
+        # record that the next event reusing the id (D7) would complete with
+        # the wrong bytes; when that event's own part arrives with other
+        # bytes, it replaces the straggler. (Parts with the same bytes are
+        # interchangeable: dropping them on arrival lost the second event of
+        # a split answer whose values shared a block.)
         self._completed: dict[_RecordKey, tuple[float, dict[int, int]]] = {}
         self.held_bytes = 0
         """Chunk bytes held by incomplete events."""
@@ -215,28 +226,37 @@ class Reassembler:
         if header.total == 1:
             return chunk
         key = (source, header.event_id, header.total, header.size)
-        completed = self._completed.get(key)
-        if completed is not None and completed[1].get(header.part) == hash(bytes(chunk)):
-            raise FramingError("duplicate-part", f"part {header.part} of a completed event")
         record = self._records.get(key)
         if record is None:
             record = self._open(key, source, len(chunk), now)
         elif header.part in record.chunks:
-            raise FramingError("duplicate-part", f"part {header.part} of {header.total}")
+            held = record.chunks[header.part]
+            if held == chunk or not self._is_straggler(key, header.part, held):
+                raise FramingError("duplicate-part", f"part {header.part} of {header.total}")
+            # The held part was a late copy from the last event with this key:
+            # this is the part of the event now being sent (same length).
+            record.chunks[header.part] = bytes(chunk)
         else:
             self._make_room(source, len(chunk), keep=key)
             self._fresh.pop(key, None)  # a second part: no longer a bare first fragment
-        record.chunks[header.part] = bytes(chunk)
-        record.held += len(chunk)
-        self.held_bytes += len(chunk)
-        self._source_bytes[source] += len(chunk)
-        self._host_bytes[source[0]] += len(chunk)
+        if header.part not in record.chunks:
+            record.chunks[header.part] = bytes(chunk)
+            record.held += len(chunk)
+            self.held_bytes += len(chunk)
+            self._source_bytes[source] += len(chunk)
+            self._host_bytes[source[0]] += len(chunk)
         if len(record.chunks) < header.total:
             return None
         self._remove(key)
         chunks = record.chunks
         self._remember(key, chunks, now)
         return b"".join(chunks[part] for part in range(1, header.total + 1))
+
+    def _is_straggler(self, key: _RecordKey, part: int, chunk: bytes) -> bool:
+        """Whether ``chunk`` is part ``part`` of the event last completed
+        under ``key``."""
+        completed = self._completed.get(key)
+        return completed is not None and completed[1].get(part) == hash(chunk)
 
     def _remember(self, key: _RecordKey, chunks: dict[int, bytes], now: float) -> None:
         """Keep the parts' hashes of a completed event for ``timeout``
