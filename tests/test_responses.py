@@ -198,3 +198,28 @@ def test_key_transfer_scans_the_store_later_in_slices_once_for_all_new_nodes(
     # A network smaller than K: each newcomer is sent every value.
     assert holder.engine.stats.snapshot()["values-transferred"] == 3 * 1000
     assert all(len(newcomer.storage) == 1000 for newcomer in newcomers)  # type: ignore[arg-type]
+
+
+def test_nodes_queued_during_every_scan_neither_recurse_nor_stop_key_transfer() -> None:
+    # The end of a scan started the next one by a direct call: with a node
+    # newly seen during each scan the stack grew until RecursionError, which
+    # left the scan flag set, so no node was ever served again.
+    net = SimNetwork(seed=38)
+    holder = net.add_node()
+    scans = 0
+
+    class QueueingStorage(MemoryStorage):
+        def Iterate(self, fn: Callable[[Value], bool]) -> None:
+            nonlocal scans
+            scans += 1
+            if scans < 1500:  # a listener sees a new node meanwhile
+                holder.engine._transfer_keys(Node(random_id(), ("127.0.2.2", 1000 + scans)))
+            super().Iterate(fn)
+
+    storage = QueueingStorage(clock_ns=net.clock.wall_ns)
+    assert storage.Set(random_id(), b"v", net.clock.wall_ns(), 10**12)
+    holder.engine.storage = storage
+    holder.engine._transfer_keys(Node(random_id(), ("127.0.2.2", 999)))
+    assert net.run_until(lambda: not holder.engine._transfer_scanning, limit=600.0)
+    assert scans == 1500
+    assert "transfer-error" not in holder.engine.stats.snapshot()

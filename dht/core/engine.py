@@ -64,8 +64,9 @@ TRANSFERRED_NODES = 65536
 """Nodes remembered as served by key transfer (least recently used go)."""
 TRANSFER_QUEUE = 64
 """Newly seen nodes waiting for their key transfer; more are skipped."""
-TRANSFER_SLICE = 2000
-"""Stored values one timer callback of a key-transfer scan looks at."""
+TRANSFER_SLICE = 500
+"""Stored values one timer callback of a key-transfer scan looks at (about
+20 ms of the shared timer thread with a full routing table)."""
 
 _RESPONSE_TYPE = {EventType.PING: EventType.PONG}
 
@@ -504,6 +505,9 @@ class Engine:
 
     def _transfer_scan(self) -> None:
         """Timer thread: start a scan of the store for the queued nodes."""
+        self._transfer_step(self._start_transfer_scan)
+
+    def _start_transfer_scan(self) -> None:
         with self._lock:
             nodes = list(self._transfer_queue.values())
             self._transfer_queue.clear()
@@ -519,6 +523,16 @@ class Engine:
         self._storage.Iterate(collect)
         chosen: dict[bytes, list[Value]] = {node.id: [] for node in nodes}
         self._transfer_slice(nodes, values, 0, chosen, len(self.table) < K)
+
+    def _transfer_step(self, step: Callable[..., None], *args: object) -> None:
+        """Run one step of a scan; if it raises, end the scan (and start the
+        next for the nodes queued meanwhile), so key transfer goes on."""
+        try:
+            step(*args)
+        except Exception:
+            self.stats.incr("transfer-error")
+            log.exception("key transfer failed")
+            self._timers.schedule(0.0, self._transfer_scan)
 
     def _transfer_slice(
         self,
@@ -551,12 +565,8 @@ class Engine:
                 if node_id in near:
                     chosen[node_id].append(value)
         if start + TRANSFER_SLICE < len(values) and not self.closed:
-            self._timers.schedule(
-                0.0,
-                partial(
-                    self._transfer_slice, nodes, values, start + TRANSFER_SLICE, chosen, everything
-                ),
-            )
+            rest = (nodes, values, start + TRANSFER_SLICE, chosen, everything)
+            self._timers.schedule(0.0, partial(self._transfer_step, self._transfer_slice, *rest))
             return
         for node in nodes:
             # Bounded batches at a bounded rate, never the whole store at once.
@@ -565,7 +575,9 @@ class Engine:
                 self._timers.schedule(
                     i * self.transfer_interval, partial(self._send_batch, node, batch)
                 )
-        self._transfer_scan()  # the nodes queued meanwhile, if any
+        # The nodes queued meanwhile, if any: in a callback of its own (a
+        # direct call recursed once per scan while nodes kept coming).
+        self._timers.schedule(0.0, self._transfer_scan)
 
     def _send_batch(self, node: Node, batch: tuple[Value, ...]) -> None:
         try:
