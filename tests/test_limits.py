@@ -66,8 +66,10 @@ def test_amplification_cap_limits_answers_to_unproven_sources() -> None:
     answered = sum(size for size in sent if size > 200)  # the answers, not our probes
     assert 0 < answered <= 4000
     stats = node.engine.stats.snapshot()
-    assert stats["drop-amplification"] + stats["held-amplification"] >= 40
-    # Once spent, requests are refused before any work: a STORE is not applied.
+    assert stats.get("drop-amplification", 0) + stats["held-amplification"] >= 40
+    # Once spent, and nothing held for it any more (its ping went unanswered),
+    # requests are refused before any work: a STORE is not applied.
+    net.run_until(lambda: False, limit=2 * node.engine.timeout)
     key = random_id()
     store = Event(
         random_id(), random_id(), EventType.STORE, False, Store((Value(key, b"x", 10**12, 0),))
@@ -103,13 +105,13 @@ def test_the_guard_holds_what_the_cap_cut_until_the_source_is_proven() -> None:
     assert crossing.send and crossing.prove  # halfway: ping it
     refused = guard.allow(source, 400, 0.0)
     assert not refused.send and refused.prove
-    assert guard.spent(source)
+    assert guard.spent(source, 0.0)
     rest = [[b"a" * 400], [b"b" * 300, b"c" * 100]]
     guard.hold(source, rest, now=10.0)
     assert guard.held_bytes == 800
     assert guard.prove(other, now=10.5) == []  # held per source
     assert guard.prove(source, now=11.0) == rest
-    assert guard.held_bytes == 0 and not guard.spent(source)
+    assert guard.held_bytes == 0 and not guard.spent(source, 11.0)
     assert guard.allow(source, 10**6, 0.0).send  # proven: no cap
 
 
@@ -217,7 +219,7 @@ def test_the_unproven_ports_of_one_ip_address_share_a_refilling_budget() -> None
     assert not guard.allow(("127.0.0.7", 500), 900, now=0.0).send
     assert guard.allow(("127.0.0.7", 500), 900, now=1.0).send  # refilled, 1000 bytes/s
     # A refused address keeps what it had left of its own budget.
-    assert not guard.spent(("127.0.0.7", 501))
+    assert not guard.spent(("127.0.0.7", 501), 1.0)
 
 
 def test_requests_forged_from_many_ports_of_one_address_are_not_amplified_without_bound() -> None:
@@ -246,3 +248,32 @@ def test_requests_forged_from_many_ports_of_one_address_are_not_amplified_withou
     net.run_until(lambda: False, limit=5.0)  # the verification pings time out
     assert to_victim <= HOST_BURST * 65536 + 200 * 200  # the burst, and the pings
     print(f"\n{received:,} bytes of requests, {to_victim:,} bytes to the victim")
+
+
+def test_the_guard_holds_every_answer_cut_for_a_source() -> None:
+    guard = AmplificationGuard(1000, hold_for=2.0)
+    source = ("127.0.0.1", 1)
+    guard.hold(source, [[b"first"]], now=0.0)
+    guard.hold(source, [[b"second", b"part"]], now=0.1)
+    assert guard.prove(source, now=0.2) == [[b"first"], [b"second", b"part"]]
+
+
+def test_answers_cut_for_two_requests_to_one_unproven_requester_both_arrive() -> None:
+    # The guard held one answer per source (the newest), and refused the
+    # second request as spent: the requester's second Find waited out its
+    # timeout.
+    net = SimNetwork()
+    holder = net.add_node(amplification_limit=20_000)
+    keys = [random_id(), random_id()]
+    for key in keys:
+        for i in range(2):
+            assert holder.storage.Set(key, bytes([i]) * 30_000, net.clock.wall_ns(), 10**12)
+    requester = net.add_node()
+    requester.engine.table.add_verified(holder.id, holder.address, net.clock.now)
+    found = [Outcome(), Outcome()]
+    for key, outcome in zip(keys, found, strict=True):
+        requester.engine.find(key, 0, outcome.value, outcome.find_done)
+    started = net.clock.now
+    assert net.run_until(lambda: all(outcome.ended for outcome in found), limit=5.0)
+    assert [len(outcome.values) for outcome in found] == [2, 2]
+    assert net.clock.now - started < requester.engine.timeout / 2  # no timeout waited

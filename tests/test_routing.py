@@ -56,8 +56,8 @@ def ids_of(table: RoutingTable) -> list[bytes]:
 def fail_out(table: RoutingTable, node_id: bytes) -> None:
     """Record enough failures to evict ``node_id``."""
     for _ in range(FAILURES_BEFORE_EVICTION - 1):
-        assert table.failed(node_id) is False
-    assert table.failed(node_id) is True
+        assert table.failed(node_id, ADDRESS) is False
+    assert table.failed(node_id, ADDRESS) is True
 
 
 def full_table(local: bytes, index: int = 159, seed: int = 0) -> tuple[RoutingTable, list[bytes]]:
@@ -201,7 +201,7 @@ def test_local_id_is_never_added() -> None:
     assert table.candidates_to_verify() == []
     assert table.touch(local, ADDRESS, 0.0) is False
     assert table.wants(local) is False
-    assert table.failed(local) is False
+    assert table.failed(local, ADDRESS) is False
 
 
 def test_add_verified_reports_new_contacts_only() -> None:
@@ -215,6 +215,21 @@ def test_add_verified_reports_new_contacts_only() -> None:
     assert contact.last_seen == 2.0 and contact.verified
 
 
+def test_unanswered_requests_to_another_address_do_not_count_against_a_contact() -> None:
+    # Anyone can send requests claiming a contact's id from a forged address;
+    # the verification pings we send there go unanswered. Counted against
+    # the id, two of them evicted the real contact.
+    local = as_id(0)
+    table = RoutingTable(local)
+    contact = in_bucket(local, 159, 1)
+    assert table.add_verified(contact, ADDRESS, 0.0)
+    for _ in range(5):
+        assert table.failed(contact, OTHER_ADDRESS) is False
+    assert contact in table
+    assert table.failed(contact, ADDRESS) is False
+    assert table.failed(contact, ADDRESS) is True  # at its own address, it counts
+
+
 def test_two_failures_evict_and_promote_newest_verified_replacement() -> None:
     local = bytes(KEY_BYTES)
     table, members = full_table(local)
@@ -222,9 +237,9 @@ def test_two_failures_evict_and_promote_newest_verified_replacement() -> None:
     assert table.add_verified(older, ADDRESS, 50.0) is False
     assert table.add_verified(newer, ADDRESS, 51.0) is False
     victim = members[3]
-    assert table.failed(victim) is False  # one failure is not enough
+    assert table.failed(victim, ADDRESS) is False  # one failure is not enough
     assert victim in table
-    assert table.failed(victim) is True
+    assert table.failed(victim, ADDRESS) is True
     assert victim not in table
     assert newer in table
     assert older not in table
@@ -243,11 +258,11 @@ def test_failed_unknown_or_replacement_is_harmless() -> None:
     table, members = full_table(local)
     spare = in_bucket(local, 159, 77)
     table.add_verified(spare, ADDRESS, 9.0)  # a verified replacement
-    assert table.failed(spare) is False  # a failing replacement is dropped
+    assert table.failed(spare, ADDRESS) is False  # a failing replacement is dropped
     fail_out(table, members[0])
     assert spare not in table
     assert len(table) == K - 1
-    assert table.failed(in_bucket(local, 20, 3)) is False
+    assert table.failed(in_bucket(local, 20, 3), ADDRESS) is False
 
 
 def test_unverified_candidates_are_never_promoted() -> None:
@@ -322,7 +337,7 @@ def test_replacement_cache_drops_unverified_entries_first() -> None:
 def test_add_verified_replaces_a_failed_contact_in_a_full_bucket() -> None:
     local = bytes(KEY_BYTES)
     table, members = full_table(local)
-    assert table.failed(members[5]) is False  # one failure: still a contact
+    assert table.failed(members[5], ADDRESS) is False  # one failure: still a contact
     newcomer = in_bucket(local, 159, 0xBEEF)
     assert table.wants(newcomer) is True
     assert table.add_verified(newcomer, ADDRESS, 30.0) is True
@@ -342,14 +357,14 @@ def test_touch_known_contact_moves_it_to_the_tail_and_resets_failures() -> None:
     for now, node_id in enumerate((a, b, c)):
         table.add_verified(node_id, ADDRESS, float(now))
     assert ids_of(table) == [a, b, c]  # least recently seen first
-    assert table.failed(a) is False
+    assert table.failed(a, ADDRESS) is False
     assert table.touch(a, ADDRESS, 10.0) is True
     assert ids_of(table) == [b, c, a]
     contact = next(x for x in table.contacts() if x.id == a)
     assert contact.last_seen == 10.0
     assert contact.failures == 0
     # The reset means one more failure does not evict it.
-    assert table.failed(a) is False
+    assert table.failed(a, ADDRESS) is False
     assert a in table
 
 
@@ -382,7 +397,7 @@ def test_add_verified_does_not_move_a_healthy_contact_to_another_address() -> No
     [contact] = table.contacts()
     assert contact.address == ADDRESS and contact.last_seen == 1.0
     # Once the old address has failed, the verified new one replaces it.
-    table.failed(node)
+    table.failed(node, ADDRESS)
     table.add_verified(node, OTHER_ADDRESS, 3.0)
     [contact] = table.contacts()
     assert contact.address == OTHER_ADDRESS
@@ -403,7 +418,7 @@ def test_wants() -> None:
     newcomer = in_bucket(local, 159, 0xC0FFEE)
     assert table.wants(newcomer) is False  # full, nobody failing
     assert table.wants(members[0]) is False  # known
-    table.failed(members[7])
+    table.failed(members[7], ADDRESS)
     assert table.wants(newcomer) is True  # full, but a contact has failed
     table.touch(members[7], ADDRESS, 99.0)
     assert table.wants(newcomer) is False
@@ -490,7 +505,7 @@ def test_concurrent_operations_keep_the_table_consistent() -> None:
                     nodes = table.closest(rng.choice(pool), K)
                     assert len(nodes) == len({n.id for n in nodes})
                 elif op == 3:
-                    table.failed(node_id)
+                    table.failed(node_id, ADDRESS)
                 elif op == 4:
                     table.add_candidate(node_id, OTHER_ADDRESS, float(step))
                 else:

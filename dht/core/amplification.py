@@ -29,6 +29,9 @@ REMEMBERED_ADDRESSES = 65536
 """Proven and unproven addresses remembered (least recently used go)."""
 HELD_BYTES = 4 * 1024 * 1024
 """Bytes of answers held for unproven addresses, in all (oldest go first)."""
+HELD_EVENTS_PER_SOURCE = 64
+"""Events held for one source at most (a split answer of the largest values
+takes about 34); the oldest go first."""
 HOST_BURST = 16
 """Unproven addresses of one IP address get at most this many times
 ``limit`` bytes at once (then ``limit`` bytes per second)."""
@@ -80,11 +83,14 @@ class AmplificationGuard:
         self.held_bytes = 0
         """Bytes of answers held now."""
 
-    def spent(self, source: Address) -> bool:
-        """Whether ``source`` is unproven and has used up its bytes (so a
-        request from it is not worth any work)."""
+    def spent(self, source: Address, now: float) -> bool:
+        """Whether ``source`` is unproven and has used up its bytes, with no
+        answer held for it (so a request from it is not worth any work;
+        while an answer is held, a proof may be on its way and the next
+        answer is held too)."""
         with self._lock:
-            if source in self._proven:
+            held = self._held.get(source)
+            if source in self._proven or (held is not None and held.deadline > now):
                 return False
             return self._answered.get(source, 0) >= self.limit
 
@@ -119,14 +125,16 @@ class AmplificationGuard:
 
     def hold(self, source: Address, events: list[Datagrams], now: float) -> None:
         """Keep the rest of an answer that ``allow`` refused until ``source``
-        is proven (one answer per source, the newest; the oldest held
-        answers go first to stay within the byte cap)."""
-        size = sum(len(datagram) for datagrams in events for datagram in datagrams)
+        is proven (after what is held for it already, up to
+        ``HELD_EVENTS_PER_SOURCE`` events; the oldest held answers go first
+        to stay within the byte cap)."""
         with self._lock:
             self._drop_expired(now)
             previous = self._held.pop(source, None)
             if previous is not None:
                 self.held_bytes -= previous.size
+                events = (previous.events + events)[-HELD_EVENTS_PER_SOURCE:]
+            size = sum(len(datagram) for datagrams in events for datagram in datagrams)
             if size > self.held_bytes_cap:
                 return
             while self.held_bytes + size > self.held_bytes_cap:

@@ -333,7 +333,7 @@ class Engine:
             return
         self.stats.incr("request-timeout")
         if request.node_id is not None:
-            self.table.failed(request.node_id)
+            self.table.failed(request.node_id, request.address)
         _call(request.on_failure, RequestTimeout(request.address, self.timeout))
 
     def hedge_delay(self) -> float | None:
@@ -399,7 +399,7 @@ class Engine:
 
     def _on_request(self, event: Event, source: Address) -> None:
         sender = event.sender
-        if self.amplification.spent(source):  # spend nothing on a source we may not answer
+        if self.amplification.spent(source, self._clock()):  # not worth any work
             self.stats.incr("drop-amplification")
         else:
             self._answer(event, source)

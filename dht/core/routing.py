@@ -176,17 +176,24 @@ class RoutingTable:
             contacts[node_id] = fresh
             return True
 
-    def failed(self, node_id: bytes) -> bool:
-        """Record an unanswered request. After ``FAILURES_BEFORE_EVICTION`` in
-        a row the contact is removed and the newest verified replacement takes
-        its place. Returns True if it was removed."""
+    def failed(self, node_id: bytes, address: Address) -> bool:
+        """Record a request to ``node_id`` at ``address`` left unanswered.
+        After ``FAILURES_BEFORE_EVICTION`` in a row the contact is removed
+        and the newest verified replacement takes its place. Returns True if
+        it was removed. A request to another address than the contact's
+        says nothing about the contact: anyone can claim its id from a
+        forged address, and our verification ping there goes unanswered."""
         bucket = self._bucket(node_id)
         if bucket is None:
             return False
         with bucket.lock:
             contact = bucket.contacts.get(node_id)
             if contact is None:
-                bucket.replacements.pop(node_id, None)
+                replacement = bucket.replacements.get(node_id)
+                if replacement is not None and replacement.address == address:
+                    del bucket.replacements[node_id]
+                return False
+            if contact.address != address:
                 return False
             contact.failures += 1
             if contact.failures < FAILURES_BEFORE_EVICTION:
