@@ -785,3 +785,28 @@ def test_a_legitimate_event_survives_a_flood_of_two_part_records_from_many_ports
         return fragment(rng.randbytes(20), rng.randbytes(5 * MAX_CHUNK))[:2]
 
     _survives_flood(5, 1000, two_parts)
+
+
+def test_a_paced_event_survives_a_steady_flood_of_two_part_records_from_one_address() -> None:
+    """The caps already bind when a legitimate event starts, and its parts
+    come one at a time between flood records: taken first as a bare first
+    fragment, it was evicted at each part and never completed."""
+    rng = random.Random(6)
+    reassembler = Reassembler(max_records=64, max_bytes=64 * MAX_CHUNK)
+    flood = 0
+
+    def flood_records(count: int) -> None:
+        nonlocal flood
+        for _ in range(count):
+            for datagram in fragment(rng.randbytes(20), rng.randbytes(5 * MAX_CHUNK))[:2]:
+                reassembler.feed(datagram, ("127.0.0.2", 1000 + flood % 1000), 0.0)
+            flood += 1
+
+    flood_records(200)  # at the caps from now on
+    event = rng.randbytes(21 * MAX_CHUNK - 100)
+    done = None
+    for part in fragment(rng.randbytes(20), event):
+        result = reassembler.feed(part, ("127.0.0.200", 9), 0.0)
+        done = bytes(result) if result is not None else done
+        flood_records(4)
+    assert done == event

@@ -100,6 +100,9 @@ class _Record:
 
 
 _RecordKey = tuple[Address, bytes, int, int]
+FEW_RECORDS = 4
+"""Events in progress from one IP address beyond which, when the overall
+caps bind, that address loses its oldest first (``Reassembler``)."""
 _Group = TypeVar("_Group", Address, str)
 
 
@@ -309,20 +312,28 @@ class Reassembler:
     def _overall_victim(self, keep: _RecordKey | None) -> _RecordKey | None:
         """The record to evict when the overall caps bind (never ``keep``).
 
-        First the oldest record still holding only its first fragment: that
-        is all a flood of first fragments leaves, from however many sources,
-        while a legitimate event leaves this group at its second part. Then
-        the oldest record of the IP address holding the most bytes: counted
-        per (address, port), a flood from a thousand ports of one address
-        made a legitimate event of 20 parts the heaviest source, and it was
-        evicted again and again. O(1) apart from that fallback, since it
-        runs once per datagram under a flood.
+        First the oldest record of the IP address with the most records in
+        progress, if that is more than ``FEW_RECORDS``: an honest sender has
+        one or two, a flood from the ports of one address has hundreds.
+        Then the oldest record still holding only its first fragment: that
+        is all a flood of first fragments from many addresses leaves, while
+        a legitimate event leaves this group at its second part. Then the
+        oldest record of the IP address holding the most bytes.
+
+        (Taken first, the bare first fragments were the victims of a flood
+        of two-part records from one address: a sender pacing its parts
+        lost each event at its first part, again and again.)
         """
+        if not self._by_host:
+            return None
+        busiest = max(self._by_host.values(), key=len)
+        if len(busiest) > FEW_RECORDS:
+            victim = next((key for key in busiest if key != keep), None)
+            if victim is not None:
+                return victim
         for key in self._fresh:  # at most two steps: keep may come first
             if key != keep:
                 return key
-        if not self._host_bytes:
-            return None
         heaviest = max(self._host_bytes, key=self._host_bytes.__getitem__)
         victim = next((key for key in self._by_host[heaviest] if key != keep), None)
         if victim is None:  # the heaviest holds only keep: take the oldest other
