@@ -154,7 +154,7 @@ def test_the_key_transfer_record_is_bounded(monkeypatch: pytest.MonkeyPatch) -> 
     net = SimNetwork(seed=36)
     holder = net.add_node()
     for i in range(30):
-        holder.engine._transfer_keys(Node(random_id(), ("127.0.2.1", 5000 + i)))
+        holder.engine._transfer_keys(Node(random_id(), (f"127.0.2.{i + 1}", 5000)))
     assert len(holder.engine._transferred) == 10
 
 
@@ -223,3 +223,17 @@ def test_nodes_queued_during_every_scan_neither_recurse_nor_stop_key_transfer() 
     assert net.run_until(lambda: not holder.engine._transfer_scanning, limit=600.0)
     assert scans == 1500
     assert "transfer-error" not in holder.engine.stats.snapshot()
+
+
+def test_sybils_on_one_address_cannot_fill_the_key_transfer_queue() -> None:
+    net = SimNetwork(seed=39)
+    holder = net.add_node()
+    assert holder.storage.Set(random_id(), b"v", net.clock.wall_ns(), 10**12)
+    for i in range(100):  # newly seen ids, all on one address
+        holder.engine._transfer_keys(Node(random_id(), ("127.0.3.3", 2000 + i)))
+    assert len(holder.engine._transfer_queue) == engine_module.TRANSFER_QUEUE_PER_HOST
+    newcomer = net.add_node()
+    holder.engine._transfer_keys(Node(newcomer.id, newcomer.address))
+    assert newcomer.id in holder.engine._transfer_queue
+    net.run_until(lambda: False, limit=5.0)
+    assert len(newcomer.storage) == 1  # type: ignore[arg-type]

@@ -64,6 +64,9 @@ TRANSFERRED_NODES = 65536
 """Nodes remembered as served by key transfer (least recently used go)."""
 TRANSFER_QUEUE = 64
 """Newly seen nodes waiting for their key transfer; more are skipped."""
+TRANSFER_QUEUE_PER_HOST = 4
+"""Of those, from one IP address: sybils on one address cannot fill the
+queue and keep honest newcomers from their keys."""
 TRANSFER_SLICE = 500
 """Stored values one timer callback of a key-transfer scan looks at (about
 20 ms of the shared timer thread with a full routing table)."""
@@ -487,7 +490,11 @@ class Engine:
             last = self._transferred.get(node.id)
             if last is not None and now - last < self.refresh_interval:
                 return
-            if len(self._transfer_queue) >= TRANSFER_QUEUE:
+            host = node.address[0]
+            if len(self._transfer_queue) >= TRANSFER_QUEUE or (
+                sum(1 for queued in self._transfer_queue.values() if queued.address[0] == host)
+                >= TRANSFER_QUEUE_PER_HOST
+            ):
                 skipped = True
             else:
                 skipped = False
