@@ -134,6 +134,20 @@ def test_verification_pings_are_bounded_under_a_flood_of_unknown_senders(
     assert node.engine.pending_requests == 5
 
 
+def test_new_ids_flooding_from_one_address_leave_verification_to_others() -> None:
+    # PINGs with fresh sender ids from one address filled every verification
+    # slot; honest newcomers were never pinged, so never entered the table.
+    net = SimNetwork(seed=40)
+    node = net.add_node()
+    for i in range(500):
+        ping = Event(random_id(), random_id(), EventType.PING)
+        node.engine.receive(ping, ("127.0.4.4", 3000 + i))
+    assert len(node.engine._verifying) == engine_module.MAX_VERIFYING_PER_HOST
+    newcomer = net.add_node()
+    node.engine.receive(Event(random_id(), newcomer.id, EventType.PING), newcomer.address)
+    assert net.run_until(lambda: newcomer.id in node.engine.table, limit=5.0)
+
+
 def test_a_node_seen_twice_within_the_refresh_interval_is_sent_keys_once() -> None:
     net = SimNetwork(seed=35)
     holder, newcomer = net.add_node(refresh_interval=60.0), net.add_node()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Protocol
@@ -57,6 +57,9 @@ Transport = Callable[[list[bytes], Address], None]
 
 MAX_VERIFYING = 256
 """Unsolicited senders being pinged at once (bounds work under a flood)."""
+MAX_VERIFYING_PER_HOST = 16
+"""Of those, at one IP address: a flood of new ids from one address took
+every slot, and honest newcomers were never verified (nor joined)."""
 BOOTSTRAP_RETRIES = 2
 """Resends of the FIND_NODE to each bootstrap address (one lost datagram
 must not make New fail)."""
@@ -178,6 +181,7 @@ class Engine:
         self._pending: dict[bytes, _Request] = {}
         self._operations: set[_Operation] = set()
         self._verifying: set[bytes] = set()
+        self._verifying_hosts: Counter[str] = Counter()  # of _verifying, per IP address
         self.max_pending = max_pending
         self.transfer_batch_bytes = transfer_batch_bytes
         self.transfer_interval = transfer_interval
@@ -455,14 +459,23 @@ class Engine:
         """Ping ``address`` expecting ``node_id``. An answer proves the address
         is real: it lifts the amplification cap, and offers the node to the
         routing table (how unsolicited senders get verified)."""
+        host = address[0]
         with self._lock:
-            if node_id in self._verifying or len(self._verifying) >= MAX_VERIFYING:
+            if (
+                node_id in self._verifying
+                or len(self._verifying) >= MAX_VERIFYING
+                or self._verifying_hosts[host] >= MAX_VERIFYING_PER_HOST
+            ):
                 return
             self._verifying.add(node_id)
+            self._verifying_hosts[host] += 1
 
         def done(*_: object) -> bool:
             with self._lock:
                 self._verifying.discard(node_id)
+                self._verifying_hosts[host] -= 1
+                if not self._verifying_hosts[host]:
+                    del self._verifying_hosts[host]
             return True
 
         try:
