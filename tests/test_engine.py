@@ -348,13 +348,19 @@ class FailingStorage:
         self.inner.Iterate(fn)
 
 
-def test_a_storage_that_raises_neither_hangs_nor_fails_store_and_find():
+def network_with_a_failing_storage(key: bytes):
+    """Ten nodes; the one closest to ``key`` (so one of its K targets) has a
+    storage that raises for ``key``."""
     net = build_network(10, seed=19)
     nodes = list(net.nodes.values())
+    failing = min(nodes, key=lambda n: distance(n.id, key))
+    failing.engine.storage = FailingStorage(failing.storage, key)
+    return net, nodes, failing
+
+
+def test_a_storage_that_raises_neither_hangs_nor_fails_store_and_find():
     key = b"\x44" * 20
-    # The node closest to the key, so its own copy is one of the K targets.
-    node = min(nodes, key=lambda n: distance(n.id, key))
-    node.engine.storage = FailingStorage(node.storage, key)
+    net, _, node = network_with_a_failing_storage(key)
     stored = store(net, node, key, b"v")
     assert stored.ends == [None]  # the other replicas make the quorum
     found = find(net, node, key)  # the local read fails: it asks the network
@@ -366,11 +372,8 @@ def test_requests_from_the_network_to_a_node_whose_storage_raises_are_still_hand
     # Its Set and Get were called unguarded when answering a STORE or a
     # FIND_VALUE: the raise was counted as handler-error, and the FIND_VALUE
     # went unanswered, so the asker waited out a timeout.
-    net = build_network(10, seed=19)
-    nodes = list(net.nodes.values())
     key = b"\x44" * 20
-    failing = min(nodes, key=lambda n: distance(n.id, key))
-    failing.engine.storage = FailingStorage(failing.storage, key)
+    net, nodes, failing = network_with_a_failing_storage(key)
     other = max(nodes, key=lambda n: distance(n.id, key))
     assert store(net, other, key, b"v").ends == [None]
     answers: list[Event] = []
