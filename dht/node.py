@@ -331,7 +331,12 @@ def New(cfg: Config | None = None) -> DHT:
     thread or socket is left behind. The node keeps a checked copy of
     ``cfg``: changing ``cfg`` later does not affect it.
     """
-    cfg = dataclasses.replace(cfg) if cfg is not None else Config()  # checks every field
+    if cfg is None:
+        cfg = Config()
+    else:  # a copy (of the address list too), built again: every field is checked
+        bootstrap = cfg.bootstrap_addresses
+        bootstrap = tuple(bootstrap) if isinstance(bootstrap, list) else bootstrap
+        cfg = dataclasses.replace(cfg, bootstrap_addresses=bootstrap)
     addresses = [resolve(text, "bootstrap_addresses") for text in cfg.bootstrap_addresses]
     node = DHT(cfg)
     try:

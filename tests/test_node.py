@@ -847,7 +847,9 @@ def test_the_node_keeps_its_own_copy_of_the_config() -> None:
     cfg = dht.Config(listen_address="127.0.0.1:0", timeout=3.0)
     with dht.New(cfg) as node:
         cfg.timeout = -1.0
+        cfg.bootstrap_addresses.append("not an address")
         assert node.config.timeout == 3.0
+        assert list(node.config.bootstrap_addresses) == []
         assert node.config is not cfg
 
 

@@ -175,8 +175,8 @@ class Engine:
         self._clock = clock
         self._wall_clock_ns = wall_clock_ns
         self._new_id = new_id
-        # Guards _pending, _operations, _verifying, closed and the three
-        # bounded address/node records below.
+        # Guards _pending, _operations, _verifying(_hosts), closed, and the
+        # key-transfer records below (the amplification guard has its own).
         self._lock = threading.Lock()
         self._pending: dict[bytes, _Request] = {}
         self._operations: set[_Operation] = set()

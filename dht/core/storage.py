@@ -87,15 +87,15 @@ class GuardedStorage:
                 self._failed("expire")
 
 
-# Bytes MemoryStorage charges per key and per value on top of their lengths:
-# what CPython spends on the dicts, the entry and the expiry index (about 250
-# each, measured on 3.11). Without them a flood of tiny values used over 150
-# times max_bytes.
 CLOCK_SKEW_NS = 60 * NS_PER_SECOND
 """How far ahead of our clock a value's ``created`` may be. A later one is
 taken as now: a STORE with ``created`` = INT64_MAX made someone else's value
 look new to every ``ValuesFrom`` filter, for good."""
 
+# Bytes MemoryStorage charges per key and per value on top of their lengths:
+# what CPython spends on the dicts, the entry and the expiry index (about 250
+# each, measured on 3.11). Without them a flood of tiny values used over 150
+# times max_bytes.
 KEY_BOOKKEEPING = 256
 VALUE_BOOKKEEPING = 256
 
