@@ -277,3 +277,15 @@ def test_answers_cut_for_two_requests_to_one_unproven_requester_both_arrive() ->
     assert net.run_until(lambda: all(outcome.ended for outcome in found), limit=5.0)
     assert [len(outcome.values) for outcome in found] == [2, 2]
     assert net.clock.now - started < requester.engine.timeout / 2  # no timeout waited
+
+
+def test_the_address_holding_the_most_loses_its_held_answers_first() -> None:
+    # Evicting the oldest first, a flood of large requests from one address
+    # pushed out an honest requester's held answer before its proof came.
+    guard = AmplificationGuard(1000, hold_for=2.0, held_bytes=10_000)
+    honest = ("127.0.0.5", 7)
+    guard.hold(honest, [[b"h" * 1000]], now=0.0)
+    for port in range(50):
+        guard.hold(("127.0.0.6", port), [[b"a" * 1000]], now=0.1)
+    assert guard.held_bytes <= 10_000
+    assert guard.prove(honest, now=0.2) == [[b"h" * 1000]]

@@ -79,6 +79,7 @@ class AmplificationGuard:
         self._proven: OrderedDict[Address, None] = OrderedDict()
         self._answered: OrderedDict[Address, int] = OrderedDict()
         self._held: OrderedDict[Address, _Held] = OrderedDict()  # deadline order
+        self._held_per_host: dict[str, int] = {}  # bytes of _held, per IP address
         self._hosts: OrderedDict[str, tuple[float, float]] = OrderedDict()  # tokens, when
         self.held_bytes = 0
         """Bytes of answers held now."""
@@ -126,22 +127,25 @@ class AmplificationGuard:
     def hold(self, source: Address, events: list[Datagrams], now: float) -> None:
         """Keep the rest of an answer that ``allow`` refused until ``source``
         is proven (after what is held for it already, up to
-        ``HELD_EVENTS_PER_SOURCE`` events; the oldest held answers go first
-        to stay within the byte cap)."""
+        ``HELD_EVENTS_PER_SOURCE`` events). To stay within the byte cap, the
+        IP address holding the most bytes loses its oldest answers first: a
+        flood of large requests from one address evicted, oldest first, the
+        answers of honest requesters before their proof came."""
         with self._lock:
             self._drop_expired(now)
-            previous = self._held.pop(source, None)
+            previous = self._take(source)
             if previous is not None:
-                self.held_bytes -= previous.size
                 events = (previous.events + events)[-HELD_EVENTS_PER_SOURCE:]
             size = sum(len(datagram) for datagrams in events for datagram in datagrams)
             if size > self.held_bytes_cap:
                 return
             while self.held_bytes + size > self.held_bytes_cap:
-                _, oldest = self._held.popitem(last=False)
-                self.held_bytes -= oldest.size
+                heaviest = max(self._held_per_host, key=self._held_per_host.__getitem__)
+                self._take(next(a for a in self._held if a[0] == heaviest))
             self._held[source] = _Held(now + self.hold_for, events, size)
             self.held_bytes += size
+            host = source[0]
+            self._held_per_host[host] = self._held_per_host.get(host, 0) + size
 
     def prove(self, address: Address, now: float) -> list[Datagrams]:
         """``address`` answered one of our requests, so it is real: no cap
@@ -154,19 +158,28 @@ class AmplificationGuard:
             self._answered.pop(address, None)
             if not self._held:
                 return []
-            held = self._held.pop(address, None)
-            if held is None:
-                return []
+            held = self._take(address)
+        return held.events if held is not None and held.deadline > now else []
+
+    def _take(self, address: Address) -> _Held | None:
+        """Remove what is held for ``address`` (under the lock)."""
+        held = self._held.pop(address, None)
+        if held is not None:
             self.held_bytes -= held.size
-        return held.events if held.deadline > now else []
+            host = address[0]
+            left = self._held_per_host[host] - held.size
+            if left:
+                self._held_per_host[host] = left
+            else:
+                del self._held_per_host[host]
+        return held
 
     def _drop_expired(self, now: float) -> None:
         while self._held:
             address, held = next(iter(self._held.items()))
             if held.deadline > now:
                 return
-            del self._held[address]
-            self.held_bytes -= held.size
+            self._take(address)
 
     @property
     def unproven_addresses(self) -> int:
