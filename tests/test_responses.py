@@ -251,3 +251,22 @@ def test_sybils_on_one_address_cannot_fill_the_key_transfer_queue() -> None:
     assert newcomer.id in holder.engine._transfer_queue
     net.run_until(lambda: False, limit=5.0)
     assert len(newcomer.storage) == 1  # type: ignore[arg-type]
+
+
+def test_a_newcomer_skipped_by_a_full_transfer_queue_is_served_at_the_next_refresh(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Skipped nodes were never served: key transfer starts only when a node
+    # is first seen.
+    monkeypatch.setattr(engine_module, "TRANSFER_QUEUE", 1)
+    net = SimNetwork(seed=41)
+    holder = net.add_node(refresh_interval=10.0)
+    assert holder.storage.Set(random_id(), b"v", net.clock.wall_ns(), 10**12)
+    holder.engine._transfer_keys(Node(random_id(), ("127.0.5.5", 1)))  # fills the queue
+    newcomer = net.add_node()
+    holder.engine.table.add_verified(newcomer.id, newcomer.address, net.clock.now)
+    holder.engine._transfer_keys(Node(newcomer.id, newcomer.address))
+    assert holder.engine.stats.snapshot()["transfer-skipped"] == 1
+    net.run_until(lambda: False, limit=5.0)
+    assert len(newcomer.storage) == 0  # type: ignore[arg-type]
+    assert net.run_until(lambda: len(newcomer.storage) == 1, limit=30.0)  # type: ignore[arg-type]

@@ -66,7 +66,8 @@ must not make New fail)."""
 TRANSFERRED_NODES = 65536
 """Nodes remembered as served by key transfer (least recently used go)."""
 TRANSFER_QUEUE = 64
-"""Newly seen nodes waiting for their key transfer; more are skipped."""
+"""Newly seen nodes waiting for their key transfer; more are skipped until
+the next periodic refresh."""
 TRANSFER_QUEUE_PER_HOST = 4
 """Of those, from one IP address: sybils on one address cannot fill the
 queue and keep honest newcomers from their keys."""
@@ -608,7 +609,8 @@ class Engine:
 
     def _refresh(self) -> None:
         """Periodic: ping contacts not heard from recently and candidates
-        waiting for room; sweep expired values."""
+        waiting for room; queue key transfer for contacts never served (the
+        queue was full when they were new); sweep expired values."""
         if self.closed:
             return
         now = self._clock()
@@ -616,6 +618,11 @@ class Engine:
             self._ping(contact.id, contact.address)
         for contact in self.table.candidates_to_verify():
             self._prove(contact.id, contact.address)
+        with self._lock:
+            served = set(self._transferred)
+        for contact in self.table.contacts():
+            if contact.id not in served:
+                self._transfer_keys(contact.node)
         self._storage.expire()  # guarded: a raise must not end the liveness checks
         with self._lock:
             if not self.closed:
