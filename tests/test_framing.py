@@ -810,3 +810,36 @@ def test_a_paced_event_survives_a_steady_flood_of_two_part_records_from_one_addr
         done = bytes(result) if result is not None else done
         flood_records(4)
     assert done == event
+
+
+@pytest.mark.parametrize("senders", [3, 5])  # 5 x 10 parts: within the 64-chunk cap
+def test_events_from_ports_of_one_address_survive_a_flood_of_first_fragments(
+    senders: int,
+) -> None:
+    """Honest nodes sharing an address (one host, a loopback cluster) send
+    interleaved events while first fragments flood in from many addresses:
+    an address with several events in progress is not a flood."""
+    rng = random.Random(senders)
+    reassembler = Reassembler(max_records=64, max_bytes=64 * MAX_CHUNK)
+    flooded = 0
+
+    def flood(count: int) -> None:
+        nonlocal flooded
+        for _ in range(count):
+            flooded += 1
+            address = (f"127.{flooded >> 16 & 255}.{flooded >> 8 & 255}.{flooded & 255 or 1}", 2000)
+            reassembler.feed(
+                fragment(rng.randbytes(20), rng.randbytes(3 * MAX_CHUNK))[0], address, 0.0
+            )
+
+    flood(200)
+    events = [rng.randbytes(10 * MAX_CHUNK - 50) for _ in range(senders)]
+    parts = [fragment(rng.randbytes(20), event) for event in events]
+    done = []
+    for part in range(len(parts[0])):
+        for sender, event_parts in enumerate(parts):
+            result = reassembler.feed(event_parts[part], ("127.0.0.1", 10000 + sender), 0.0)
+            if result is not None:
+                done.append(bytes(result))
+            flood(2)
+    assert sorted(done) == sorted(events)

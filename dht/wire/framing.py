@@ -100,9 +100,6 @@ class _Record:
 
 
 _RecordKey = tuple[Address, bytes, int, int]
-FEW_RECORDS = 4
-"""Events in progress from one IP address beyond which, when the overall
-caps bind, that address loses its oldest first (``Reassembler``)."""
 _Group = TypeVar("_Group", Address, str)
 
 
@@ -276,7 +273,7 @@ class Reassembler:
             self._evict(next(iter(own)))
             own = self._by_source.get(source)
         while len(self._records) >= self.max_records:
-            victim = self._overall_victim(None)
+            victim = self._overall_victim(source[0], None)
             assert victim is not None  # there are records
             self._evict(victim)
         self._make_room(source, size, keep=None)
@@ -302,38 +299,36 @@ class Reassembler:
         while self._source_bytes.get(source, 0) + size > self.max_bytes_per_source:
             self._evict_oldest(source, keep)
         while self.held_bytes + size > self.max_bytes:
-            victim = self._overall_victim(keep)
+            victim = self._overall_victim(source[0], keep)
             if victim is None:  # only the growing record is left
                 assert keep is not None
                 self._evict(keep)
                 raise ReassemblyFull("reassembly-full", "an event is larger than the caps")
             self._evict(victim)
 
-    def _overall_victim(self, keep: _RecordKey | None) -> _RecordKey | None:
-        """The record to evict when the overall caps bind (never ``keep``).
+    def _overall_victim(self, host: str, keep: _RecordKey | None) -> _RecordKey | None:
+        """The record to evict for a datagram from ``host`` when the overall
+        caps bind (never ``keep``).
 
-        First the oldest record of the IP address with the most records in
-        progress, if that is more than ``FEW_RECORDS``: an honest sender has
-        one or two, a flood from the ports of one address has hundreds.
-        Then the oldest record still holding only its first fragment: that
-        is all a flood of first fragments from many addresses leaves, while
-        a legitimate event leaves this group at its second part. Then the
-        oldest record of the IP address holding the most bytes.
-
-        (Taken first, the bare first fragments were the victims of a flood
-        of two-part records from one address: a sender pacing its parts
-        lost each event at its first part, again and again.)
+        First, if ``host`` itself holds more than a quarter of the records,
+        its oldest: a flood from the ports of one address pays for itself
+        (ports cost an attacker nothing, and taken before it, a sender
+        pacing its parts lost each event at its first part). Then the oldest
+        record still holding only its first fragment: that is all a flood of
+        first fragments from many addresses leaves, while a legitimate event
+        leaves this group at its second part. Then the oldest record of the
+        IP address holding the most bytes. O(1) apart from that fallback.
         """
-        if not self._by_host:
-            return None
-        busiest = max(self._by_host.values(), key=len)
-        if len(busiest) > FEW_RECORDS:
-            victim = next((key for key in busiest if key != keep), None)
+        own = self._by_host.get(host)
+        if own is not None and len(own) > self.max_records // 4:
+            victim = next((key for key in own if key != keep), None)
             if victim is not None:
                 return victim
         for key in self._fresh:  # at most two steps: keep may come first
             if key != keep:
                 return key
+        if not self._host_bytes:
+            return None
         heaviest = max(self._host_bytes, key=self._host_bytes.__getitem__)
         victim = next((key for key in self._by_host[heaviest] if key != keep), None)
         if victim is None:  # the heaviest holds only keep: take the oldest other
