@@ -289,3 +289,15 @@ def test_the_address_holding_the_most_loses_its_held_answers_first() -> None:
         guard.hold(("127.0.0.6", port), [[b"a" * 1000]], now=0.1)
     assert guard.held_bytes <= 10_000
     assert guard.prove(honest, now=0.2) == [[b"h" * 1000]]
+
+
+def test_holding_more_for_a_source_does_not_extend_its_grace() -> None:
+    # Each hold renewed the deadline, so a forged source sending a request
+    # every hold_for kept spent() false for good: all its STOREs applied.
+    guard = AmplificationGuard(1000, hold_for=2.0)
+    source = ("127.0.0.9", 9)
+    assert not guard.allow(source, 2000, now=0.0).send
+    guard.hold(source, [[b"x"]], now=0.0)
+    assert not guard.spent(source, now=1.0)  # a proof may be on its way
+    guard.hold(source, [[b"y"]], now=1.5)
+    assert guard.spent(source, now=2.1)

@@ -142,7 +142,7 @@ def test_new_ids_flooding_from_one_address_leave_verification_to_others() -> Non
     for i in range(500):
         ping = Event(random_id(), random_id(), EventType.PING)
         node.engine.receive(ping, ("127.0.4.4", 3000 + i))
-    assert len(node.engine._verifying) == engine_module.MAX_VERIFYING_PER_HOST
+    assert len(node.engine._verifying) == engine_module.MAX_VERIFYING // 2
     newcomer = net.add_node()
     node.engine.receive(Event(random_id(), newcomer.id, EventType.PING), newcomer.address)
     assert net.run_until(lambda: newcomer.id in node.engine.table, limit=5.0)
@@ -245,7 +245,7 @@ def test_sybils_on_one_address_cannot_fill_the_key_transfer_queue() -> None:
     assert holder.storage.Set(random_id(), b"v", net.clock.wall_ns(), 10**12)
     for i in range(100):  # newly seen ids, all on one address
         holder.engine._transfer_keys(Node(random_id(), ("127.0.3.3", 2000 + i)))
-    assert len(holder.engine._transfer_queue) == engine_module.TRANSFER_QUEUE_PER_HOST
+    assert len(holder.engine._transfer_queue) == engine_module.TRANSFER_QUEUE
     newcomer = net.add_node()
     holder.engine._transfer_keys(Node(newcomer.id, newcomer.address))
     assert newcomer.id in holder.engine._transfer_queue
@@ -270,3 +270,35 @@ def test_a_newcomer_skipped_by_a_full_transfer_queue_is_served_at_the_next_refre
     net.run_until(lambda: False, limit=5.0)
     assert len(newcomer.storage) == 0  # type: ignore[arg-type]
     assert net.run_until(lambda: len(newcomer.storage) == 1, limit=30.0)  # type: ignore[arg-type]
+
+
+def test_many_unproven_requesters_sharing_an_address_are_all_verified_and_answered() -> None:
+    # A loopback cluster: every node on 127.0.0.1. With 16 verifications per
+    # address always, 24 of 40 requesters were never pinged, and their held
+    # answers never sent.
+    net = SimNetwork(seed=7)
+    holder = net.add_node(amplification_limit=20_000)
+    key = random_id()
+    for i in range(2):
+        assert holder.storage.Set(key, bytes([i]) * 15_000, net.clock.wall_ns(), 10**15)
+    found = []
+    for _ in range(40):
+        requester = net.add_node()
+        requester.engine.table.add_verified(holder.id, holder.address, net.clock.now)
+        outcome = Outcome()
+        requester.engine.find(key, 0, outcome.value, outcome.find_done)
+        found.append(outcome)
+    assert net.run_until(lambda: all(len(outcome.values) == 2 for outcome in found), limit=0.5)
+
+
+def test_newcomers_sharing_an_address_all_get_their_keys() -> None:
+    # A loopback cluster again: with at most 4 queued newcomers per address,
+    # 8 of 12 nodes joining at once got no keys.
+    net = SimNetwork(seed=8)
+    holder = net.add_node()
+    assert holder.storage.Set(random_id(), b"v", net.clock.wall_ns(), 10**12)
+    newcomers = [net.add_node() for _ in range(12)]
+    joined = [Outcome() for _ in newcomers]
+    for newcomer, outcome in zip(newcomers, joined, strict=True):
+        newcomer.engine.bootstrap([holder.address], outcome.store_done)
+    assert net.run_until(lambda: all(len(n.storage) == 1 for n in newcomers), limit=10.0)  # type: ignore[arg-type]

@@ -80,6 +80,7 @@ class AmplificationGuard:
         self._answered: OrderedDict[Address, int] = OrderedDict()
         self._held: OrderedDict[Address, _Held] = OrderedDict()  # deadline order
         self._held_per_host: dict[str, int] = {}  # bytes of _held, per IP address
+        self._held_by_host: dict[str, dict[Address, None]] = {}  # _held's keys, oldest first
         self._hosts: OrderedDict[str, tuple[float, float]] = OrderedDict()  # tokens, when
         self.held_bytes = 0
         """Bytes of answers held now."""
@@ -134,18 +135,23 @@ class AmplificationGuard:
         with self._lock:
             self._drop_expired(now)
             previous = self._take(source)
+            deadline = now + self.hold_for
             if previous is not None:
                 events = (previous.events + events)[-HELD_EVENTS_PER_SOURCE:]
+                # The first hold's deadline stands: renewed with every
+                # request, it let a source that never answers past spent().
+                deadline = previous.deadline
             size = sum(len(datagram) for datagrams in events for datagram in datagrams)
             if size > self.held_bytes_cap:
                 return
             while self.held_bytes + size > self.held_bytes_cap:
                 heaviest = max(self._held_per_host, key=self._held_per_host.__getitem__)
-                self._take(next(a for a in self._held if a[0] == heaviest))
-            self._held[source] = _Held(now + self.hold_for, events, size)
+                self._take(next(iter(self._held_by_host[heaviest])))
+            self._held[source] = _Held(deadline, events, size)
             self.held_bytes += size
             host = source[0]
             self._held_per_host[host] = self._held_per_host.get(host, 0) + size
+            self._held_by_host.setdefault(host, {})[source] = None
 
     def prove(self, address: Address, now: float) -> list[Datagrams]:
         """``address`` answered one of our requests, so it is real: no cap
@@ -167,11 +173,13 @@ class AmplificationGuard:
         if held is not None:
             self.held_bytes -= held.size
             host = address[0]
-            left = self._held_per_host[host] - held.size
-            if left:
-                self._held_per_host[host] = left
+            same_host = self._held_by_host[host]
+            del same_host[address]
+            if same_host:
+                self._held_per_host[host] -= held.size
             else:
                 del self._held_per_host[host]
+                del self._held_by_host[host]
         return held
 
     def _drop_expired(self, now: float) -> None:

@@ -58,8 +58,10 @@ Transport = Callable[[list[bytes], Address], None]
 MAX_VERIFYING = 256
 """Unsolicited senders being pinged at once (bounds work under a flood)."""
 MAX_VERIFYING_PER_HOST = 16
-"""Of those, at one IP address: a flood of new ids from one address took
-every slot, and honest newcomers were never verified (nor joined)."""
+"""Of those, at one IP address once half are taken: a flood of new ids from
+one address took every slot, and honest newcomers were never verified (nor
+joined). Below half, nodes sharing an address (a host, a loopback
+cluster) are verified freely."""
 BOOTSTRAP_RETRIES = 2
 """Resends of the FIND_NODE to each bootstrap address (one lost datagram
 must not make New fail)."""
@@ -68,9 +70,6 @@ TRANSFERRED_NODES = 65536
 TRANSFER_QUEUE = 64
 """Newly seen nodes waiting for their key transfer; more are skipped until
 the next periodic refresh."""
-TRANSFER_QUEUE_PER_HOST = 4
-"""Of those, from one IP address: sybils on one address cannot fill the
-queue and keep honest newcomers from their keys."""
 TRANSFER_SLICE = 500
 """Stored values one timer callback of a key-transfer scan looks at (about
 20 ms of the shared timer thread with a full routing table)."""
@@ -462,10 +461,14 @@ class Engine:
         routing table (how unsolicited senders get verified)."""
         host = address[0]
         with self._lock:
+            busy = len(self._verifying)
             if (
                 node_id in self._verifying
-                or len(self._verifying) >= MAX_VERIFYING
-                or self._verifying_hosts[host] >= MAX_VERIFYING_PER_HOST
+                or busy >= MAX_VERIFYING
+                or (
+                    busy >= MAX_VERIFYING // 2
+                    and self._verifying_hosts[host] >= MAX_VERIFYING_PER_HOST
+                )
             ):
                 return
             self._verifying.add(node_id)
@@ -504,11 +507,18 @@ class Engine:
             last = self._transferred.get(node.id)
             if last is not None and now - last < self.refresh_interval:
                 return
-            host = node.address[0]
-            if len(self._transfer_queue) >= TRANSFER_QUEUE or (
-                sum(1 for queued in self._transfer_queue.values() if queued.address[0] == host)
-                >= TRANSFER_QUEUE_PER_HOST
-            ):
+            queue = self._transfer_queue
+            if len(queue) >= TRANSFER_QUEUE:
+                # Full: a newcomer from a less represented address takes the
+                # place of one from the most represented (sybils on one
+                # address kept honest newcomers from their keys).
+                hosts = Counter(queued.address[0] for queued in queue.values())
+                busiest, most = hosts.most_common(1)[0]
+                if hosts[node.address[0]] + 1 < most:
+                    given_up = next(i for i, q in queue.items() if q.address[0] == busiest)
+                    del queue[given_up]
+                    self._transferred.pop(given_up, None)  # the next refresh queues it again
+            if len(queue) >= TRANSFER_QUEUE:
                 skipped = True
             else:
                 skipped = False
