@@ -29,7 +29,7 @@ class Config:
       from a slow node after ``timeout / 4`` without waiting for the timeout.
 
     ``cpus`` is an addition: pinning a process's nodes to one CPU makes them
-    1.5 to 3.1 times as fast on CPython (see its docstring).
+    1.4 to 3.0 times as fast on CPython (see its docstring).
     """
 
     local_id: bytes | None = None
@@ -57,8 +57,8 @@ class Config:
     them where the OS puts them. Linux only. With the GIL, only one thread
     runs Python at a time, and handing it between threads on different cores
     costs more than the work itself: giving every node of a process the same
-    single CPU (``cpus={n}``) made a 100-node cluster in one process 1.5 to
-    1.7 times as fast, and a two-node request flood up to 3.1 times
+    single CPU (``cpus={n}``) made a 100-node cluster in one process 1.4 to
+    1.8 times as fast, and a two-node request flood up to 3.0 times
     (``bench/results``). Only the node's own threads are pinned."""
 
     # Limits that keep a node on an open port bounded and hard to abuse.
