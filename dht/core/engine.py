@@ -431,7 +431,8 @@ class Engine:
                 self.stats.incr("send-failed")
                 log.debug("cannot answer %s: %s", source, error)
                 continue
-            verdict = self.amplification.allow(source, sum(map(len, datagrams)), self._clock())
+            now = self._clock()
+            verdict = self.amplification.allow(source, sum(map(len, datagrams)), now)
             if verdict.prove:
                 self._prove(sender, source)
             if not verdict.send:
@@ -442,7 +443,7 @@ class Engine:
                 for later in responses[index + 1 :]:
                     with contextlib.suppress(DHTError):
                         rest.append(fragment(later.id, encode(later)))
-                self.amplification.hold(source, rest, self._clock())
+                self.amplification.hold(source, rest, now)
                 return
             self._send_events([datagrams], source)
 
@@ -526,7 +527,7 @@ class Engine:
                 self._transferred.move_to_end(node.id)
                 if len(self._transferred) > TRANSFERRED_NODES:
                     self._transferred.popitem(last=False)
-                self._transfer_queue[node.id] = node
+                queue[node.id] = node
                 start = not self._transfer_scanning
                 self._transfer_scanning = True
         if skipped:
