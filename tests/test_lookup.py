@@ -320,6 +320,76 @@ def test_in_flight_never_exceeds_alpha() -> None:
     assert lookup.done
 
 
+class NaiveLookup:
+    """The rules of next and done, read off every candidate each time (as
+    ``Lookup`` did before it kept counts per state)."""
+
+    def __init__(self, k: int, alpha: int, max_queries: int) -> None:
+        self.k, self.alpha, self.max_queries = k, alpha, max_queries
+        self.states: dict[int, State] = {}
+        self.queried = 0
+
+    def add(self, numbers_: list[int], state: State) -> None:
+        for number in numbers_:
+            if number in self.states:
+                if state is State.ANSWERED:
+                    self.queried += self.states[number] is State.UNQUERIED
+                    self.states[number] = state
+            else:
+                self.states[number] = state
+                self.queried += state is not State.UNQUERIED
+
+    def window(self) -> list[int]:
+        running = (State.UNQUERIED, State.IN_FLIGHT, State.ANSWERED)
+        return [i for i in sorted(self.states) if self.states[i] in running][: self.k]
+
+    def next(self) -> list[int]:
+        active = list(self.states.values()).count(State.IN_FLIGHT)
+        room = min(self.alpha - active, self.max_queries - self.queried)
+        chosen = [i for i in self.window() if self.states[i] is State.UNQUERIED][: max(room, 0)]
+        for i in chosen:
+            self.states[i] = State.IN_FLIGHT
+        self.queried += len(chosen)
+        return chosen
+
+    def done(self) -> bool:
+        window = self.window()
+        if window and all(self.states[i] is State.ANSWERED for i in window):
+            return True
+        states = list(self.states.values())
+        if self.queried >= self.max_queries:
+            return State.IN_FLIGHT not in states
+        return not any(s in (State.UNQUERIED, State.IN_FLIGHT, State.STALLED) for s in states)
+
+
+def test_next_and_done_follow_the_rules_over_random_histories() -> None:
+    rng = random.Random(11)
+    for trial in range(300):
+        k, alpha, budget = rng.choice([(3, 2, 6), (5, 3, 12), (K, ALPHA, MAX_QUERIES)])
+        lookup = Lookup(LOCAL, TARGET, k=k, alpha=alpha, max_queries=budget)
+        model = NaiveLookup(k, alpha, budget)
+        for _ in range(60):
+            action = rng.randrange(6)
+            if action == 0:
+                batch = sorted(rng.sample(range(1, 40), rng.randrange(1, 5)))
+                state = rng.choice([State.UNQUERIED, State.UNQUERIED, State.ANSWERED])
+                lookup.add([n(i) for i in batch], state)
+                model.add(batch, state)
+            elif action == 1:
+                assert numbers(lookup.next()) == model.next(), trial
+            else:
+                number = rng.randrange(1, 40)
+                event = rng.choice(["answered", "failed", "stalled"])
+                getattr(lookup, event)(n(number).id)
+                current = model.states.get(number)
+                if event == "stalled" and current is State.IN_FLIGHT:
+                    model.states[number] = State.STALLED
+                elif event != "stalled" and current not in (None, State.ANSWERED):
+                    model.states[number] = State[event.upper()]
+            assert lookup.done == model.done(), trial
+            assert lookup.queried == model.queried, trial
+
+
 # ---------------------------------------------------------------------------
 # Simulation: iterative lookups over a synthetic network
 

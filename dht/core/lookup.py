@@ -70,6 +70,9 @@ class Lookup:
         self.queried = 0
         """How many nodes were asked: handed out by ``next``, or added as
         already asked. A counter, so reading it needs no lock."""
+        # Candidates per state, kept by _move: next and done ran a scan of
+        # every candidate for these on each response.
+        self._counts = [0] * len(State)
 
     def add(self, nodes: Iterable[Node], state: State = State.UNQUERIED) -> None:
         """Add nodes learned from the routing table or from a response.
@@ -83,13 +86,14 @@ class Lookup:
             if existing is not None:
                 if state is State.ANSWERED:
                     self.queried += existing.state is State.UNQUERIED
-                    existing.state = state
+                    self._move(existing, state)
                 continue
             if node_id == self.local_id:
                 continue
             candidate = Candidate(node, int.from_bytes(node_id, "big") ^ target, state)
             by_id[node_id] = candidate
             fresh.append(candidate)
+        self._counts[state] += len(fresh)
         if state is not State.UNQUERIED:  # asked by the caller, not through next()
             self.queried += len(fresh)
         if len(fresh) > 1:  # one sort (Timsort merges the sorted runs) beats many insorts
@@ -110,24 +114,29 @@ class Lookup:
 
     def next(self) -> list[Node]:
         """Nodes to query now (they become in flight), closest first."""
-        window = self._window()
-        active = sum(1 for c in self._ordered if c.state is State.IN_FLIGHT)
         chosen: list[Node] = []
-        budget = self.max_queries - self.queried
-        for candidate in window:
-            if active >= self.alpha or len(chosen) >= budget:
-                break
+        room = min(self.alpha - self._counts[State.IN_FLIGHT], self.max_queries - self.queried)
+        if room <= 0 or not self._counts[State.UNQUERIED]:
+            return chosen
+        for candidate in self._window():
             if candidate.state is State.UNQUERIED:
-                candidate.state = State.IN_FLIGHT
+                self._move(candidate, State.IN_FLIGHT)
                 chosen.append(candidate.node)
-                active += 1
+                if len(chosen) == room:
+                    break
         self.queried += len(chosen)
         return chosen
+
+    def _move(self, candidate: Candidate, state: State) -> None:
+        counts = self._counts
+        counts[candidate.state] -= 1
+        counts[state] += 1
+        candidate.state = state
 
     def _set(self, node_id: bytes, state: State) -> None:
         candidate = self._by_id.get(node_id)
         if candidate is not None and candidate.state is not State.ANSWERED:
-            candidate.state = state
+            self._move(candidate, state)
 
     def answered(self, node_id: bytes) -> None:
         self._set(node_id, State.ANSWERED)
@@ -138,18 +147,18 @@ class Lookup:
     def stalled(self, node_id: bytes) -> None:
         candidate = self._by_id.get(node_id)
         if candidate is not None and candidate.state is State.IN_FLIGHT:
-            candidate.state = State.STALLED
+            self._move(candidate, State.STALLED)
 
     @property
     def done(self) -> bool:
-        window = self._window()
-        if window and all(c.state is State.ANSWERED for c in window):
-            return True
+        counts = self._counts
         if self.queried >= self.max_queries:  # out of budget: only wait for answers due
-            return not any(c.state is State.IN_FLIGHT for c in self._ordered)
-        return not any(
-            c.state in (State.UNQUERIED, State.IN_FLIGHT, State.STALLED) for c in self._ordered
-        )
+            if not counts[State.IN_FLIGHT]:
+                return True
+        elif not (counts[State.UNQUERIED] or counts[State.IN_FLIGHT] or counts[State.STALLED]):
+            return True
+        window = self._window()
+        return bool(window) and all(c.state is State.ANSWERED for c in window)
 
     def closest(self, n: int | None = None) -> list[Node]:
         """The closest nodes that answered, closest first (``k`` by default)."""
