@@ -55,6 +55,31 @@ HOT = {
     "find-value answer with key": Event(
         _id(), _id(), EventType.FIND_VALUE, True, FindValue(key=_id(), nodes=_nodes(2), found=7)
     ),
+    "store request": Event(
+        _id(), _id(), EventType.STORE, False, Store((Value(_id(), b"v" * 64, 10, 1),))
+    ),
+    "store request of 4 values of every padding": Event(
+        _id(),
+        _id(),
+        EventType.STORE,
+        False,
+        Store(tuple(Value(_id(), _rng.randbytes(n), n - 2, -n) for n in (0, 1, 6, 7))),
+    ),
+    "find-value answer with values": Event(
+        _id(), _id(), EventType.FIND_VALUE, True, FindValue(values=(Value(_id(), b"v", 10, 1),))
+    ),
+    "find-value answer with key, values and nodes": Event(
+        _id(),
+        _id(),
+        EventType.FIND_VALUE,
+        True,
+        FindValue(
+            key=_id(),
+            values=(Value(_id(), b"ab", 10, 1), Value(_id(), b"abc", 1 << 40, 2)),
+            nodes=_nodes(2),
+            found=2,
+        ),
+    ),
 }
 
 
@@ -66,11 +91,12 @@ def test_our_hot_shapes_are_read_by_the_fast_reader(name: str) -> None:
 
 
 OTHER = {
-    "store request": Event(
-        _id(), _id(), EventType.STORE, False, Store((Value(_id(), b"v", 10, 1),))
-    ),
-    "find-value answer with values": Event(
-        _id(), _id(), EventType.FIND_VALUE, True, FindValue(values=(Value(_id(), b"v", 10, 1),))
+    "store request of 257 values": Event(
+        _id(),
+        _id(),
+        EventType.STORE,
+        False,
+        Store(tuple(Value(_id(), b"v", 10, 1) for _ in range(257))),
     ),
     "find-node answer of 65": Event(
         _id(), _id(), EventType.FIND_NODE, True, FindNode(nodes=_nodes(65))

@@ -1,13 +1,14 @@
 """Decoding of the event shapes our own encoder writes, in a few struct calls.
 
 ``codec.encode`` lays every event out front to back at fixed positions, so
-the hot events between two of our nodes (PING, PONG, STORE acks, FIND_NODE
-and FIND_VALUE requests, and their answers carrying nodes) have one exact
-layout each. ``decode_ours`` checks every structural byte of that layout
-(root offset, vtables, soffsets, uoffsets, vector lengths and the total
-length) at once and reads the fields with one ``struct`` call per table. It
-returns None for anything else, including every shape it does not know and
-every Go encoding, and ``codec.decode`` then runs the general reader. A buffer
+the hot events between two of our nodes (PING, PONG, STORE requests and
+acks, FIND_NODE and FIND_VALUE requests, and their answers carrying nodes or
+values) have one exact layout each. ``decode_ours`` checks every structural
+byte of that layout (root offset, vtables, soffsets, uoffsets, vector
+lengths and the total length) and reads the fields with one ``struct`` call
+per table. It returns None for anything else, including every shape it does
+not know and every Go encoding, and ``codec.decode`` then runs the general
+reader. A buffer
 it accepts is one the general reader decodes to the same event (tested by
 mutating every byte of each shape): the general reader costs about three
 times as much on these shapes.
@@ -20,7 +21,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from .events import PAYLOAD_CLASS, Event, EventType, FindNode, FindValue, Node
+from .events import PAYLOAD_CLASS, Event, EventType, FindNode, FindValue, Node, Store, Value
 
 Buffer = bytes | bytearray | memoryview
 
@@ -41,11 +42,16 @@ PAYLOAD_FIELD = 32
 _BARE = BARE_EVENT.unpack_from
 _HEAD = EVENT_HEAD.unpack_from
 _HEAD_SIZE = EVENT_HEAD.size
-# The payload tables at 88: FindValue after 2 bytes of alignment, FindNode.
+# The payload tables at 88: FindValue after 2 bytes of alignment, FindNode, Store.
 _FIND_VALUE = struct.Struct("<2x7HiIqqII").unpack_from
-_FIND_VALUE_SHAPE = (14, 32, 0, 8, 16, 14)  # vtable sizes, values/from/found slots, soffset
+_FIND_VALUE_SHAPE = (14, 32, 8, 16, 14)  # vtable sizes, from/found slots, soffset
 _FIND_NODE = struct.Struct("<4HiII").unpack_from
 _FIND_NODE_SHAPE = (8, 12, 8)  # vtable size, table size, soffset
+# The Store table at 96 after its vtable and 2 bytes of padding: vtable
+# size, table size, values slot, soffset, and the values uoffset (to 104).
+_STORE = struct.Struct("<3H2xiI").unpack_from
+_STORE_SHAPE = (6, 8, 4, 8, 4)
+_STORE_TYPE = EventType.STORE
 _ID_VECTOR = struct.Struct("<I20s").unpack_from
 _u32 = struct.Struct("<I").unpack_from
 
@@ -73,11 +79,13 @@ def decode_ours(buffer: Buffer) -> Event | None:
         return None
     event_type = EVENT_TYPES.get(head[13])
     response = bool(head[14])
-    payload: FindValue | FindNode | None
+    payload: FindValue | FindNode | Store | None
     if event_type is _FIND_VALUE_TYPE and head[15] == 2 and head[12] == 72:
         payload = _find_value(buffer, end, response)
     elif event_type is _FIND_NODE_TYPE and head[15] == 1 and head[12] == 64:
         payload = _find_node(buffer, end, response)
+    elif event_type is _STORE_TYPE and head[15] == 3 and head[12] == 64:
+        payload = _store(buffer, end)
     else:
         return None
     if payload is None:
@@ -86,7 +94,7 @@ def decode_ours(buffer: Buffer) -> Event | None:
 
 
 def _find_value(buffer: Buffer, end: int, response: bool) -> FindValue | None:
-    """A FindValue table at 104 without values, then its key and nodes."""
+    """A FindValue table at 104, then its key, values and nodes."""
     if end < 136:
         return None
     (
@@ -101,16 +109,29 @@ def _find_value(buffer: Buffer, end: int, response: bool) -> FindValue | None:
         key_offset,
         from_ns,
         found,
-        _values_offset,
+        values_offset,
         nodes_offset,
     ) = _FIND_VALUE(buffer, _HEAD_SIZE)
-    if (size, table_size, values_slot, from_slot, found_slot, soffset) != _FIND_VALUE_SHAPE:
+    if (size, table_size, from_slot, found_slot, soffset) != _FIND_VALUE_SHAPE:
         return None
     key, after = _key(buffer, end, key_slot, key_offset, response, 104, 136)
+    values: tuple[Value, ...] | None = ()
+    if values_slot:
+        if values_slot != 24 or values_offset != after - 128:
+            return None
+        values, after = _values(buffer, end, after)
     nodes = _nodes(buffer, end, nodes_slot, 28, nodes_offset, 104, after)
-    if after < 0 or nodes is None:
+    if after < 0 or values is None or nodes is None:
         return None
-    return FindValue(key, (), nodes, from_ns, found)
+    return FindValue(key, values, nodes, from_ns, found)
+
+
+def _store(buffer: Buffer, end: int) -> Store | None:
+    """A Store table at 96, then its values, which end the buffer."""
+    if end < 108 or _STORE(buffer, _HEAD_SIZE) != _STORE_SHAPE:
+        return None
+    values, after = _values(buffer, end, 104)
+    return None if values is None or after != end else Store(values)
 
 
 def _find_node(buffer: Buffer, end: int, response: bool) -> FindNode | None:
@@ -178,6 +199,51 @@ def _nodes(
             fields[first + 4 :: 8], fields[first + 6 :: 8], fields[first + 7 :: 8], strict=True
         )
     )
+
+
+def _values(buffer: Buffer, end: int, vector: int) -> tuple[tuple[Value, ...] | None, int]:
+    """The values of the vector at ``vector`` and where the next vector
+    starts; (None, -1) when not our layout. Each Value table is 8-aligned
+    after the slots and their shared vtable, and followed by its key and
+    value vectors."""
+    if vector < 0 or end < vector + 4:
+        return None, -1
+    count = _u32(buffer, vector)[0]
+    slot = vector + 4
+    vtable = slot + 4 * count
+    vtable += -(vtable + 12) % 8
+    if not 0 < count <= _VALUES_MAX or end < vtable + 12 or _VT_VALUE(buffer, vtable) != _VT_SHAPE:
+        return None, -1
+    values = []
+    pos = vtable + 12
+    for _ in range(count):
+        table = pos + (-pos % 8)
+        if end < table + 56:
+            return None, -1
+        soffset, key_offset, ttl, created, value_offset, key_length, key, length = _VALUE(
+            buffer, table
+        )
+        pos = table + 56 + length
+        if (
+            _u32(buffer, slot)[0] != table - slot
+            or (soffset, key_offset, value_offset, key_length) != (table - vtable, 24, 28, 20)
+            or end < pos
+        ):
+            return None, -1
+        values.append(Value(key, bytes(buffer[table + 56 : pos]), ttl, created))
+        pos += -length % 4
+        slot += 4
+    return tuple(values), pos
+
+
+_VALUES_MAX = 256
+"""Longest value vector read here (a key transfer batch of 16 KB holds
+about 200 small values); longer ones go to the general reader."""
+_VT_VALUE = struct.Struct("<6H").unpack_from
+_VT_SHAPE = (12, 28, 4, 24, 8, 16)  # vtable and table size; key, value, ttl, created
+# A Value table (soffset, key uoffset, ttl, created, value uoffset), then
+# its key vector and the value's length.
+_VALUE = struct.Struct("<iIqqII20sI").unpack_from
 
 
 _NODES_MAX = 64
