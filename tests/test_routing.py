@@ -124,6 +124,35 @@ def test_closest_is_the_true_n_closest_of_held_contacts(
         assert local not in got
 
 
+def test_closest_follows_every_change_to_the_contacts() -> None:
+    # closest keeps a view of each bucket between changes: after contacts
+    # join, fail out, are replaced, are promoted or move, it must read
+    # exactly what the buckets hold, addresses included.
+    rng = random.Random(7)
+    local = rng.randbytes(KEY_BYTES)
+    table = RoutingTable(local)
+    pool = [
+        in_bucket(local, rng.choice([156, 157, 158, 159]), rng.getrandbits(160)) for _ in range(120)
+    ]
+    addresses = [ADDRESS, OTHER_ADDRESS]
+    for step in range(3000):
+        node_id = rng.choice(pool)
+        address = rng.choice(addresses)
+        op = rng.randrange(4)
+        if op == 0:
+            table.add_verified(node_id, address, float(step))
+        elif op == 1:
+            table.failed(node_id, address)
+        elif op == 2:
+            table.add_candidate(node_id, address, float(step))
+        target = rng.choice(pool)
+        held = {contact.id: contact.address for contact in table.contacts()}
+        expected = sorted(held, key=lambda i, t=target: distance(i, t))[:K]
+        got = table.closest(target, K)
+        assert [node.id for node in got] == expected, step
+        assert all(node.address == held[node.id] for node in got), step
+
+
 def test_closest_edge_cases() -> None:
     local = as_id(1 << 100)
     table = RoutingTable(local)

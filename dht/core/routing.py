@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from operator import itemgetter
 
 from ..keys import KEY_BITS, K, common_prefix_length
 from ..wire.events import Address, Node
@@ -59,13 +60,30 @@ class Contact:
 class Bucket:
     """Up to ``size`` contacts, least recently seen first, plus replacements."""
 
-    __slots__ = ("contacts", "lock", "replacements", "size")
+    __slots__ = ("_view", "contacts", "lock", "replacements", "size")
 
     def __init__(self, size: int) -> None:
         self.lock = threading.Lock()
         self.size = size
         self.contacts: dict[bytes, Contact] = {}
         self.replacements: dict[bytes, Contact] = {}
+        self._view: tuple[tuple[int, ...], tuple[Node, ...]] | None = None
+
+    def view(self) -> tuple[tuple[int, ...], tuple[Node, ...]]:
+        """The contacts' ids as integers and their nodes, for ``closest``:
+        built once and kept until ``changed`` (every answer to a lookup
+        reads it, and contacts seldom come, go or move)."""
+        view = self._view
+        if view is None:
+            with self.lock:
+                contacts = self.contacts.values()
+                view = tuple(c.number for c in contacts), tuple(c.node for c in contacts)
+                self._view = view
+        return view
+
+    def changed(self) -> None:
+        """A contact joined, left or moved. Call with ``lock`` held."""
+        self._view = None
 
     def seen(self, contact: Contact, now: float) -> None:
         """A contact was heard from: it is live again, and the most recently
@@ -162,7 +180,9 @@ class RoutingTable:
             contact = contacts.get(node_id)
             if contact is not None:
                 if contact.address == address or contact.failures:
-                    contact.move(address)
+                    if contact.address != address:
+                        contact.move(address)
+                        bucket.changed()
                     bucket.seen(contact, now)
                 return False
             bucket.replacements.pop(node_id, None)
@@ -174,6 +194,7 @@ class RoutingTable:
                     return False
                 del contacts[failed.id]
             contacts[node_id] = fresh
+            bucket.changed()
             return True
 
     def failed(self, node_id: bytes, address: Address) -> bool:
@@ -199,6 +220,7 @@ class RoutingTable:
             if contact.failures < FAILURES_BEFORE_EVICTION:
                 return False
             del bucket.contacts[node_id]
+            bucket.changed()
             self._promote(bucket)
             return True
 
@@ -223,7 +245,7 @@ class RoutingTable:
         target_int = int.from_bytes(target, "big")
         t = KEY_BITS - (self._local ^ target_int).bit_length()
         occupied = [(i, b) for i, b in self._created if b.contacts]
-        found: list[tuple[int, Contact]] = []
+        ranked: list[tuple[int, Bucket]]
         if sum(len(bucket.contacts) for _, bucket in occupied) > n:
             home = KEY_BITS - 1 - t  # the bucket of contacts sharing exactly t bits
 
@@ -232,19 +254,23 @@ class RoutingTable:
                     return index + 2  # bucket order is distance order past home
                 return 0 if index == home else 1
 
-            occupied.sort(key=lambda item: group(item[0]))
-            current = -1
-            for index, bucket in occupied:
-                rank = group(index)
-                if rank != current and len(found) >= n:
-                    break
-                current = rank
-                _collect(bucket, target_int, found)
+            ranked = sorted(((group(i), b) for i, b in occupied), key=itemgetter(0))
         else:  # a small table: everything is a candidate
-            for _, bucket in occupied:
-                _collect(bucket, target_int, found)
-        found.sort(key=_first)
-        return [contact.node for _, contact in found[:n]]
+            ranked = [(0, bucket) for _, bucket in occupied]
+        numbers: list[int] = []
+        nodes: list[Node] = []
+        current = -1
+        for rank, bucket in ranked:
+            if rank != current and len(numbers) >= n:
+                break
+            current = rank
+            bucket_numbers, bucket_nodes = bucket.view()
+            numbers += bucket_numbers
+            nodes += bucket_nodes
+        # Distances and their order computed by C calls, not a Python key.
+        distances = list(map(target_int.__xor__, numbers))
+        order = sorted(range(len(distances)), key=distances.__getitem__)
+        return [nodes[i] for i in order[:n]]
 
     def stale(self, now: float, age: float) -> list[Contact]:
         """Contacts not heard from for ``age`` seconds (the liveness check's
@@ -284,13 +310,3 @@ class RoutingTable:
             return False
         bucket = self._bucket(node_id)
         return bucket is not None and node_id in bucket.contacts
-
-
-def _first(item: tuple[int, Contact]) -> int:
-    return item[0]
-
-
-def _collect(bucket: Bucket, target: int, into: list[tuple[int, Contact]]) -> None:
-    with bucket.lock:
-        contacts = list(bucket.contacts.values())
-    into.extend((c.number ^ target, c) for c in contacts)
