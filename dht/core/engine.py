@@ -812,9 +812,11 @@ class _LookupOperation(_Operation):
         with self.lock:
             if self.finished or self.completing:
                 return
-            done = self.lookup.done and self.ready()
+            # next() hands out nothing once the lookup is done, so asking it
+            # first spares the check of done while there is work to hand out.
+            to_query = self.lookup.next()
+            done = not to_query and self.lookup.done and self.ready()
             self.completing = done  # only one thread may complete
-            to_query = [] if done else self.lookup.next()
         if done:
             self.complete()
             return

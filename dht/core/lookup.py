@@ -113,7 +113,8 @@ class Lookup:
         return window
 
     def next(self) -> list[Node]:
-        """Nodes to query now (they become in flight), closest first."""
+        """Nodes to query now (they become in flight), closest first; none
+        once ``done``."""
         chosen: list[Node] = []
         room = min(self.alpha - self._counts[State.IN_FLIGHT], self.max_queries - self.queried)
         if room <= 0 or not self._counts[State.UNQUERIED]:
