@@ -17,7 +17,7 @@ from test_codec import PROPERTY_SETTINGS, valid_events
 from dht import DecodeError
 from dht.wire import Event, EventType, FindNode, FindValue, Node, Store, Value, decode, encode
 from dht.wire.codec import decode_general
-from dht.wire.ourshapes import decode_ours
+from dht.wire.ourshapes import HOSTS_MAX, NODES, decode_ours
 
 _rng = random.Random(20261124)
 
@@ -165,3 +165,20 @@ def test_any_valid_event_is_read_right_or_left_to_the_general_reader(event: Even
     position = _rng.randrange(len(mutated))
     mutated[position] ^= 1 << _rng.randrange(8)
     assert _agrees_with_the_general_reader(bytes(mutated))
+
+
+def test_decoded_nodes_are_remembered_within_a_bound_and_by_their_address() -> None:
+    node_id = _id()
+    for port in (4000, 4001):
+        answer = Event(
+            _id(),
+            _id(),
+            EventType.FIND_NODE,
+            True,
+            FindNode(nodes=(Node(node_id, ("127.0.0.1", port)),)),
+        )
+        assert decode_ours(encode(answer)) == answer  # the same id at another port is not mixed up
+    for _ in range(HOSTS_MAX // 20 + 2):
+        answer = Event(_id(), _id(), EventType.FIND_NODE, True, FindNode(nodes=_nodes(20)))
+        assert decode_ours(encode(answer)) == answer
+        assert len(NODES) <= HOSTS_MAX

@@ -192,13 +192,28 @@ def _nodes(
     )
     if structure != shape:
         return None
-    names = HOST_NAMES
+    known = NODES
     return tuple(
-        Node(node_id, (names.get(packed) or host_name(packed), port))
-        for node_id, packed, port in zip(
+        known.get(wire) or _new_node(wire)
+        for wire in zip(
             fields[first + 4 :: 8], fields[first + 6 :: 8], fields[first + 7 :: 8], strict=True
         )
     )
+
+
+NODES: dict[tuple[bytes, bytes, int], Node] = {}
+"""Nodes already decoded, by id, packed IPv4 address and port: answers
+repeat the same nodes, and building one costs more than finding it (bounded:
+cleared when ``HOSTS_MAX`` are kept)."""
+
+
+def _new_node(wire: tuple[bytes, bytes, int]) -> Node:
+    node_id, packed, port = wire
+    node = Node(node_id, (HOST_NAMES.get(packed) or host_name(packed), port))
+    if len(NODES) >= HOSTS_MAX:
+        NODES.clear()
+    NODES[wire] = node
+    return node
 
 
 def _values(buffer: Buffer, end: int, vector: int) -> tuple[tuple[Value, ...] | None, int]:
