@@ -408,6 +408,8 @@ def _find_node_response(address: tuple[str, int]) -> Event:
 
 
 INVALID_EVENTS: dict[str, Event] = {
+    "type-9": Event(EVENT_ID, SENDER, 9),  # type: ignore[arg-type]
+    "type-unhashable": Event(EVENT_ID, SENDER, []),  # type: ignore[arg-type]
     "id-19-bytes": Event(EVENT_ID[:19], SENDER, EventType.PING),
     "id-21-bytes": Event(EVENT_ID + b"\x00", SENDER, EventType.PING),
     "sender-19-bytes": Event(EVENT_ID, SENDER[:19], EventType.PING),

