@@ -437,8 +437,8 @@ def test_iterate_copies_a_chunk_at_a_time_so_values_expiring_meanwhile_are_skipp
     # listener threads for 250 ms at 200,000 values. Chunks are copied as
     # the iteration reaches them: what expired meanwhile is not handed out.
     storage, clock = make()
-    for i in range(3 * ITERATE_CHUNK):
-        storage.Set(Key(f"key {i}"), b"v", 0, 10)
+    for i in range(3 * ITERATE_CHUNK):  # chunks count values, not keys
+        storage.Set(Key(f"key {i // 64}"), i.to_bytes(2, "big"), 0, 10)
     seen: list[Value] = []
 
     def fn(value: Value) -> bool:
