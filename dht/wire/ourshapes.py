@@ -193,27 +193,25 @@ def _nodes(
     if structure != shape:
         return None
     known = NODES
-    return tuple(
-        known.get(wire) or _new_node(wire)
-        for wire in zip(
-            fields[first + 4 :: 8], fields[first + 6 :: 8], fields[first + 7 :: 8], strict=True
-        )
-    )
+    nodes = []
+    for wire in zip(
+        fields[first + 4 :: 8], fields[first + 6 :: 8], fields[first + 7 :: 8], strict=True
+    ):
+        node = known.get(wire)
+        if node is None:
+            node_id, packed, port = wire
+            node = known[wire] = Node(node_id, (HOST_NAMES.get(packed) or host_name(packed), port))
+        nodes.append(node)
+    if len(known) > HOSTS_MAX:
+        known.clear()
+    return tuple(nodes)
 
 
 NODES: dict[tuple[bytes, bytes, int], Node] = {}
 """Nodes already decoded, by id, packed IPv4 address and port: answers
-repeat the same nodes, and building one costs more than finding it (bounded:
-cleared when ``HOSTS_MAX`` are kept)."""
-
-
-def _new_node(wire: tuple[bytes, bytes, int]) -> Node:
-    node_id, packed, port = wire
-    node = Node(node_id, (HOST_NAMES.get(packed) or host_name(packed), port))
-    if len(NODES) >= HOSTS_MAX:
-        NODES.clear()
-    NODES[wire] = node
-    return node
+repeat the same nodes (a lookup's last answers all come from around its
+target), and building one costs more than finding it. Bounded: cleared
+once over ``HOSTS_MAX``."""
 
 
 def _values(buffer: Buffer, end: int, vector: int) -> tuple[tuple[Value, ...] | None, int]:
