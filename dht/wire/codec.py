@@ -38,6 +38,7 @@ from .ourshapes import (
     HOST_NAMES,
     HOSTS_MAX,
     PAYLOAD_FIELD,
+    VALUE_VTABLE,
     decode_ours,
     host_name,
 )
@@ -65,7 +66,7 @@ _PACK_U32 = struct.Struct("<I").pack_into
 _VT_FIND_NODE = struct.Struct("<4H")
 _VT_FIND_VALUE = struct.Struct("<7H")
 _VT_STORE = struct.Struct("<3H")
-_VT_VALUE = struct.Struct("<6H").pack(12, 28, 4, 24, 8, 16)
+_VT_VALUE = struct.Struct("<6H").pack(*VALUE_VTABLE)
 _VT_NODE = struct.Struct("<4H").pack(8, 12, 4, 8)
 _TABLE3 = struct.Struct("<iII")
 _STORE_TABLE = struct.Struct("<iI")

@@ -8,10 +8,9 @@ byte of that layout (root offset, vtables, soffsets, uoffsets, vector
 lengths and the total length) and reads the fields with one ``struct`` call
 per table. It returns None for anything else, including every shape it does
 not know and every Go encoding, and ``codec.decode`` then runs the general
-reader. A buffer
-it accepts is one the general reader decodes to the same event (tested by
-mutating every byte of each shape): the general reader costs about three
-times as much on these shapes.
+reader. A buffer it accepts is one the general reader decodes to the same
+event (tested by mutating every byte of each shape): the general reader
+costs about three times as much on these shapes.
 """
 
 from __future__ import annotations
@@ -225,7 +224,9 @@ def _values(buffer: Buffer, end: int, vector: int) -> tuple[tuple[Value, ...] | 
     slot = vector + 4
     vtable = slot + 4 * count
     vtable += -(vtable + 12) % 8
-    if not 0 < count <= _VALUES_MAX or end < vtable + 12 or _VT_VALUE(buffer, vtable) != _VT_SHAPE:
+    if not 0 < count <= _VALUES_MAX or end < vtable + 12:
+        return None, -1
+    if _VT_VALUE(buffer, vtable) != VALUE_VTABLE:
         return None, -1
     values = []
     pos = vtable + 12
@@ -252,8 +253,10 @@ def _values(buffer: Buffer, end: int, vector: int) -> tuple[tuple[Value, ...] | 
 _VALUES_MAX = 256
 """Longest value vector read here (a key transfer batch of 16 KB holds
 about 200 small values); longer ones go to the general reader."""
+VALUE_VTABLE = (12, 28, 4, 24, 8, 16)
+"""The vtable ``codec.encode`` gives Value tables: its size, the table's, and
+the offsets of key, value, ttl and created."""
 _VT_VALUE = struct.Struct("<6H").unpack_from
-_VT_SHAPE = (12, 28, 4, 24, 8, 16)  # vtable and table size; key, value, ttl, created
 # A Value table (soffset, key uoffset, ttl, created, value uoffset), then
 # its key vector and the value's length.
 _VALUE = struct.Struct("<iIqqII20sI").unpack_from
