@@ -173,15 +173,22 @@ def test_the_key_transfer_record_is_bounded(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 class CountingStorage(MemoryStorage):
-    """The default storage, counting the scans of the whole store."""
+    """The default storage, counting the scans of the whole store (listings
+    of its keys) and the values read."""
 
     def __init__(self, clock_ns: Callable[[], int]) -> None:
         super().__init__(clock_ns=clock_ns)
         self.scans = 0
+        self.read: list[int] = []
 
-    def Iterate(self, fn: Callable[[Value], bool]) -> None:
+    def Keys(self) -> list[bytes]:
         self.scans += 1
-        super().Iterate(fn)
+        return super().Keys()
+
+    def Get(self, key: bytes, from_ns: int = 0) -> list[Value]:
+        values = super().Get(key, from_ns)
+        self.read.append(len(values))
+        return values
 
 
 def test_key_transfer_scans_the_store_later_in_slices_once_for_all_new_nodes(
@@ -204,14 +211,50 @@ def test_key_transfer_scans_the_store_later_in_slices_once_for_all_new_nodes(
     assert len(net._queue) == callbacks_before + 1  # one scan scheduled for all three
     steps = 0
     while holder.engine._transfer_scanning:
+        reads_before = len(storage.read)
         assert net.step()
+        assert len(storage.read) - reads_before <= 100  # a slice of keys per callback
         steps += 1
     assert storage.scans == 1
     assert steps >= 1000 // 100  # one callback per slice
+    assert len(storage.read) == 1000 and sum(storage.read) == 1000  # each key read once
     net.run_until(lambda: False, limit=5.0)
     # A network smaller than K: each newcomer is sent every value.
     assert holder.engine.stats.snapshot()["values-transferred"] == 3 * 1000
     assert all(len(newcomer.storage) == 1000 for newcomer in newcomers)  # type: ignore[arg-type]
+
+
+class IterateOnlyStorage:
+    """A user storage with only the protocol's methods (no ``Keys``)."""
+
+    def __init__(self, clock_ns: Callable[[], int]) -> None:
+        self.inner = MemoryStorage(clock_ns=clock_ns)
+        self.scans = 0
+
+    def Get(self, key: bytes, from_ns: int = 0) -> list[Value]:
+        return self.inner.Get(key, from_ns)
+
+    def Set(self, key: bytes, value: bytes, created_ns: int, ttl_ns: int) -> bool:
+        return self.inner.Set(key, value, created_ns, ttl_ns)
+
+    def Iterate(self, fn: Callable[[Value], bool]) -> None:
+        self.scans += 1
+        self.inner.Iterate(fn)
+
+
+def test_key_transfer_from_a_storage_without_keys_iterates_it() -> None:
+    net = SimNetwork(seed=39)
+    holder = net.add_node()
+    storage = IterateOnlyStorage(net.clock.wall_ns)
+    holder.engine.storage = storage
+    for i in range(300):
+        assert storage.Set(random_id(), b"v%d" % i, net.clock.wall_ns(), 10**12)
+    newcomer = net.add_node()
+    holder.engine._transfer_keys(Node(newcomer.id, newcomer.address))
+    assert net.run_until(lambda: not holder.engine._transfer_scanning, limit=5.0)
+    net.run_until(lambda: False, limit=5.0)
+    assert storage.scans == 1
+    assert len(newcomer.storage) == 300  # type: ignore[arg-type]
 
 
 def test_nodes_queued_during_every_scan_neither_recurse_nor_stop_key_transfer() -> None:
@@ -223,12 +266,12 @@ def test_nodes_queued_during_every_scan_neither_recurse_nor_stop_key_transfer() 
     scans = 0
 
     class QueueingStorage(MemoryStorage):
-        def Iterate(self, fn: Callable[[Value], bool]) -> None:
+        def Keys(self) -> list[bytes]:
             nonlocal scans
             scans += 1
             if scans < 1500:  # a listener sees a new node meanwhile
                 holder.engine._transfer_keys(Node(random_id(), ("127.0.2.2", 1000 + scans)))
-            super().Iterate(fn)
+            return super().Keys()
 
     storage = QueueingStorage(clock_ns=net.clock.wall_ns)
     assert storage.Set(random_id(), b"v", net.clock.wall_ns(), 10**12)

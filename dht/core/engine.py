@@ -19,6 +19,7 @@ import logging
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
 
@@ -498,11 +499,11 @@ class Engine:
         contact that is evicted and seen again under packet loss is not sent
         everything again.
 
-        The store is scanned on the timer thread, ``TRANSFER_SLICE`` values
-        per callback, one scan at a time for every node queued meanwhile: a
-        scan of a large store ran on the listener thread for each newly seen
-        node (1 s per node with 100,000 values), so fresh node ids made a
-        node deaf."""
+        The store is scanned on the timer thread, ``TRANSFER_SLICE`` keys
+        per callback (values, for a storage without ``Keys``), one scan at a
+        time for every node queued meanwhile: a scan of a large store ran on
+        the listener thread for each newly seen node (1 s per node with
+        100,000 values), so fresh node ids made a node deaf."""
         now = self._clock()
         with self._lock:
             last = self._transferred.get(node.id)
@@ -546,15 +547,22 @@ class Engine:
             if self.closed or not nodes:
                 self._transfer_scanning = False
                 return
-        values: list[Value] = []
+        storage = self._storage
+        keys = storage.Keys()
+        scan: _Scan
+        if keys is not None:
+            scan = _Scan(len(keys), lambda at: _values_of(storage, keys[at : at + TRANSFER_SLICE]))
+        else:  # only Iterate: the whole store at once, then slices of values
+            values: list[Value] = []
 
-        def collect(value: Value) -> bool:
-            values.append(value)
-            return True
+            def collect(value: Value) -> bool:
+                values.append(value)
+                return True
 
-        self._storage.Iterate(collect)
+            storage.Iterate(collect)
+            scan = _Scan(len(values), lambda at: values[at : at + TRANSFER_SLICE])
         chosen: dict[bytes, list[Value]] = {node.id: [] for node in nodes}
-        self._transfer_slice(nodes, values, 0, chosen, len(self.table) < K)
+        self._transfer_slice(nodes, scan, 0, chosen, len(self.table) < K)
 
     def _transfer_step(self, step: Callable[..., None], *args: object) -> None:
         """Run one step of a scan; if it raises, end the scan (and start the
@@ -569,18 +577,18 @@ class Engine:
     def _transfer_slice(
         self,
         nodes: list[Node],
-        values: list[Value],
+        scan: _Scan,
         start: int,
         chosen: dict[bytes, list[Value]],
         everything: bool,
     ) -> None:
-        """Timer thread: select from ``values[start:]``, one slice, then go on
-        in another callback, or send what was chosen and scan again for the
-        nodes queued meanwhile."""
+        """Timer thread: select from the values of one slice of ``scan``
+        from ``start``, then go on in another callback, or send what was
+        chosen and scan again for the nodes queued meanwhile."""
         local = int.from_bytes(self.local_id, "big")
         ids = [(node.id, int.from_bytes(node.id, "big")) for node in nodes]
         closest: dict[bytes, set[bytes]] = {}
-        for value in values[start : start + TRANSFER_SLICE]:
+        for value in scan.read(start):
             key = value.key
             if everything:
                 for node_id, _ in ids:
@@ -596,8 +604,8 @@ class Engine:
                     near = closest[key] = {n.id for n in self.table.closest(key, K)}
                 if node_id in near:
                     chosen[node_id].append(value)
-        if start + TRANSFER_SLICE < len(values) and not self.closed:
-            rest = (nodes, values, start + TRANSFER_SLICE, chosen, everything)
+        if start + TRANSFER_SLICE < scan.size and not self.closed:
+            rest = (nodes, scan, start + TRANSFER_SLICE, chosen, everything)
             self._timers.schedule(0.0, partial(self._transfer_step, self._transfer_slice, *rest))
             return
         for node in nodes:
@@ -698,6 +706,19 @@ class Engine:
         with ``first_only``, as soon as one node holding the key has given its
         whole answer (values other requests bring before then count too)."""
         _FindOperation(self, key, from_ns, on_value, on_done, first_only).start()
+
+
+@dataclass(frozen=True, slots=True)
+class _Scan:
+    """A key transfer scan: ``size`` keys (or values) in all, and the values
+    of the slice of ``TRANSFER_SLICE`` of them from a position."""
+
+    size: int
+    read: Callable[[int], list[Value]]
+
+
+def _values_of(storage: GuardedStorage, keys: list[bytes]) -> list[Value]:
+    return [value for key in keys for value in storage.Get(key)]
 
 
 def _call(fn: Callable[..., object], *args: object) -> object:

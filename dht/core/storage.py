@@ -27,7 +27,12 @@ class Storage(Protocol):
     A method that raises is logged and counted as ``storage-error``, never
     fatal (``GuardedStorage``): a Store counts its local copy as failed, a
     Find asks the network instead, a STORE from the network counts its
-    values as refused, and a FIND_VALUE is answered with the closest nodes."""
+    values as refused, and a FIND_VALUE is answered with the closest nodes.
+
+    Optional, found by name: ``expire()`` (a sweep run at each refresh) and
+    ``Keys()`` (a list of the keys held). With ``Keys``, key transfer reads
+    the store a slice of keys at a time through ``Get``; without it,
+    ``Iterate`` runs over the whole store in one timer callback."""
 
     def Get(self, key: bytes, from_ns: int = 0) -> list[Value]:
         """Unexpired values under ``key`` created at or after ``from_ns``
@@ -76,6 +81,18 @@ class GuardedStorage:
             self.storage.Iterate(fn)
         except Exception:
             self._failed("Iterate")
+
+    def Keys(self) -> list[bytes] | None:
+        """The storage's own ``Keys()`` listing, or None if it has none (or
+        it failed)."""
+        keys = getattr(self.storage, "Keys", None)
+        if not callable(keys):
+            return None
+        try:
+            return list(keys())
+        except Exception:
+            self._failed("Keys")
+            return None
 
     def expire(self) -> None:
         """The storage's own ``expire()`` sweep, if it has one."""
@@ -227,8 +244,7 @@ class MemoryStorage:
         one chunk, not for the whole store (copying 200,000 values at once
         held them up for 250 ms). Values stored meanwhile under new keys may
         be missed; values expired meanwhile are not handed out."""
-        with self._lock:
-            keys = list(self._keys)
+        keys = self.Keys()
         next_key = 0
         while next_key < len(keys):
             now = self._clock_ns()
@@ -244,6 +260,11 @@ class MemoryStorage:
             for key, data, ttl_ns, created_ns in chunk:
                 if not fn(Value(key, data, ttl_ns, created_ns)):
                     return
+
+    def Keys(self) -> list[bytes]:
+        """The keys held now (some values under them may have expired)."""
+        with self._lock:
+            return list(self._keys)
 
     def expire(self) -> int:
         """Remove expired values (and keys left empty); return how many."""
