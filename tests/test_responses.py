@@ -5,12 +5,13 @@ responses injected through ``Engine.receive``."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 import pytest
 from simnet import Outcome, SimNetwork, SimNode
 
 import dht.core.engine as engine_module
-from dht.core.storage import MemoryStorage
+from dht.core.storage import MemoryStorage, Storage
 from dht.errors import ClosedError
 from dht.keys import K, random_id
 from dht.wire import Event, EventType, Node, Value
@@ -172,6 +173,22 @@ def test_the_key_transfer_record_is_bounded(monkeypatch: pytest.MonkeyPatch) -> 
     assert len(holder.engine._transferred) == 10
 
 
+S = TypeVar("S", bound=Storage)
+
+
+def _holder_of(
+    make_storage: Callable[[Callable[[], int]], S], count: int, *, seed: int
+) -> tuple[SimNetwork, SimNode, S]:
+    """A node whose storage (made with the network's clock) holds ``count`` values."""
+    net = SimNetwork(seed=seed)
+    holder = net.add_node()
+    storage = make_storage(net.clock.wall_ns)
+    holder.engine.storage = storage
+    for i in range(count):
+        assert storage.Set(random_id(), b"v%d" % i, net.clock.wall_ns(), 10**12)
+    return net, holder, storage
+
+
 class CountingStorage(MemoryStorage):
     """The default storage, counting the scans of the whole store (listings
     of its keys) and the values read."""
@@ -197,12 +214,7 @@ def test_key_transfer_scans_the_store_later_in_slices_once_for_all_new_nodes(
     # The scan ran on the listener thread, for each newly seen node: with
     # 100,000 values a node stopped answering for a second per fresh node id.
     monkeypatch.setattr(engine_module, "TRANSFER_SLICE", 100)
-    net = SimNetwork(seed=37)
-    holder = net.add_node()
-    storage = CountingStorage(net.clock.wall_ns)
-    holder.engine.storage = storage
-    for i in range(1000):
-        assert storage.Set(random_id(), b"v%d" % i, net.clock.wall_ns(), 10**12)
+    net, holder, storage = _holder_of(CountingStorage, 1000, seed=37)
     newcomers = [net.add_node() for _ in range(3)]
     callbacks_before = len(net._queue)
     for newcomer in newcomers:  # seen one after another, as from one datagram burst
@@ -243,12 +255,7 @@ class IterateOnlyStorage:
 
 
 def test_key_transfer_from_a_storage_without_keys_iterates_it() -> None:
-    net = SimNetwork(seed=39)
-    holder = net.add_node()
-    storage = IterateOnlyStorage(net.clock.wall_ns)
-    holder.engine.storage = storage
-    for i in range(300):
-        assert storage.Set(random_id(), b"v%d" % i, net.clock.wall_ns(), 10**12)
+    net, holder, storage = _holder_of(IterateOnlyStorage, 300, seed=39)
     newcomer = net.add_node()
     holder.engine._transfer_keys(Node(newcomer.id, newcomer.address))
     assert net.run_until(lambda: not holder.engine._transfer_scanning, limit=5.0)
