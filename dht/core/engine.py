@@ -72,8 +72,9 @@ TRANSFER_QUEUE = 64
 """Newly seen nodes waiting for their key transfer; more are skipped until
 the next periodic refresh."""
 TRANSFER_SLICE = 500
-"""Stored values one timer callback of a key-transfer scan looks at (about
-20 ms of the shared timer thread with a full routing table)."""
+"""Keys (or, for a storage without ``Keys``, values) one timer callback of a
+key-transfer scan looks at: a few ms of the shared timer thread with one
+value per key (15 ms at most, measured with 200,000 values)."""
 
 _RESPONSE_TYPE = {EventType.PING: EventType.PONG}
 
