@@ -43,7 +43,7 @@ from cluster import (
 )
 
 import dht
-import dht.core.engine as dht_engine
+import dht.core.operations as operations
 import dht.listener as dht_listener
 import dht.node as dht_node
 import dht.timer as dht_timer
@@ -605,7 +605,7 @@ def test_bootstrap_where_nothing_listens() -> None:
         dht.New(dht.Config(bootstrap_addresses=[address], timeout=timeout))
     elapsed = time.monotonic() - start
     # It gives up after its resends time out, not at the 60 s safety net.
-    tries = dht_engine.BOOTSTRAP_RETRIES + 1
+    tries = operations.BOOTSTRAP_RETRIES + 1
     assert elapsed < tries * timeout + 10.0, f"BootstrapError after {elapsed:.2f} s"
     snapshot.assert_no_leaks()
 

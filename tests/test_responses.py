@@ -1,20 +1,17 @@
 """Which responses complete a request (D14), the 0.0.0.0 repair (D16), the
-bootstrap resend, and Close ending raw requests: core on simnet, with
-responses injected through ``Engine.receive``."""
+bootstrap resend, Close ending raw requests and the verification of new
+senders: core on simnet, with responses injected through ``Engine.receive``."""
 
 from __future__ import annotations
-
-from collections.abc import Callable
-from typing import TypeVar
 
 import pytest
 from simnet import Outcome, SimNetwork, SimNode
 
 import dht.core.engine as engine_module
-from dht.core.storage import MemoryStorage, Storage
+import dht.core.operations as operations_module
 from dht.errors import ClosedError
 from dht.keys import K, random_id
-from dht.wire import Event, EventType, Node, Value
+from dht.wire import Event, EventType, Node
 
 
 def _silent_peer_request(seed: int) -> tuple[SimNetwork, SimNode, SimNode, list[object], bytes]:
@@ -96,10 +93,10 @@ def test_the_0000_self_entry_is_repaired_and_other_unusable_entries_dropped() ->
         Node(sender, ("0.0.0.0", 0)),
         Node(good, ("127.0.0.6", 7000)),
     ]
-    usable = engine_module.usable_nodes(nodes, sender, ("127.0.0.9", 4000))
+    usable = operations_module.usable_nodes(nodes, sender, ("127.0.0.9", 4000))
     assert usable == [Node(sender, ("127.0.0.9", 5000)), Node(good, ("127.0.0.6", 7000))]
     many = [Node(random_id(), ("127.0.0.7", 1000 + i)) for i in range(3 * K)]
-    assert engine_module.usable_nodes(many, sender, ("127.0.0.9", 4000)) == many[:K]
+    assert operations_module.usable_nodes(many, sender, ("127.0.0.9", 4000)) == many[:K]
 
 
 def test_bootstrap_resends_its_first_request_when_it_is_lost() -> None:
@@ -149,179 +146,6 @@ def test_new_ids_flooding_from_one_address_leave_verification_to_others() -> Non
     assert net.run_until(lambda: newcomer.id in node.engine.table, limit=5.0)
 
 
-def test_a_node_seen_twice_within_the_refresh_interval_is_sent_keys_once() -> None:
-    net = SimNetwork(seed=35)
-    holder, newcomer = net.add_node(refresh_interval=60.0), net.add_node()
-    for i in range(3):
-        assert holder.storage.Set(random_id(), b"v%d" % i, net.clock.wall_ns(), 10**12)
-    for _ in range(2):
-        holder.engine._transfer_keys(Node(newcomer.id, newcomer.address))
-        net.run_until(lambda: False, limit=1.0)
-    assert holder.engine.stats.snapshot()["values-transferred"] == 3
-    net.clock.now += 61.0  # a refresh interval later it is served again
-    holder.engine._transfer_keys(Node(newcomer.id, newcomer.address))
-    net.run_until(lambda: False, limit=1.0)
-    assert holder.engine.stats.snapshot()["values-transferred"] == 6
-
-
-def test_the_key_transfer_record_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine_module, "TRANSFERRED_NODES", 10)
-    net = SimNetwork(seed=36)
-    holder = net.add_node()
-    for i in range(30):
-        holder.engine._transfer_keys(Node(random_id(), (f"127.0.2.{i + 1}", 5000)))
-    assert len(holder.engine._transferred) == 10
-
-
-S = TypeVar("S", bound=Storage)
-
-
-def _holder_of(
-    make_storage: Callable[[Callable[[], int]], S], count: int, *, seed: int
-) -> tuple[SimNetwork, SimNode, S]:
-    """A node whose storage (made with the network's clock) holds ``count`` values."""
-    net = SimNetwork(seed=seed)
-    holder = net.add_node()
-    storage = make_storage(net.clock.wall_ns)
-    holder.engine.storage = storage
-    for i in range(count):
-        assert storage.Set(random_id(), b"v%d" % i, net.clock.wall_ns(), 10**12)
-    return net, holder, storage
-
-
-class CountingStorage(MemoryStorage):
-    """The default storage, counting the scans of the whole store (listings
-    of its keys) and the values read."""
-
-    def __init__(self, clock_ns: Callable[[], int]) -> None:
-        super().__init__(clock_ns=clock_ns)
-        self.scans = 0
-        self.read: list[int] = []
-
-    def Keys(self) -> list[bytes]:
-        self.scans += 1
-        return super().Keys()
-
-    def Get(self, key: bytes, from_ns: int = 0) -> list[Value]:
-        values = super().Get(key, from_ns)
-        self.read.append(len(values))
-        return values
-
-
-def test_key_transfer_scans_the_store_later_in_slices_once_for_all_new_nodes(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # The scan ran on the listener thread, for each newly seen node: with
-    # 100,000 values a node stopped answering for a second per fresh node id.
-    monkeypatch.setattr(engine_module, "TRANSFER_SLICE", 100)
-    net, holder, storage = _holder_of(CountingStorage, 1000, seed=37)
-    newcomers = [net.add_node() for _ in range(3)]
-    callbacks_before = len(net._queue)
-    for newcomer in newcomers:  # seen one after another, as from one datagram burst
-        holder.engine._transfer_keys(Node(newcomer.id, newcomer.address))
-    assert storage.scans == 0  # nothing scanned on the caller's thread
-    assert len(net._queue) == callbacks_before + 1  # one scan scheduled for all three
-    steps = 0
-    while holder.engine._transfer_scanning:
-        reads_before = len(storage.read)
-        assert net.step()
-        assert len(storage.read) - reads_before <= 100  # a slice of keys per callback
-        steps += 1
-    assert storage.scans == 1
-    assert steps >= 1000 // 100  # one callback per slice
-    assert len(storage.read) == 1000 and sum(storage.read) == 1000  # each key read once
-    net.run_until(lambda: False, limit=5.0)
-    # A network smaller than K: each newcomer is sent every value.
-    assert holder.engine.stats.snapshot()["values-transferred"] == 3 * 1000
-    assert all(len(newcomer.storage) == 1000 for newcomer in newcomers)  # type: ignore[arg-type]
-
-
-class IterateOnlyStorage:
-    """A user storage with only the protocol's methods (no ``Keys``)."""
-
-    def __init__(self, clock_ns: Callable[[], int]) -> None:
-        self.inner = MemoryStorage(clock_ns=clock_ns)
-        self.scans = 0
-
-    def Get(self, key: bytes, from_ns: int = 0) -> list[Value]:
-        return self.inner.Get(key, from_ns)
-
-    def Set(self, key: bytes, value: bytes, created_ns: int, ttl_ns: int) -> bool:
-        return self.inner.Set(key, value, created_ns, ttl_ns)
-
-    def Iterate(self, fn: Callable[[Value], bool]) -> None:
-        self.scans += 1
-        self.inner.Iterate(fn)
-
-
-def test_key_transfer_from_a_storage_without_keys_iterates_it() -> None:
-    net, holder, storage = _holder_of(IterateOnlyStorage, 300, seed=39)
-    newcomer = net.add_node()
-    holder.engine._transfer_keys(Node(newcomer.id, newcomer.address))
-    assert net.run_until(lambda: not holder.engine._transfer_scanning, limit=5.0)
-    net.run_until(lambda: False, limit=5.0)
-    assert storage.scans == 1
-    assert len(newcomer.storage) == 300  # type: ignore[arg-type]
-
-
-def test_nodes_queued_during_every_scan_neither_recurse_nor_stop_key_transfer() -> None:
-    # The end of a scan started the next one by a direct call: with a node
-    # newly seen during each scan the stack grew until RecursionError, which
-    # left the scan flag set, so no node was ever served again.
-    net = SimNetwork(seed=38)
-    holder = net.add_node()
-    scans = 0
-
-    class QueueingStorage(MemoryStorage):
-        def Keys(self) -> list[bytes]:
-            nonlocal scans
-            scans += 1
-            if scans < 1500:  # a listener sees a new node meanwhile
-                holder.engine._transfer_keys(Node(random_id(), ("127.0.2.2", 1000 + scans)))
-            return super().Keys()
-
-    storage = QueueingStorage(clock_ns=net.clock.wall_ns)
-    assert storage.Set(random_id(), b"v", net.clock.wall_ns(), 10**12)
-    holder.engine.storage = storage
-    holder.engine._transfer_keys(Node(random_id(), ("127.0.2.2", 999)))
-    assert net.run_until(lambda: not holder.engine._transfer_scanning, limit=600.0)
-    assert scans == 1500
-    assert "transfer-error" not in holder.engine.stats.snapshot()
-
-
-def test_sybils_on_one_address_cannot_fill_the_key_transfer_queue() -> None:
-    net = SimNetwork(seed=39)
-    holder = net.add_node()
-    assert holder.storage.Set(random_id(), b"v", net.clock.wall_ns(), 10**12)
-    for i in range(100):  # newly seen ids, all on one address
-        holder.engine._transfer_keys(Node(random_id(), ("127.0.3.3", 2000 + i)))
-    assert len(holder.engine._transfer_queue) == engine_module.TRANSFER_QUEUE
-    newcomer = net.add_node()
-    holder.engine._transfer_keys(Node(newcomer.id, newcomer.address))
-    assert newcomer.id in holder.engine._transfer_queue
-    net.run_until(lambda: False, limit=5.0)
-    assert len(newcomer.storage) == 1  # type: ignore[arg-type]
-
-
-def test_a_newcomer_skipped_by_a_full_transfer_queue_is_served_at_the_next_refresh(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # Skipped nodes were never served: key transfer starts only when a node
-    # is first seen.
-    monkeypatch.setattr(engine_module, "TRANSFER_QUEUE", 1)
-    net = SimNetwork(seed=41)
-    holder = net.add_node(refresh_interval=10.0)
-    assert holder.storage.Set(random_id(), b"v", net.clock.wall_ns(), 10**12)
-    holder.engine._transfer_keys(Node(random_id(), ("127.0.5.5", 1)))  # fills the queue
-    newcomer = net.add_node()
-    holder.engine.table.add_verified(newcomer.id, newcomer.address, net.clock.now)
-    holder.engine._transfer_keys(Node(newcomer.id, newcomer.address))
-    assert holder.engine.stats.snapshot()["transfer-skipped"] == 1
-    net.run_until(lambda: False, limit=5.0)
-    assert len(newcomer.storage) == 0  # type: ignore[arg-type]
-    assert net.run_until(lambda: len(newcomer.storage) == 1, limit=30.0)  # type: ignore[arg-type]
-
-
 def test_many_unproven_requesters_sharing_an_address_are_all_verified_and_answered() -> None:
     # A loopback cluster: every node on 127.0.0.1. With 16 verifications per
     # address always, 24 of 40 requesters were never pinged, and their held
@@ -339,16 +163,3 @@ def test_many_unproven_requesters_sharing_an_address_are_all_verified_and_answer
         requester.engine.find(key, 0, outcome.value, outcome.find_done)
         found.append(outcome)
     assert net.run_until(lambda: all(len(outcome.values) == 2 for outcome in found), limit=0.5)
-
-
-def test_newcomers_sharing_an_address_all_get_their_keys() -> None:
-    # A loopback cluster again: with at most 4 queued newcomers per address,
-    # 8 of 12 nodes joining at once got no keys.
-    net = SimNetwork(seed=8)
-    holder = net.add_node()
-    assert holder.storage.Set(random_id(), b"v", net.clock.wall_ns(), 10**12)
-    newcomers = [net.add_node() for _ in range(12)]
-    joined = [Outcome() for _ in newcomers]
-    for newcomer, outcome in zip(newcomers, joined, strict=True):
-        newcomer.engine.bootstrap([holder.address], outcome.store_done)
-    assert net.run_until(lambda: all(len(n.storage) == 1 for n in newcomers), limit=10.0)  # type: ignore[arg-type]

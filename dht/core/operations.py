@@ -1,0 +1,483 @@
+"""Store, Find and bootstrap: the operations a node runs over the network.
+
+Each drives a ``Lookup`` (the state machine, no I/O) through the engine's
+requests, and ends exactly once: Close ends it with ``ClosedError`` through
+``Engine.close``. User callbacks run through a serial outbox (``Operation``),
+never under a lock, on whichever thread moved the operation on: a listener
+thread (a response), the timer thread (a timeout) or the caller's (start).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+from ..errors import BootstrapError, ClosedError, NotFoundError, StoreError
+from ..keys import ALPHA, K, distance
+from ..wire.events import (
+    Address,
+    Event,
+    EventType,
+    FindNode,
+    FindValue,
+    Node,
+    Payload,
+    Store,
+    Value,
+)
+from .callbacks import call_safely
+from .lookup import Lookup, State
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+BOOTSTRAP_RETRIES = 2
+"""Resends of the FIND_NODE to each bootstrap address (one lost datagram
+must not make New fail)."""
+
+
+class Operation:
+    """A Store, Find or bootstrap in progress, ending exactly once.
+
+    User callbacks go through ``post`` and ``flush``: they are queued under
+    the operation's lock and run outside it by one thread at a time, in order,
+    so a Find's values always come before its end and never concurrently.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.lock = threading.Lock()
+        self.finished = False
+        self._outbox: list[Callable[[], None]] = []
+        self._flushing = False
+
+    def post(self, fn: Callable[[], None]) -> None:
+        """Queue a callback; call with ``self.lock`` held."""
+        self._outbox.append(fn)
+
+    def flush(self) -> None:
+        with self.lock:
+            if self._flushing:
+                return
+            self._flushing = True
+        while True:
+            with self.lock:
+                batch, self._outbox = self._outbox, []
+                if not batch:
+                    self._flushing = False
+                    return
+            for fn in batch:
+                call_safely(fn)
+
+    def register(self) -> bool:
+        """Join the engine's running operations (so Close ends it); if the
+        engine is already closed, end at once with ClosedError."""
+        if self.engine.register_operation(self):
+            return True
+        self.finish(ClosedError("the node was closed"))
+        return False
+
+    def finish(self, error: Exception | None) -> None:
+        """End the operation (once); later calls do nothing."""
+        with self.lock:
+            if self.finished:
+                return
+            self.finished = True
+            self.post(lambda: self.report(error))
+        self.engine.unregister_operation(self)
+        self.flush()
+
+    def report(self, error: Exception | None) -> None:
+        raise NotImplementedError
+
+
+class LookupOperation(Operation):
+    """Drives a ``Lookup``: keeps up to alpha requests in flight until done."""
+
+    kind = EventType.FIND_NODE
+
+    def __init__(self, engine: Engine, target: bytes, *, alpha: int = ALPHA) -> None:
+        super().__init__(engine)
+        self.target = target
+        self.lookup = Lookup(engine.local_id, target, alpha=alpha)
+        self.completing = False
+
+    def payload(self) -> Payload:
+        return FindNode(key=self.target)
+
+    def seed(self) -> None:
+        """Start from the K closest nodes of the routing table."""
+        with self.lock:
+            self.lookup.add(self.engine.table.closest(self.target, K))
+
+    def drive(self) -> None:
+        with self.lock:
+            if self.finished or self.completing:
+                return
+            # next() hands out nothing once the lookup is done, so asking it
+            # first spares the check of done while there is work to hand out.
+            to_query = self.lookup.next()
+            done = not to_query and self.lookup.done and self.ready()
+            self.completing = done  # only one thread may complete
+        if done:
+            self.complete()
+            return
+        for node in to_query:
+            self.query(node)
+
+    def ready(self) -> bool:
+        """Whether the lookup may end now (subclasses wait for more)."""
+        return True
+
+    def query(self, node: Node) -> None:
+        def on_response(event: Event, source: Address) -> bool:
+            finished = self.on_response(node, event, source)
+            self.drive()
+            return finished
+
+        def on_failure(error: Exception) -> None:
+            with self.lock:
+                self.lookup.failed(node.id)
+            self.drive()
+
+        self.send_query(node, on_response, on_failure)
+
+    def send_query(
+        self,
+        node: Node,
+        on_response: Callable[[Event, Address], bool],
+        on_failure: Callable[[Exception], None],
+    ) -> None:
+        """Send this lookup's request to ``node``, and mark it stalled if it
+        has not answered after ``stall_after`` seconds."""
+        try:
+            self.engine.request(
+                node.address,
+                node.id,
+                self.kind,
+                self.payload(),
+                on_response,
+                on_failure,
+                on_stall=lambda: self.stalled(node),
+            )
+        except ClosedError as error:
+            self.finish(error)
+
+    def stalled(self, node: Node) -> None:
+        with self.lock:
+            self.lookup.stalled(node.id)
+        self.drive()
+
+    def on_response(self, node: Node, event: Event, source: Address) -> bool:
+        payload = event.payload
+        nodes = payload.nodes if isinstance(payload, FindNode | FindValue) else ()
+        with self.lock:
+            self.lookup.answered(node.id)
+            self.lookup.add(usable_nodes(nodes, event.sender, source))
+        return True
+
+    def complete(self) -> None:
+        raise NotImplementedError
+
+
+def usable_nodes(nodes: Iterable[Node], sender: bytes, source: Address) -> list[Node]:
+    """Nodes from a response, with the reference's 0.0.0.0 self-entry repaired
+    from the datagram's source and other 0.0.0.0 entries dropped (5.3, D16).
+    At most K: an honest node sends no more, and a hostile one must not fill
+    a lookup with hundreds of made-up nodes to wait for."""
+    out: list[Node] = []
+    for node in nodes:
+        if len(out) == K:
+            break
+        host, port = node.address
+        if host == "0.0.0.0" or port == 0:
+            if node.id != sender or port == 0:
+                continue
+            node = Node(node.id, (source[0], port))
+        out.append(node)
+    return out
+
+
+class Bootstrap(LookupOperation):
+    def __init__(
+        self,
+        engine: Engine,
+        addresses: list[Address],
+        on_done: Callable[[Exception | None], None],
+    ) -> None:
+        # New() waits for this lookup, so it asks all K candidates of a round
+        # at once: the same requests as alpha = 3, in a third of the rounds.
+        super().__init__(engine, engine.local_id, alpha=K)
+        self.addresses = addresses
+        self.on_done = on_done
+        self.answered = 0
+        self.failed = 0
+
+    def start(self) -> None:
+        if not self.register():
+            return
+        if not self.addresses:
+            self.finish(None)
+            return
+        for address in self.addresses:
+            try:
+                self.engine.request(
+                    address,
+                    None,
+                    EventType.FIND_NODE,
+                    FindNode(key=self.target),
+                    self.on_entry_response,
+                    self.on_entry_failure,
+                    retries=BOOTSTRAP_RETRIES,
+                )
+            except ClosedError as error:
+                self.finish(error)
+                return
+
+    def ready(self) -> bool:
+        return self.answered > 0
+
+    def on_entry_response(self, event: Event, source: Address) -> bool:
+        payload = event.payload
+        nodes = payload.nodes if isinstance(payload, FindNode) else ()
+        with self.lock:
+            self.answered += 1
+            self.lookup.add([Node(event.sender, source)], State.ANSWERED)
+            self.lookup.add(usable_nodes(nodes, event.sender, source))
+        self.drive()
+        return True
+
+    def on_entry_failure(self, error: Exception) -> None:
+        with self.lock:
+            self.failed += 1
+            hopeless = self.failed == len(self.addresses)
+        if hopeless:
+            tried = ", ".join(f"{host}:{port}" for host, port in self.addresses)
+            self.finish(BootstrapError(f"no bootstrap node answered ({tried}): {error}"))
+
+    def complete(self) -> None:
+        self.finish(None)
+
+    def report(self, error: Exception | None) -> None:
+        self.on_done(error)
+
+
+class FindOperation(LookupOperation):
+    kind = EventType.FIND_VALUE
+
+    def __init__(
+        self,
+        engine: Engine,
+        key: bytes,
+        from_ns: int,
+        on_value: Callable[[bytes], None],
+        on_done: Callable[[Exception | None, list[bytes]], None],
+        first_only: bool,
+    ) -> None:
+        # A first-value lookup asks one node first: the closest known node
+        # usually holds the key, and the other alpha - 1 answers would come
+        # too late to matter. It asks alpha at once after a miss, a failure,
+        # or no answer within the hedge delay (Engine.hedge_delay).
+        hedge = engine.hedge_delay() if first_only else None
+        super().__init__(engine, key, alpha=1 if hedge is not None else ALPHA)
+        self._hedge = hedge
+        self._hedge_timer: object = None
+        self.first_only = first_only
+        self.from_ns = from_ns
+        self.on_value = on_value
+        self.on_done = on_done
+        self.values: list[bytes] = []
+        self._seen: set[bytes] = set()
+        self._partial = 0  # requests whose split answer is still arriving
+
+    def payload(self) -> Payload:
+        return FindValue(key=self.target, from_ns=self.from_ns)
+
+    def start(self) -> None:
+        if not self.register():
+            return
+        local = self.engine.local_values(self.target, self.from_ns)
+        if local:
+            with self.lock:
+                self._deliver(value.value for value in local)
+            self.finish(None)
+            return
+        self.seed()
+        if self._hedge is not None:
+            self._hedge_timer = self.engine.timers.schedule(self._hedge, self._hedge_expired)
+        self.drive()
+
+    def _widen(self) -> None:
+        """Ask up to alpha nodes at once from now on (after a hedge delay,
+        a miss or a failure); call with the lock held, then ``drive``."""
+        self.lookup.alpha = ALPHA
+
+    def _hedge_expired(self) -> None:
+        with self.lock:
+            if self.lookup.alpha == ALPHA:
+                return
+            self._widen()
+        self.drive()
+
+    def _deliver(self, values: Iterable[bytes]) -> None:
+        """Queue new distinct values for the user; call with the lock held.
+        Values that come after the end (answers still in flight) are dropped."""
+        if self.finished:
+            return
+        for data in values:
+            if data not in self._seen:
+                self._seen.add(data)
+                self.values.append(data)
+                self.post(lambda data=data: self.on_value(data))  # type: ignore[misc]
+
+    def ready(self) -> bool:
+        return self._partial == 0
+
+    def drive(self) -> None:
+        with self.lock:
+            done = self.first_only and bool(self.values) and self._partial == 0
+            if done:
+                if self.finished or self.completing:
+                    return
+                self.completing = True
+        if done:
+            self.complete()
+        else:
+            super().drive()
+
+    def query(self, node: Node) -> None:
+        received: set[bytes] = set()  # distinct: a duplicated event counts once
+
+        def on_response(event: Event, source: Address) -> bool:
+            payload = event.payload
+            values: list[Value] = []
+            if isinstance(payload, FindValue) and payload.values:
+                # Values under another key are not what was asked for.
+                values = [value for value in payload.values if value.key == self.target]
+                if len(values) < len(payload.values):
+                    self.engine.stats.incr("drop-wrong-key")
+            if isinstance(payload, FindValue) and values:
+                with self.lock:
+                    was_partial = bool(received)  # an earlier event left more to come
+                    if not was_partial:
+                        self.lookup.answered(node.id)
+                    received.update(value.value for value in values)
+                    finished = len(received) >= payload.found
+                    self._partial += int(not finished) - int(was_partial)
+                    self._deliver(value.value for value in values)
+                self.flush()
+            else:
+                finished = self.on_response(node, event, source)
+                with self.lock:
+                    if received:  # a split answer that ended without its rest
+                        self._partial -= 1
+                    self._widen()  # a miss: this node does not hold the key
+            self.drive()
+            return finished
+
+        def on_failure(error: Exception) -> None:
+            with self.lock:
+                if received:
+                    self._partial -= 1  # the rest of a split answer never came
+                else:
+                    self.lookup.failed(node.id)
+                self._widen()
+            self.drive()
+
+        self.send_query(node, on_response, on_failure)
+
+    def complete(self) -> None:
+        self.finish(None)  # report() tells found from not found
+
+    def report(self, error: Exception | None) -> None:
+        if self._hedge_timer is not None:
+            self.engine.timers.cancel(self._hedge_timer)
+        if error is None and not self.values:
+            error = NotFoundError(self.target, self.lookup.queried)
+        self.on_done(error, list(self.values))
+
+
+class StoreOperation(LookupOperation):
+    def __init__(
+        self, engine: Engine, value: Value, on_done: Callable[[Exception | None], None]
+    ) -> None:
+        super().__init__(engine, value.key)
+        self.value = value
+        self.on_done = on_done
+        self.tried = 0
+        self.acknowledged = 0
+        self.failures = 0
+        self.needed = 0
+
+    def start(self) -> None:
+        if not self.register():
+            return
+        self.seed()
+        self.drive()
+
+    def complete(self) -> None:
+        """The lookup is done: store on the K closest (this node included if
+        it is one of them) and wait for a majority to acknowledge."""
+        engine = self.engine
+        key = self.target
+        with self.lock:  # late answers may still be adding to the lookup
+            targets = self.lookup.closest(K)
+        local = len(targets) < K or distance(engine.local_id, key) < distance(targets[-1].id, key)
+        if local:
+            targets = targets[: K - 1]
+        value = self.value
+        stored = local and engine.store_locally(value)
+        with self.lock:
+            self.tried = len(targets) + local
+            self.needed = self.tried // 2 + 1
+            if not targets and self.lookup.queried:
+                # Nodes are known but none answered: storing only here would
+                # hide that the network is unreachable, so count them as tried.
+                self.tried += self.lookup.queried
+                self.failures += self.lookup.queried
+                self.needed = self.tried // 2 + 1
+            if stored:
+                self.acknowledged += 1
+            elif local:
+                self.failures += 1
+        self.check()
+        payload = Store((value,))
+        for node in targets:
+            try:
+                engine.request(
+                    node.address,
+                    node.id,
+                    EventType.STORE,
+                    payload,
+                    self.on_ack,
+                    self.on_nack,
+                    retries=1,
+                )
+            except ClosedError as error:
+                self.finish(error)
+                return
+
+    def on_ack(self, event: Event, source: Address) -> bool:
+        with self.lock:
+            self.acknowledged += 1
+        self.check()
+        return True
+
+    def on_nack(self, error: Exception) -> None:
+        with self.lock:
+            self.failures += 1
+        self.check()
+
+    def check(self) -> None:
+        with self.lock:
+            if self.acknowledged >= self.needed:
+                outcome: Exception | None = None
+            elif self.tried - self.failures < self.needed:
+                outcome = StoreError(self.target, self.tried, self.acknowledged, self.needed)
+            else:
+                return
+        self.finish(outcome)
+
+    def report(self, error: Exception | None) -> None:
+        self.on_done(error)

@@ -1,0 +1,202 @@
+"""Key transfer (D34): which values a newly seen node is sent, when, and
+that the scan of a large store never blocks a thread for long: core on
+simnet."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import pytest
+from simnet import Outcome, SimNetwork, SimNode
+
+import dht.core.transfer as transfer_module
+from dht.core.storage import MemoryStorage, Storage
+from dht.keys import random_id
+from dht.wire import Node, Value
+
+
+def test_a_node_seen_twice_within_the_refresh_interval_is_sent_keys_once() -> None:
+    net = SimNetwork(seed=35)
+    holder, newcomer = net.add_node(refresh_interval=60.0), net.add_node()
+    for i in range(3):
+        assert holder.storage.Set(random_id(), b"v%d" % i, net.clock.wall_ns(), 10**12)
+    for _ in range(2):
+        holder.engine.transfer.offer(Node(newcomer.id, newcomer.address))
+        net.run_until(lambda: False, limit=1.0)
+    assert holder.engine.stats.snapshot()["values-transferred"] == 3
+    net.clock.now += 61.0  # a refresh interval later it is served again
+    holder.engine.transfer.offer(Node(newcomer.id, newcomer.address))
+    net.run_until(lambda: False, limit=1.0)
+    assert holder.engine.stats.snapshot()["values-transferred"] == 6
+
+
+def test_the_key_transfer_record_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transfer_module, "TRANSFERRED_NODES", 10)
+    net = SimNetwork(seed=36)
+    holder = net.add_node()
+    for i in range(30):
+        holder.engine.transfer.offer(Node(random_id(), (f"127.0.2.{i + 1}", 5000)))
+    assert len(holder.engine.transfer.served()) == 10
+
+
+S = TypeVar("S", bound=Storage)
+
+
+def _holder_of(
+    make_storage: Callable[[Callable[[], int]], S], count: int, *, seed: int
+) -> tuple[SimNetwork, SimNode, S]:
+    """A node whose storage (made with the network's clock) holds ``count`` values."""
+    net = SimNetwork(seed=seed)
+    holder = net.add_node()
+    storage = make_storage(net.clock.wall_ns)
+    holder.engine.storage = storage
+    for i in range(count):
+        assert storage.Set(random_id(), b"v%d" % i, net.clock.wall_ns(), 10**12)
+    return net, holder, storage
+
+
+class CountingStorage(MemoryStorage):
+    """The default storage, counting the scans of the whole store (listings
+    of its keys) and the values read."""
+
+    def __init__(self, clock_ns: Callable[[], int]) -> None:
+        super().__init__(clock_ns=clock_ns)
+        self.scans = 0
+        self.read: list[int] = []
+
+    def Keys(self) -> list[bytes]:
+        self.scans += 1
+        return super().Keys()
+
+    def Get(self, key: bytes, from_ns: int = 0) -> list[Value]:
+        values = super().Get(key, from_ns)
+        self.read.append(len(values))
+        return values
+
+
+def test_key_transfer_scans_the_store_later_in_slices_once_for_all_new_nodes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The scan ran on the listener thread, for each newly seen node: with
+    # 100,000 values a node stopped answering for a second per fresh node id.
+    monkeypatch.setattr(transfer_module, "TRANSFER_SLICE", 100)
+    net, holder, storage = _holder_of(CountingStorage, 1000, seed=37)
+    newcomers = [net.add_node() for _ in range(3)]
+    callbacks_before = len(net._queue)
+    for newcomer in newcomers:  # seen one after another, as from one datagram burst
+        holder.engine.transfer.offer(Node(newcomer.id, newcomer.address))
+    assert storage.scans == 0  # nothing scanned on the caller's thread
+    assert len(net._queue) == callbacks_before + 1  # one scan scheduled for all three
+    steps = 0
+    while holder.engine.transfer.scanning:
+        reads_before = len(storage.read)
+        assert net.step()
+        assert len(storage.read) - reads_before <= 100  # a slice of keys per callback
+        steps += 1
+    assert storage.scans == 1
+    assert steps >= 1000 // 100  # one callback per slice
+    assert len(storage.read) == 1000 and sum(storage.read) == 1000  # each key read once
+    net.run_until(lambda: False, limit=5.0)
+    # A network smaller than K: each newcomer is sent every value.
+    assert holder.engine.stats.snapshot()["values-transferred"] == 3 * 1000
+    assert all(len(newcomer.storage) == 1000 for newcomer in newcomers)  # type: ignore[arg-type]
+
+
+class IterateOnlyStorage:
+    """A user storage with only the protocol's methods (no ``Keys``)."""
+
+    def __init__(self, clock_ns: Callable[[], int]) -> None:
+        self.inner = MemoryStorage(clock_ns=clock_ns)
+        self.scans = 0
+
+    def Get(self, key: bytes, from_ns: int = 0) -> list[Value]:
+        return self.inner.Get(key, from_ns)
+
+    def Set(self, key: bytes, value: bytes, created_ns: int, ttl_ns: int) -> bool:
+        return self.inner.Set(key, value, created_ns, ttl_ns)
+
+    def Iterate(self, fn: Callable[[Value], bool]) -> None:
+        self.scans += 1
+        self.inner.Iterate(fn)
+
+
+def test_key_transfer_from_a_storage_without_keys_iterates_it() -> None:
+    net, holder, storage = _holder_of(IterateOnlyStorage, 300, seed=39)
+    newcomer = net.add_node()
+    holder.engine.transfer.offer(Node(newcomer.id, newcomer.address))
+    assert net.run_until(lambda: not holder.engine.transfer.scanning, limit=5.0)
+    net.run_until(lambda: False, limit=5.0)
+    assert storage.scans == 1
+    assert len(newcomer.storage) == 300  # type: ignore[arg-type]
+
+
+def test_nodes_queued_during_every_scan_neither_recurse_nor_stop_key_transfer() -> None:
+    # The end of a scan started the next one by a direct call: with a node
+    # newly seen during each scan the stack grew until RecursionError, which
+    # left the scan flag set, so no node was ever served again.
+    net = SimNetwork(seed=38)
+    holder = net.add_node()
+    scans = 0
+
+    class QueueingStorage(MemoryStorage):
+        def Keys(self) -> list[bytes]:
+            nonlocal scans
+            scans += 1
+            if scans < 1500:  # a listener sees a new node meanwhile
+                holder.engine.transfer.offer(Node(random_id(), ("127.0.2.2", 1000 + scans)))
+            return super().Keys()
+
+    storage = QueueingStorage(clock_ns=net.clock.wall_ns)
+    assert storage.Set(random_id(), b"v", net.clock.wall_ns(), 10**12)
+    holder.engine.storage = storage
+    holder.engine.transfer.offer(Node(random_id(), ("127.0.2.2", 999)))
+    assert net.run_until(lambda: not holder.engine.transfer.scanning, limit=600.0)
+    assert scans == 1500
+    assert "transfer-error" not in holder.engine.stats.snapshot()
+
+
+def test_sybils_on_one_address_cannot_fill_the_key_transfer_queue() -> None:
+    net = SimNetwork(seed=39)
+    holder = net.add_node()
+    assert holder.storage.Set(random_id(), b"v", net.clock.wall_ns(), 10**12)
+    for i in range(100):  # newly seen ids, all on one address
+        holder.engine.transfer.offer(Node(random_id(), ("127.0.3.3", 2000 + i)))
+    assert len(holder.engine.transfer.queued()) == transfer_module.TRANSFER_QUEUE
+    newcomer = net.add_node()
+    holder.engine.transfer.offer(Node(newcomer.id, newcomer.address))
+    assert newcomer.id in holder.engine.transfer.queued()
+    net.run_until(lambda: False, limit=5.0)
+    assert len(newcomer.storage) == 1  # type: ignore[arg-type]
+
+
+def test_a_newcomer_skipped_by_a_full_transfer_queue_is_served_at_the_next_refresh(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Skipped nodes were never served: key transfer starts only when a node
+    # is first seen.
+    monkeypatch.setattr(transfer_module, "TRANSFER_QUEUE", 1)
+    net = SimNetwork(seed=41)
+    holder = net.add_node(refresh_interval=10.0)
+    assert holder.storage.Set(random_id(), b"v", net.clock.wall_ns(), 10**12)
+    holder.engine.transfer.offer(Node(random_id(), ("127.0.5.5", 1)))  # fills the queue
+    newcomer = net.add_node()
+    holder.engine.table.add_verified(newcomer.id, newcomer.address, net.clock.now)
+    holder.engine.transfer.offer(Node(newcomer.id, newcomer.address))
+    assert holder.engine.stats.snapshot()["transfer-skipped"] == 1
+    net.run_until(lambda: False, limit=5.0)
+    assert len(newcomer.storage) == 0  # type: ignore[arg-type]
+    assert net.run_until(lambda: len(newcomer.storage) == 1, limit=30.0)  # type: ignore[arg-type]
+
+
+def test_newcomers_sharing_an_address_all_get_their_keys() -> None:
+    # A loopback cluster again: with at most 4 queued newcomers per address,
+    # 8 of 12 nodes joining at once got no keys.
+    net = SimNetwork(seed=8)
+    holder = net.add_node()
+    assert holder.storage.Set(random_id(), b"v", net.clock.wall_ns(), 10**12)
+    newcomers = [net.add_node() for _ in range(12)]
+    joined = [Outcome() for _ in newcomers]
+    for newcomer, outcome in zip(newcomers, joined, strict=True):
+        newcomer.engine.bootstrap([holder.address], outcome.store_done)
+    assert net.run_until(lambda: all(len(n.storage) == 1 for n in newcomers), limit=10.0)  # type: ignore[arg-type]
