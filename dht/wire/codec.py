@@ -41,6 +41,7 @@ from .ourshapes import (
     VALUE_VTABLE,
     decode_ours,
     host_name,
+    node_layout,
 )
 
 ADDRESS_BYTES = 6
@@ -67,7 +68,6 @@ _VT_FIND_NODE = struct.Struct("<4H")
 _VT_FIND_VALUE = struct.Struct("<7H")
 _VT_STORE = struct.Struct("<3H")
 _VT_VALUE = struct.Struct("<6H").pack(*VALUE_VTABLE)
-_VT_NODE = struct.Struct("<4H").pack(8, 12, 4, 8)
 _TABLE3 = struct.Struct("<iII")
 _STORE_TABLE = struct.Struct("<iI")
 _FIND_VALUE_TABLE = struct.Struct("<iIqqII")
@@ -197,22 +197,19 @@ def _write_values(buf: bytearray, field: int, values: Sequence[Value]) -> None:
         _write_bytes(buf, table + 24, bytes(value.value))
 
 
-# A Node table after its soffset: uoffsets to the id (+12) and the address
-# (+36) vectors, then both vectors inline, padded to 4 bytes.
-_NODE_RECORD = struct.Struct("<iIII20sI4sH2x")
 _HOSTS: dict[str, bytes] = {}
 """Packed IPv4 addresses by dotted string (bounded: cleared when full)."""
 
 
 def _write_nodes(buf: bytearray, field: int, nodes: Sequence[Node]) -> None:
-    slot = _write_table_vector(buf, field, len(nodes))
-    vtable = len(buf)
-    buf += _VT_NODE
-    pack = _NODE_RECORD.pack
-    for node in nodes:
-        table = len(buf)
-        _PACK_U32(buf, slot, table - slot)
-        slot += 4
+    """The vector of ``nodes``, packed at once: slots, one shared vtable,
+    then each Node table (soffset, uoffsets to its id and address) with
+    both vectors inline (``ourshapes.node_layout``)."""
+    _link(buf, field)
+    count = len(nodes)
+    whole, shape = node_layout(count)
+    fields: list[object] = [*shape[0]]
+    for node, soffset in zip(nodes, shape[1], strict=True):
         node_id = node.id
         if type(node_id) is not bytes or len(node_id) != KEY_BYTES:
             check_id(node_id, "node id")  # raises the precise error
@@ -224,7 +221,9 @@ def _write_nodes(buf: bytearray, field: int, nodes: Sequence[Node]) -> None:
             packed = _pack_host(host)
         if type(port) is not int or not 0 <= port <= 0xFFFF:
             raise ArgumentError(f"node port {port!r} is not in 0..65535")
-        buf += pack(table - vtable, 8, 28, KEY_BYTES, node_id, ADDRESS_BYTES, packed, port)
+        fields += (soffset, 8, 28, KEY_BYTES, node_id, ADDRESS_BYTES, packed, port)
+    buf += _U32_PACK(count)
+    buf += whole.pack(*fields)
 
 
 def _pack_host(host: str) -> bytes:

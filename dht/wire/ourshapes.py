@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Callable
-from typing import Any
 
 from .events import PAYLOAD_CLASS, Event, EventType, FindNode, FindValue, Node, Store, Value
 
@@ -178,8 +176,8 @@ def _nodes(
     count = _u32(buffer, vector)[0]
     if not 0 < count <= _NODES_MAX or end != vector + 12 + 52 * count:
         return None
-    unpack, shape = _node_layout(count)
-    fields = unpack(buffer, vector + 4)
+    whole, shape = node_layout(count)
+    fields = whole.unpack_from(buffer, vector + 4)
     first = count + 4  # each node's 8 fields follow the slots and the vtable
     structure = (
         fields[:first],
@@ -265,22 +263,25 @@ _VALUE = struct.Struct("<iIqqII20sI").unpack_from
 _NODES_MAX = 64
 """Longest node vector read here (answers carry K = 20); longer ones go to
 the general reader."""
-_Layout = tuple[Callable[[Buffer, int], tuple[Any, ...]], tuple[tuple[int, ...], ...]]
+_Layout = tuple[struct.Struct, tuple[tuple[int, ...], ...]]
 _NODE_LAYOUTS: dict[int, _Layout] = {}
 
 
-def _node_layout(count: int) -> _Layout:
-    """How to read a vector of ``count`` nodes after its length, and what its
-    structural fields must read: the slots' uoffsets and the shared vtable,
-    then, across the nodes, the soffsets, the id and address uoffsets, and
-    the id and address lengths."""
+def node_layout(count: int) -> _Layout:
+    """The layout ``codec.encode`` gives a vector of ``count`` nodes, after
+    its length: a struct for the whole vector, and what its structural
+    fields read: the slots' uoffsets and the shared vtable, then, across the
+    nodes, the soffsets, the id and address uoffsets, and the id and address
+    lengths. Cached up to ``_NODES_MAX`` nodes."""
     layout = _NODE_LAYOUTS.get(count)
     if layout is None:
-        unpack = struct.Struct(f"<{count}I4H" + "iIII20sI4sH2x" * count).unpack_from
+        whole = struct.Struct(f"<{count}I4H" + "iIII20sI4sH2x" * count)
         slots = tuple(8 + 4 * count + 44 * i for i in range(count))
         soffsets = tuple(8 + 48 * i for i in range(count))
         shape = ((*slots, 8, 12, 4, 8), soffsets, *((n,) * count for n in (8, 28, 20, 6)))
-        layout = _NODE_LAYOUTS[count] = (unpack, shape)
+        layout = (whole, shape)
+        if count <= _NODES_MAX:
+            _NODE_LAYOUTS[count] = layout
     return layout
 
 
