@@ -130,6 +130,43 @@ def test_the_guard_drops_held_answers_that_are_too_old_or_too_many() -> None:
     assert guard.held_bytes == 0
 
 
+def test_a_source_held_again_keeps_its_place_in_deadline_order() -> None:
+    # Held again, a source moved behind later ones with its first deadline:
+    # expiry stops at the first entry not yet due, so its bytes stayed
+    # counted against the cap up to hold_for past its deadline.
+    guard = AmplificationGuard(1000, hold_for=2.0)
+    a, b, c = (("127.0.0.1", port) for port in (1, 2, 3))
+    guard.hold(a, [[b"x" * 100]], now=0.0)
+    guard.hold(b, [[b"y" * 100]], now=1.0)
+    guard.hold(a, [[b"z" * 100]], now=1.5)
+    guard.hold(c, [[b"w" * 100]], now=2.5)  # a's deadline (2.0) has passed
+    assert guard.held_bytes == 200
+    assert guard.prove(b, now=2.6) == [[b"y" * 100]]
+
+
+def test_a_source_whose_held_answers_outgrow_the_cap_keeps_the_newest() -> None:
+    # Over the cap together, the old and the new answers were all dropped.
+    guard = AmplificationGuard(1000, hold_for=2.0, held_bytes=5000)
+    source = ("127.0.0.1", 1)
+    guard.hold(source, [[b"x" * 3000]], now=0.0)
+    guard.hold(source, [[b"y" * 1000], [b"z" * 2000]], now=0.1)
+    assert guard.held_bytes == 3000
+    assert guard.prove(source, now=0.2) == [[b"y" * 1000], [b"z" * 2000]]
+
+
+def test_holding_more_for_the_heaviest_address_evicts_another_address() -> None:
+    # The heaviest IP address's only source must not be evicted to make room
+    # for its own new answer: the next heaviest loses its oldest instead.
+    guard = AmplificationGuard(1000, hold_for=2.0, held_bytes=5000)
+    heavy, light = ("127.0.0.1", 1), ("127.0.0.2", 1)
+    guard.hold(heavy, [[b"x" * 3000]], now=0.0)
+    guard.hold(light, [[b"y" * 1000]], now=0.0)
+    guard.hold(heavy, [[b"z" * 1500]], now=0.1)
+    assert guard.held_bytes == 4500
+    assert guard.prove(light, now=0.2) == []
+    assert guard.prove(heavy, now=0.2) == [[b"x" * 3000], [b"z" * 1500]]
+
+
 def test_a_split_answer_cut_by_the_cap_arrives_whole_once_the_requester_is_proven() -> None:
     # A requester that had not yet answered the holder got only the parts of
     # a split FIND_VALUE answer within the cap: it waited out its timeout

@@ -127,31 +127,54 @@ class AmplificationGuard:
 
     def hold(self, source: Address, events: list[Datagrams], now: float) -> None:
         """Keep the rest of an answer that ``allow`` refused until ``source``
-        is proven (after what is held for it already, up to
-        ``HELD_EVENTS_PER_SOURCE`` events). To stay within the byte cap, the
-        IP address holding the most bytes loses its oldest answers first: a
-        flood of large requests from one address evicted, oldest first, the
-        answers of honest requesters before their proof came."""
+        is proven, after what is held for it already: its newest
+        ``HELD_EVENTS_PER_SOURCE`` events that fit in the byte cap. To stay
+        within that cap, the IP address holding the most bytes loses its
+        oldest answers first: a flood of large requests from one address
+        evicted, oldest first, the answers of honest requesters before
+        their proof came."""
         with self._lock:
             self._drop_expired(now)
-            previous = self._take(source)
-            deadline = now + self.hold_for
+            previous = self._held.get(source)
             if previous is not None:
-                events = (previous.events + events)[-HELD_EVENTS_PER_SOURCE:]
-                # The first hold's deadline stands: renewed with every
-                # request, it let a source that never answers past spent().
-                deadline = previous.deadline
-            size = sum(len(datagram) for datagrams in events for datagram in datagrams)
-            if size > self.held_bytes_cap:
+                events = previous.events + events
+            events = events[-HELD_EVENTS_PER_SOURCE:]
+            sizes = [sum(map(len, datagrams)) for datagrams in events]
+            size = sum(sizes)
+            oldest = 0
+            while size > self.held_bytes_cap:  # keep the newest that fit
+                size -= sizes[oldest]
+                oldest += 1
+            events = events[oldest:]
+            if not events:
+                self._take(source)
                 return
-            while self.held_bytes + size > self.held_bytes_cap:
-                heaviest = max(self._held_per_host, key=self._held_per_host.__getitem__)
-                self._take(next(iter(self._held_by_host[heaviest])))
-            self._held[source] = _Held(deadline, events, size)
-            self.held_bytes += size
+            before = previous.size if previous is not None else 0
+            while self.held_bytes - before + size > self.held_bytes_cap:
+                self._take(self._victim(source))
             host = source[0]
-            self._held_per_host[host] = self._held_per_host.get(host, 0) + size
-            self._held_by_host.setdefault(host, {})[source] = None
+            if previous is None:
+                self._held[source] = _Held(now + self.hold_for, events, size)
+                self._held_by_host.setdefault(host, {})[source] = None
+            else:
+                # Updated in place: the first hold's deadline stands (renewed
+                # with every request, it let a source that never answers past
+                # spent()), and so does its place in deadline order.
+                previous.events, previous.size = events, size
+            self.held_bytes += size - before
+            self._held_per_host[host] = self._held_per_host.get(host, 0) + size - before
+
+    def _victim(self, keep: Address) -> Address:
+        """The oldest address of the IP address holding the most bytes, other
+        than ``keep`` (under the lock; something else must be held)."""
+        per_host = self._held_per_host
+        heaviest = max(per_host, key=per_host.__getitem__)
+        for address in self._held_by_host[heaviest]:
+            if address != keep:
+                return address
+        # ``keep`` is the heaviest address's only one: the next heaviest.
+        runner_up = max((h for h in per_host if h != heaviest), key=per_host.__getitem__)
+        return next(iter(self._held_by_host[runner_up]))
 
     def prove(self, address: Address, now: float) -> list[Datagrams]:
         """``address`` answered one of our requests, so it is real: no cap
