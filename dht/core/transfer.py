@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,7 +52,10 @@ class KeyTransfer:
     """One engine's key transfer: ``offer`` a newly seen node (any thread)."""
 
     def __init__(self, engine: Engine, *, batch_bytes: int, interval: float) -> None:
-        self._engine = engine
+        # Weak: the engine holds this object, and a cycle would keep a
+        # closed node's engine for the garbage collector. Once the engine is
+        # gone, callbacks still scheduled do nothing.
+        self._engine = weakref.ref(engine)
         self.batch_bytes = batch_bytes
         """Largest STORE batch sent to a node (bytes of values)."""
         self.interval = interval
@@ -81,7 +85,9 @@ class KeyTransfer:
     def offer(self, node: Node) -> None:
         """Queue ``node`` for the values it should hold, unless it was served
         within ``refresh_interval`` or the queue is full."""
-        engine = self._engine
+        engine = self._engine()
+        if engine is None:
+            return
         now = engine.clock()
         with self._lock:
             last = self._served.get(node.id)
@@ -119,11 +125,11 @@ class KeyTransfer:
         self._step(self._start_scan)
 
     def _start_scan(self) -> None:
-        engine = self._engine
+        engine = self._engine()
         with self._lock:
             nodes = list(self._queue.values())
             self._queue.clear()
-            if engine.closed or not nodes:
+            if engine is None or engine.closed or not nodes:
                 self._scanning = False
                 return
         storage = engine.guarded_storage
@@ -149,9 +155,11 @@ class KeyTransfer:
         try:
             step(*args)
         except Exception:
-            self._engine.stats.incr("transfer-error")
             log.exception("key transfer failed")
-            self._engine.timers.schedule(0.0, self._scan)
+            engine = self._engine()
+            if engine is not None:
+                engine.stats.incr("transfer-error")
+                engine.timers.schedule(0.0, self._scan)
 
     def _slice(
         self,
@@ -164,7 +172,9 @@ class KeyTransfer:
         """Timer thread: select from the values of one slice of ``scan``
         from ``start``, then go on in another callback, or send what was
         chosen and scan again for the nodes queued meanwhile."""
-        engine = self._engine
+        engine = self._engine()
+        if engine is None:
+            return
         local = int.from_bytes(engine.local_id, "big")
         ids = [(node.id, int.from_bytes(node.id, "big")) for node in nodes]
         closest: dict[bytes, set[bytes]] = {}
@@ -197,7 +207,9 @@ class KeyTransfer:
         timers.schedule(0.0, self._scan)
 
     def _send_batch(self, node: Node, batch: tuple[Value, ...]) -> None:
-        engine = self._engine
+        engine = self._engine()
+        if engine is None:
+            return
         try:
             engine.request(node.address, node.id, EventType.STORE, Store(batch), ignore, ignore)
         except ClosedError:
