@@ -432,6 +432,7 @@ INVALID_EVENTS: dict[str, Event] = {
     "ipv6-address": _find_node_response(("::1", 9000)),
     "hostname-address": _find_node_response(("localhost", 9000)),
     "bad-octet-address": _find_node_response(("256.0.0.1", 9000)),
+    "nul-in-address": _find_node_response(("1.2.3.4\x00", 9000)),
     "port-70000": _find_node_response(("127.0.0.1", 70000)),
     "port-minus-1": _find_node_response(("127.0.0.1", -1)),
     "ttl-2**63": _store(Value(KEY, b"v", INT64_MAX + 1)),

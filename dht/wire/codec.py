@@ -229,7 +229,7 @@ def _write_nodes(buf: bytearray, field: int, nodes: Sequence[Node]) -> None:
 def _pack_host(host: str) -> bytes:
     try:
         packed = socket.inet_pton(socket.AF_INET, host)
-    except (OSError, TypeError):
+    except (OSError, TypeError, ValueError):  # ValueError: an embedded NUL
         raise ArgumentError(f"node address {host!r} is not a dotted IPv4 address") from None
     if len(_HOSTS) >= HOSTS_MAX:
         _HOSTS.clear()
