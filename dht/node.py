@@ -36,6 +36,7 @@ from .listener import Listener
 from .timer import release_timer, shared_timer
 from .wire.events import NS_PER_SECOND, Address
 from .wire.framing import Reassembler
+from .worker import release_worker, shared_worker
 
 log = logging.getLogger("dht")
 
@@ -90,6 +91,11 @@ class DHT:
         cpus = frozenset(cfg.cpus) if cfg.cpus is not None else None
         try:
             self._timers = shared_timer(cfg.timer_tick, cpus)  # may run out of threads
+            try:
+                self._worker = shared_worker(cpus)
+            except BaseException:
+                release_timer(self._timers)
+                raise
         except BaseException:
             for sock in self._sockets:
                 sock.close()
@@ -104,6 +110,7 @@ class DHT:
                 storage=cfg.storage if cfg.storage is not None else _default_storage(cfg),
                 transport=self._transmit,
                 timers=self._timers,
+                background=self._worker.submit,
                 clock=time.monotonic,
                 wall_clock_ns=time.time_ns,
                 new_id=EventIds(),
@@ -138,6 +145,7 @@ class DHT:
         except BaseException:
             for listener in started:
                 listener.stop()
+            release_worker(self._worker)
             release_timer(self._timers)
             for sock in self._sockets:
                 sock.close()
@@ -174,9 +182,11 @@ class DHT:
         return counts
 
     def threads(self) -> list[threading.Thread]:
-        """The node's threads: its listeners, and the timer thread it shares
-        with the process's other nodes of the same ``timer_tick`` and ``cpus``."""
-        return [listener.thread for listener in self._listeners] + [self._timers.thread]
+        """The node's threads: its listeners, and the timer thread and worker
+        thread it shares with the process's other nodes of the same
+        ``timer_tick`` and ``cpus``."""
+        shared = [self._timers.thread, self._worker.thread]
+        return [listener.thread for listener in self._listeners] + shared
 
     # -- operations ----------------------------------------------------------
 
@@ -280,6 +290,7 @@ class DHT:
             for listener in self._listeners:
                 listener.stop()
             self._engine.close()
+            release_worker(self._worker)
             release_timer(self._timers)
             for sock in self._sockets:
                 sock.close()
@@ -315,7 +326,7 @@ class DHT:
 
 
 _library_threads: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
-"""Every listener and timer thread started, weakly held."""
+"""Every listener, timer and worker thread started, weakly held."""
 _closing = threading.local()
 """Per thread: how many Close calls it is running (nested through callbacks)."""
 

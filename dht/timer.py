@@ -17,47 +17,25 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
-from .affinity import pin_current_thread
 from .core.timerwheel import Timer, TimerWheel
+from .shared import SharedThread, SharedThreads
 
 log = logging.getLogger("dht.timer")
 
 
-class TimerThread:
+class TimerThread(SharedThread):
     """Thread-safe ``schedule``/``cancel`` on a wheel driven by its own thread."""
 
     def __init__(
         self, *, tick: float = 0.01, name: str = "dht-timer", cpus: frozenset[int] | None = None
     ) -> None:
-        self.cpus = cpus
+        super().__init__(name=name, cpus=cpus)
         self.tick = tick
-        self.users = 0
-        """``shared_timer`` callers not yet released (under its lock)."""
         self._clock = time.monotonic
         self._wheel = TimerWheel(self._clock(), tick=tick)
-        self._cond = threading.Condition()
         self._sleep_until = math.inf
-        self._running = False
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-
-    @property
-    def thread(self) -> threading.Thread:
-        return self._thread
-
-    def start(self) -> None:
-        self._running = True
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop the thread (pending timers are dropped) and wait for it,
-        unless called from a timer callback."""
-        with self._cond:
-            self._running = False
-            self._cond.notify()
-        if threading.current_thread() is not self._thread and self._thread.is_alive():
-            self._thread.join()
 
     def schedule(self, delay: float, callback: Callable[[], None]) -> Timer:
         """Run ``callback`` on the timer thread ``delay`` seconds from now
@@ -78,8 +56,7 @@ class TimerThread:
         with self._cond:
             return len(self._wheel)
 
-    def _run(self) -> None:
-        pin_current_thread(self.cpus)
+    def _loop(self) -> None:
         while True:
             with self._cond:
                 while True:
@@ -103,35 +80,23 @@ class TimerThread:
                     log.exception("timer callback %r raised", callback)
 
 
-_shared_lock = threading.Lock()
-_shared: dict[tuple[float, frozenset[int] | None], TimerThread] = {}
+def _make(key: Hashable) -> TimerThread:
+    assert isinstance(key, tuple)
+    tick, cpus = key
+    name = "dht-timer" if cpus is None else f"dht-timer-cpus-{min(cpus)}"
+    return TimerThread(tick=tick, name=name, cpus=cpus)
+
+
+_timers = SharedThreads(_make)
 
 
 def shared_timer(tick: float, cpus: frozenset[int] | None) -> TimerThread:
     """The process's running timer thread for ``tick`` and ``cpus``, started
     on first use. Each call must be matched by one ``release_timer``."""
-    key = (tick, cpus)
-    with _shared_lock:
-        timer = _shared.get(key)
-        if timer is None:
-            name = "dht-timer" if cpus is None else f"dht-timer-cpus-{min(cpus)}"
-            timer = TimerThread(tick=tick, name=name, cpus=cpus)
-            timer.start()  # registered only once running: a failed start is not reused
-            _shared[key] = timer
-        timer.users += 1
-        return timer
+    return _timers.acquire((tick, cpus))
 
 
 def release_timer(timer: TimerThread) -> None:
     """Give back a ``shared_timer``; the last user stops it (pending timers
     are dropped; see ``TimerThread.stop``)."""
-    key = (timer.tick, timer.cpus)
-    with _shared_lock:
-        if _shared.get(key) is not timer:
-            return
-        timer.users -= 1
-        last = timer.users == 0
-        if last:
-            del _shared[key]
-    if last:
-        timer.stop()
+    _timers.release((timer.tick, timer.cpus), timer)

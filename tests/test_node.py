@@ -20,7 +20,7 @@ import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -47,8 +47,9 @@ import dht.core.operations as operations
 import dht.listener as dht_listener
 import dht.node as dht_node
 import dht.timer as dht_timer
+from dht.core.storage import MemoryStorage
 from dht.keys import random_id
-from dht.wire import Event, EventType, encode, fragment
+from dht.wire import Event, EventType, Value, encode, fragment
 
 RESULT = 10.0
 """Longest wait for one Store/Find to end (generous: the machine may be loaded)."""
@@ -580,6 +581,39 @@ def test_finished_operations_leave_no_reference_cycles() -> None:
                 gc.enable()
 
 
+def test_a_slow_storage_scan_holds_up_no_timeout() -> None:
+    # Key transfer iterated the user's storage on the timer thread that all
+    # nodes of a process share: while a slow Iterate ran (a database, say),
+    # no request of any node timed out.
+    scanning, release = threading.Event(), threading.Event()
+
+    class SlowStorage(MemoryStorage):
+        def Iterate(self, fn: Callable[[Value], bool]) -> None:
+            scanning.set()
+            release.wait(60.0)
+            super().Iterate(fn)
+
+    key = new_key()
+    storage = SlowStorage()
+    assert storage.Set(key, b"v", time.time_ns(), 10**12)
+    nodes = [add_node(None, storage=storage), add_node(None, timeout=0.5)]
+    holder, other = nodes
+    try:
+        nodes.append(add_node(holder))  # newly seen by the holder: a scan starts
+        assert scanning.wait(RESULT)
+        failed = threading.Event()
+        host, port = free_udp_address().rsplit(":", 1)
+        other._engine.request(
+            (host, int(port)), None, EventType.PING, None, lambda *_: True, lambda _: failed.set()
+        )
+        assert failed.wait(RESULT), "the request's timeout waited for the storage scan"
+        release.set()
+        assert wait_until(lambda: stored_values(nodes[2], key) == {b"v"}, RESULT)
+    finally:
+        release.set()
+        close_all(nodes)
+
+
 def test_a_closed_node_is_freed_without_the_garbage_collector() -> None:
     # The node held its engine and the engine the node's send method: every
     # closed node waited for a full collection. (So did its engine, held by
@@ -670,7 +704,7 @@ def test_three_listeners_share_one_port() -> None:
             assert len(node._sockets) == 3
             ports = {sock.getsockname()[1] for sock in node._sockets}
             assert ports == {int(node.address.rpartition(":")[2])}
-            assert len(node.threads()) == 4
+            assert len(node.threads()) == 3 + 2  # and the shared timer and worker
         key = new_key()
         store(nodes[1], key, b"three listeners")
         for node in nodes:

@@ -18,7 +18,6 @@ from dht import Key, Value
 from dht.core.storage import (
     CLOCK_SKEW_NS,
     ITERATE_CHUNK,
-    GuardedStorage,
     MemoryStorage,
     Storage,
     key_cost,
@@ -522,29 +521,3 @@ def test_default_clock_is_wall_time() -> None:
     assert expiry is not None
     assert before + HOUR <= expiry <= after + HOUR
     assert datas(storage.Get(KEY)) == {b"v"}
-
-
-def test_guarded_keys_lists_the_keys_or_says_there_is_no_listing() -> None:
-    errors: list[str] = []
-    storage, _ = make()
-    storage.Set(KEY, b"a", 0, HOUR)
-    assert GuardedStorage(storage, lambda: errors.append("x")).Keys() == [KEY]
-
-    class NoListing:
-        def Get(self, key: bytes, from_ns: int = 0) -> list[Value]:
-            return []
-
-        def Set(self, key: bytes, value: bytes, created_ns: int, ttl_ns: int) -> bool:
-            return False
-
-        def Iterate(self, fn: Callable[[Value], bool]) -> None:
-            return None
-
-    class BrokenListing(NoListing):
-        def Keys(self) -> list[bytes]:
-            raise OSError("disk gone")
-
-    assert GuardedStorage(NoListing(), lambda: errors.append("x")).Keys() is None
-    assert errors == []
-    assert GuardedStorage(BrokenListing(), lambda: errors.append("x")).Keys() is None
-    assert errors == ["x"]  # counted as a storage error; key transfer then iterates

@@ -56,55 +56,9 @@ def _holder_of(
     return net, holder, storage
 
 
-class CountingStorage(MemoryStorage):
-    """The default storage, counting the scans of the whole store (listings
-    of its keys) and the values read."""
-
-    def __init__(self, clock_ns: Callable[[], int]) -> None:
-        super().__init__(clock_ns=clock_ns)
-        self.scans = 0
-        self.read: list[int] = []
-
-    def Keys(self) -> list[bytes]:
-        self.scans += 1
-        return super().Keys()
-
-    def Get(self, key: bytes, from_ns: int = 0) -> list[Value]:
-        values = super().Get(key, from_ns)
-        self.read.append(len(values))
-        return values
-
-
-def test_key_transfer_scans_the_store_later_in_slices_once_for_all_new_nodes(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # The scan ran on the listener thread, for each newly seen node: with
-    # 100,000 values a node stopped answering for a second per fresh node id.
-    monkeypatch.setattr(transfer_module, "TRANSFER_SLICE", 100)
-    net, holder, storage = _holder_of(CountingStorage, 1000, seed=37)
-    newcomers = [net.add_node() for _ in range(3)]
-    callbacks_before = len(net._queue)
-    for newcomer in newcomers:  # seen one after another, as from one datagram burst
-        holder.engine.transfer.offer(Node(newcomer.id, newcomer.address))
-    assert storage.scans == 0  # nothing scanned on the caller's thread
-    assert len(net._queue) == callbacks_before + 1  # one scan scheduled for all three
-    steps = 0
-    while holder.engine.transfer.scanning:
-        reads_before = len(storage.read)
-        assert net.step()
-        assert len(storage.read) - reads_before <= 100  # a slice of keys per callback
-        steps += 1
-    assert storage.scans == 1
-    assert steps >= 1000 // 100  # one callback per slice
-    assert len(storage.read) == 1000 and sum(storage.read) == 1000  # each key read once
-    net.run_until(lambda: False, limit=5.0)
-    # A network smaller than K: each newcomer is sent every value.
-    assert holder.engine.stats.snapshot()["values-transferred"] == 3 * 1000
-    assert all(len(newcomer.storage) == 1000 for newcomer in newcomers)  # type: ignore[arg-type]
-
-
-class IterateOnlyStorage:
-    """A user storage with only the protocol's methods (no ``Keys``)."""
+class ProtocolOnlyStorage:
+    """A user storage with only the protocol's methods, counting the scans
+    of the whole store (its ``Iterate`` calls)."""
 
     def __init__(self, clock_ns: Callable[[], int]) -> None:
         self.inner = MemoryStorage(clock_ns=clock_ns)
@@ -121,14 +75,24 @@ class IterateOnlyStorage:
         self.inner.Iterate(fn)
 
 
-def test_key_transfer_from_a_storage_without_keys_iterates_it() -> None:
-    net, holder, storage = _holder_of(IterateOnlyStorage, 300, seed=39)
-    newcomer = net.add_node()
-    holder.engine.transfer.offer(Node(newcomer.id, newcomer.address))
-    assert net.run_until(lambda: not holder.engine.transfer.scanning, limit=5.0)
+def test_key_transfer_scans_the_store_in_the_background_once_for_all_new_nodes() -> None:
+    # The scan ran on the listener thread, for each newly seen node: with
+    # 100,000 values a node stopped answering for a second per fresh node id.
+    net, holder, storage = _holder_of(ProtocolOnlyStorage, 1000, seed=37)
+    newcomers = [net.add_node() for _ in range(3)]
+    jobs = []
+    holder.engine.background = jobs.append  # the worker, run by hand here
+    for newcomer in newcomers:  # seen one after another, as from one datagram burst
+        holder.engine.transfer.offer(Node(newcomer.id, newcomer.address))
+    assert storage.scans == 0  # nothing scanned on the caller's thread
+    assert len(jobs) == 1 and holder.engine.transfer.scanning  # one scan for all three
+    while jobs:  # the scan, then a check for nodes queued meanwhile
+        jobs.pop(0)()
+    assert storage.scans == 1 and not holder.engine.transfer.scanning
     net.run_until(lambda: False, limit=5.0)
-    assert storage.scans == 1
-    assert len(newcomer.storage) == 300  # type: ignore[arg-type]
+    # A network smaller than K: each newcomer is sent every value.
+    assert holder.engine.stats.snapshot()["values-transferred"] == 3 * 1000
+    assert all(len(newcomer.storage) == 1000 for newcomer in newcomers)  # type: ignore[arg-type]
 
 
 def test_nodes_queued_during_every_scan_neither_recurse_nor_stop_key_transfer() -> None:
@@ -140,12 +104,12 @@ def test_nodes_queued_during_every_scan_neither_recurse_nor_stop_key_transfer() 
     scans = 0
 
     class QueueingStorage(MemoryStorage):
-        def Keys(self) -> list[bytes]:
+        def Iterate(self, fn: Callable[[Value], bool]) -> None:
             nonlocal scans
             scans += 1
             if scans < 1500:  # a listener sees a new node meanwhile
                 holder.engine.transfer.offer(Node(random_id(), ("127.0.2.2", 1000 + scans)))
-            return super().Keys()
+            super().Iterate(fn)
 
     storage = QueueingStorage(clock_ns=net.clock.wall_ns)
     assert storage.Set(random_id(), b"v", net.clock.wall_ns(), 10**12)
@@ -154,6 +118,34 @@ def test_nodes_queued_during_every_scan_neither_recurse_nor_stop_key_transfer() 
     assert net.run_until(lambda: not holder.engine.transfer.scanning, limit=600.0)
     assert scans == 1500
     assert "transfer-error" not in holder.engine.stats.snapshot()
+
+
+def test_a_scan_that_raises_is_counted_and_the_next_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A bug in one scan must not leave the scan flag set: no node would
+    # ever be served again.
+    net = SimNetwork(seed=42)
+    holder = net.add_node()
+    assert holder.storage.Set(random_id(), b"v", net.clock.wall_ns(), 10**12)
+    calls = 0
+    batch_values = transfer_module.batch_values
+
+    def batch_values_failing_once(values: list[Value], budget: int) -> list[tuple[Value, ...]]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug in the first scan")
+        return batch_values(values, budget)
+
+    monkeypatch.setattr(transfer_module, "batch_values", batch_values_failing_once)
+    holder.engine.transfer.offer(Node(random_id(), ("127.0.2.3", 1)))  # its scan raises
+    assert net.run_until(lambda: not holder.engine.transfer.scanning, limit=5.0)
+    newcomer = net.add_node()
+    holder.engine.transfer.offer(Node(newcomer.id, newcomer.address))
+    net.run_until(lambda: False, limit=5.0)
+    assert holder.engine.stats.snapshot()["transfer-error"] == 1
+    assert len(newcomer.storage) == 1  # type: ignore[arg-type]
 
 
 def test_sybils_on_one_address_cannot_fill_the_key_transfer_queue() -> None:

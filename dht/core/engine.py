@@ -1,17 +1,18 @@
 """The protocol engine: what a node does, without sockets or threads.
 
 The shell gives it a ``transport`` (send these datagrams to that address),
-``timers`` (schedule/cancel a callback), clocks and an id source, and feeds
-it decoded events with ``receive``. It keeps the routing table, the pending
-requests (one table shared by every listener: a reply may arrive on any
-socket), the running operations (bootstrap, Store, Find: ``operations``)
-and the key transfer to newly seen nodes (``transfer``).
+``timers`` (schedule/cancel a callback), a ``background`` runner for slow
+jobs, clocks and an id source, and feeds it decoded events with
+``receive``. It keeps the routing table, the pending requests (one table
+shared by every listener: a reply may arrive on any socket), the running
+operations (bootstrap, Store, Find: ``operations``) and the key transfer to
+newly seen nodes (``transfer``).
 
 Threading: ``receive`` runs on listener threads, timeouts on the timer
-thread, ``store``/``find``/``bootstrap`` on user threads, all concurrently.
-Shared state is guarded by small locks; no lock is held while calling a
-user callback (operations deliver through a serial outbox, see
-``operations.Operation``).
+thread, scans of the storage on the worker thread, and ``store``, ``find``
+and ``bootstrap`` on user threads, all concurrently. Shared state is guarded
+by small locks; no lock is held while calling a user callback (operations
+deliver through a serial outbox, see ``operations.Operation``).
 """
 
 from __future__ import annotations
@@ -125,6 +126,7 @@ class Engine:
         storage: Storage,
         transport: Transport,
         timers: Timers,
+        background: Callable[[Callable[[], None]], None] | None = None,
         clock: Callable[[], float],
         wall_clock_ns: Callable[[], int],
         new_id: Callable[[], bytes],
@@ -146,6 +148,10 @@ class Engine:
         self.refresh_interval = refresh_interval
         self._transport = transport
         self.timers = timers
+        self.background = background or partial(timers.schedule, 0.0)
+        """Runs a job that may block for long (a scan of the user's storage)
+        later, off the timer thread: the shell's worker thread. Without
+        one, on the timer thread (simulations in one thread)."""
         self.clock = clock
         self._wall_clock_ns = wall_clock_ns
         self._new_id = new_id
@@ -478,7 +484,9 @@ class Engine:
         for contact in self.table.contacts():
             if contact.id not in served:
                 self.transfer.offer(contact.node)
-        self.guarded_storage.expire()  # guarded: a raise must not end the liveness checks
+        # On the worker: a user's sweep may be slow. Guarded: a raise must
+        # not end the liveness checks.
+        self.background(self.guarded_storage.expire)
         with self._lock:
             if not self.closed:
                 self._refresh_timer = self.timers.schedule(self.refresh_interval, self._refresh)

@@ -29,10 +29,9 @@ class Storage(Protocol):
     Find asks the network instead, a STORE from the network counts its
     values as refused, and a FIND_VALUE is answered with the closest nodes.
 
-    Optional, found by name: ``expire()`` (a sweep run at each refresh) and
-    ``Keys()`` (a list of the keys held). With ``Keys``, key transfer reads
-    the store a slice of keys at a time through ``Get``; without it,
-    ``Iterate`` runs over the whole store in one timer callback."""
+    Optional, found by name: ``expire()``, a sweep run at each refresh.
+    ``Iterate`` (key transfer to newly seen nodes) and ``expire`` run on the
+    process's worker thread, so a slow store holds up no timeout."""
 
     def Get(self, key: bytes, from_ns: int = 0) -> list[Value]:
         """Unexpired values under ``key`` created at or after ``from_ns``
@@ -81,18 +80,6 @@ class GuardedStorage:
             self.storage.Iterate(fn)
         except Exception:
             self._failed("Iterate")
-
-    def Keys(self) -> list[bytes] | None:
-        """The storage's own ``Keys()`` listing, or None if it has none (or
-        it failed)."""
-        keys = getattr(self.storage, "Keys", None)
-        if not callable(keys):
-            return None
-        try:
-            return list(keys())
-        except Exception:
-            self._failed("Keys")
-            return None
 
     def expire(self) -> None:
         """The storage's own ``expire()`` sweep, if it has one."""

@@ -6,12 +6,14 @@ smaller than K). A node is served at most once per ``refresh_interval``, so
 a contact that is evicted and seen again under packet loss is not sent
 everything again.
 
-The store is scanned on the timer thread, ``TRANSFER_SLICE`` keys per
-callback (values, for a storage without ``Keys``), one scan at a time for
-every node queued meanwhile: a scan of a large store ran on the listener
-thread for each newly seen node (1 s per node with 100,000 values), so fresh
-node ids made a node deaf. The chosen values go out in bounded batches at a
-bounded rate, never the whole store at once.
+Newly seen nodes are queued, and the store is scanned once for all nodes
+queued meanwhile, in a job on the engine's ``background`` thread (the
+worker): it iterates the user's storage, which may take seconds. A scan ran
+on the listener thread for each newly seen node (1 s per node with 100,000
+values), so fresh node ids made a node deaf; then on the shared timer
+thread, where it held up the timeouts of every node in the process. The
+chosen values go out in bounded batches at a bounded rate, never the whole
+store at once.
 """
 
 from __future__ import annotations
@@ -20,8 +22,6 @@ import logging
 import threading
 import weakref
 from collections import Counter, OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -30,7 +30,6 @@ from ..keys import K
 from ..wire.events import EventType, Node, Store, Value
 from .callbacks import ignore
 from .handler import batch_values
-from .storage import GuardedStorage
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -42,10 +41,6 @@ TRANSFERRED_NODES = 65536
 TRANSFER_QUEUE = 64
 """Newly seen nodes waiting for their key transfer; more are skipped until
 the next periodic refresh."""
-TRANSFER_SLICE = 500
-"""Keys (or, for a storage without ``Keys``, values) one timer callback of a
-scan looks at: a few ms of the shared timer thread with one value per key
-(15 ms at most, measured with 200,000 values)."""
 
 
 class KeyTransfer:
@@ -118,13 +113,13 @@ class KeyTransfer:
         if skipped:
             engine.stats.incr("transfer-skipped")
         elif start:
-            engine.timers.schedule(0.0, self._scan)
+            engine.background(self._scan)
 
     def _scan(self) -> None:
-        """Timer thread: start a scan of the store for the queued nodes."""
-        self._step(self._start_scan)
-
-    def _start_scan(self) -> None:
+        """Background thread: scan the store for the queued nodes, then
+        submit the scan for those queued meanwhile, if any, behind the other
+        nodes' jobs (the worker is shared). A scan that raises is counted
+        and logged, and the next one goes on."""
         engine = self._engine()
         with self._lock:
             nodes = list(self._queue.values())
@@ -132,58 +127,30 @@ class KeyTransfer:
             if engine is None or engine.closed or not nodes:
                 self._scanning = False
                 return
-        storage = engine.guarded_storage
-        keys = storage.Keys()
-        scan: _Scan
-        if keys is not None:
-            scan = _Scan(len(keys), lambda at: _values_of(storage, keys[at : at + TRANSFER_SLICE]))
-        else:  # only Iterate: the whole store at once, then slices of values
-            values: list[Value] = []
-
-            def collect(value: Value) -> bool:
-                values.append(value)
-                return True
-
-            storage.Iterate(collect)
-            scan = _Scan(len(values), lambda at: values[at : at + TRANSFER_SLICE])
-        chosen: dict[bytes, list[Value]] = {node.id: [] for node in nodes}
-        self._slice(nodes, scan, 0, chosen, len(engine.table) < K)
-
-    def _step(self, step: Callable[..., None], *args: object) -> None:
-        """Run one step of a scan; if it raises, end the scan (and start the
-        next for the nodes queued meanwhile), so key transfer goes on."""
         try:
-            step(*args)
+            self._serve(engine, nodes)
         except Exception:
+            engine.stats.incr("transfer-error")
             log.exception("key transfer failed")
-            engine = self._engine()
-            if engine is not None:
-                engine.stats.incr("transfer-error")
-                engine.timers.schedule(0.0, self._scan)
+        engine.background(self._scan)
 
-    def _slice(
-        self,
-        nodes: list[Node],
-        scan: _Scan,
-        start: int,
-        chosen: dict[bytes, list[Value]],
-        everything: bool,
-    ) -> None:
-        """Timer thread: select from the values of one slice of ``scan``
-        from ``start``, then go on in another callback, or send what was
-        chosen and scan again for the nodes queued meanwhile."""
-        engine = self._engine()
-        if engine is None:
-            return
+    def _serve(self, engine: Engine, nodes: list[Node]) -> None:
+        """Select from the store the values each of ``nodes`` should hold,
+        and schedule their sending in batches."""
+        chosen: dict[bytes, list[Value]] = {node.id: [] for node in nodes}
         local = int.from_bytes(engine.local_id, "big")
         ids = [(node.id, int.from_bytes(node.id, "big")) for node in nodes]
-        closest: dict[bytes, set[bytes]] = {}
-        for value in scan.read(start):
-            key = value.key
+        everything = len(engine.table) < K
+        closest: dict[bytes, set[bytes]] = {}  # per key: the K closest we know
+
+        def select(value: Value) -> bool:
+            if engine.closed:
+                return False
             if everything:
                 for node_id, _ in ids:
                     chosen[node_id].append(value)
-                continue
+                return True
+            key = value.key
             target = int.from_bytes(key, "big")
             ours = local ^ target
             for node_id, number in ids:
@@ -194,17 +161,12 @@ class KeyTransfer:
                     near = closest[key] = {n.id for n in engine.table.closest(key, K)}
                 if node_id in near:
                     chosen[node_id].append(value)
-        timers = engine.timers
-        if start + TRANSFER_SLICE < scan.size and not engine.closed:
-            rest = (nodes, scan, start + TRANSFER_SLICE, chosen, everything)
-            timers.schedule(0.0, partial(self._step, self._slice, *rest))
-            return
+            return True
+
+        engine.guarded_storage.Iterate(select)
         for node in nodes:
             for i, batch in enumerate(batch_values(chosen[node.id], self.batch_bytes)):
-                timers.schedule(i * self.interval, partial(self._send_batch, node, batch))
-        # The nodes queued meanwhile, if any: in a callback of its own (a
-        # direct call recursed once per scan while nodes kept coming).
-        timers.schedule(0.0, self._scan)
+                engine.timers.schedule(i * self.interval, partial(self._send_batch, node, batch))
 
     def _send_batch(self, node: Node, batch: tuple[Value, ...]) -> None:
         engine = self._engine()
@@ -215,16 +177,3 @@ class KeyTransfer:
         except ClosedError:
             return
         engine.stats.incr("values-transferred", len(batch))
-
-
-@dataclass(frozen=True, slots=True)
-class _Scan:
-    """A scan: ``size`` keys (or values) in all, and the values of the slice
-    of ``TRANSFER_SLICE`` of them from a position."""
-
-    size: int
-    read: Callable[[int], list[Value]]
-
-
-def _values_of(storage: GuardedStorage, keys: list[bytes]) -> list[Value]:
-    return [value for key in keys for value in storage.Get(key)]
