@@ -85,6 +85,7 @@ def test_key_transfer_scans_the_store_in_the_background_once_for_all_new_nodes()
     for newcomer in newcomers:  # seen one after another, as from one datagram burst
         holder.engine.transfer.offer(Node(newcomer.id, newcomer.address))
     assert storage.scans == 0  # nothing scanned on the caller's thread
+    assert net.run_until(lambda: bool(jobs), limit=1.0)
     assert len(jobs) == 1 and holder.engine.transfer.scanning  # one scan for all three
     while jobs:  # the scan, then a check for nodes queued meanwhile
         jobs.pop(0)()

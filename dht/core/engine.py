@@ -148,7 +148,11 @@ class Engine:
         self.refresh_interval = refresh_interval
         self._transport = transport
         self.timers = timers
-        self.background = background or partial(timers.schedule, 0.0)
+
+        def on_the_timer_thread(job: Callable[[], None]) -> None:
+            timers.schedule(0.0, job)
+
+        self.background = background or on_the_timer_thread
         """Runs a job that may block for long (a scan of the user's storage)
         later, off the timer thread: the shell's worker thread. Without
         one, on the timer thread (simulations in one thread)."""

@@ -7,8 +7,8 @@ a contact that is evicted and seen again under packet loss is not sent
 everything again.
 
 Newly seen nodes are queued, and the store is scanned once for all nodes
-queued meanwhile, in a job on the engine's ``background`` thread (the
-worker): it iterates the user's storage, which may take seconds. A scan ran
+queued within ``TRANSFER_DELAY``, in a job on the engine's ``background``
+thread (the worker): it iterates the user's storage, which may take seconds. A scan ran
 on the listener thread for each newly seen node (1 s per node with 100,000
 values), so fresh node ids made a node deaf; then on the shared timer
 thread, where it held up the timeouts of every node in the process. The
@@ -38,6 +38,10 @@ log = logging.getLogger("dht.engine")
 
 TRANSFERRED_NODES = 65536
 """Nodes remembered as served (least recently used go)."""
+TRANSFER_DELAY = 0.05
+"""Seconds between a newly seen node and the start of the scan for it, so
+that nodes seen together (a join, the answers of a lookup) share one scan:
+a scan per node made joining 100 nodes in one process 8% slower."""
 TRANSFER_QUEUE = 64
 """Newly seen nodes waiting for their key transfer; more are skipped until
 the next periodic refresh."""
@@ -113,7 +117,7 @@ class KeyTransfer:
         if skipped:
             engine.stats.incr("transfer-skipped")
         elif start:
-            engine.background(self._scan)
+            engine.timers.schedule(TRANSFER_DELAY, partial(engine.background, self._scan))
 
     def _scan(self) -> None:
         """Background thread: scan the store for the queued nodes, then
@@ -132,6 +136,10 @@ class KeyTransfer:
         except Exception:
             engine.stats.incr("transfer-error")
             log.exception("key transfer failed")
+        with self._lock:
+            if not self._queue:
+                self._scanning = False
+                return
         engine.background(self._scan)
 
     def _serve(self, engine: Engine, nodes: list[Node]) -> None:
