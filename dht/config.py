@@ -58,7 +58,7 @@ class Config:
     runs Python at a time, and handing it between threads on different cores
     costs more than the work itself: giving every node of a process the same
     single CPU (``cpus={n}``) made a 100-node cluster in one process 1.5 to
-    1.9 times as fast, and a two-node request flood 1.6 to 2.7 times
+    1.9 times as fast, and a two-node request flood 1.8 to 2.8 times
     (``bench/results``). Only the node's own threads are pinned."""
 
     # Limits that keep a node on an open port bounded and hard to abuse.
