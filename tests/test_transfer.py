@@ -12,7 +12,7 @@ from simnet import Outcome, SimNetwork, SimNode
 
 import dht.core.transfer as transfer_module
 from dht.core.storage import MemoryStorage, Storage
-from dht.keys import random_id
+from dht.keys import K, distance, random_id
 from dht.wire import Node, Value
 
 
@@ -193,3 +193,56 @@ def test_newcomers_sharing_an_address_all_get_their_keys() -> None:
     for newcomer, outcome in zip(newcomers, joined, strict=True):
         newcomer.engine.bootstrap([holder.address], outcome.store_done)
     assert net.run_until(lambda: all(len(n.storage) == 1 for n in newcomers), limit=10.0)  # type: ignore[arg-type]
+
+
+def test_a_scan_chooses_after_iterate_returns_what_each_node_should_hold(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The choosing ran inside the storage's Iterate: a user storage that
+    # holds its lock while iterating kept its node's listeners from Get and
+    # Set for the whole selection. And the per-key cache of K closest nodes
+    # grew with the store (70 MB for 30,000 keys); it is bounded now.
+    monkeypatch.setattr(transfer_module, "CLOSEST_CACHED", 2)
+    net = SimNetwork(seed=43)
+    holder = net.add_node()
+    for i in range(30):  # a table of K or more: values are chosen per node
+        holder.engine.table.add_verified(random_id(), (f"127.0.4.{i + 1}", 4000), net.clock.now)
+    newcomer = net.add_node()
+    holder.engine.table.add_verified(newcomer.id, newcomer.address, net.clock.now)
+    iterating = False
+    table_read_while_iterating = []
+    closest = holder.engine.table.closest
+
+    def watched_closest(key: bytes, count: int) -> list[Node]:
+        table_read_while_iterating.append(iterating)
+        return closest(key, count)
+
+    monkeypatch.setattr(holder.engine.table, "closest", watched_closest)
+
+    class WatchedStorage(MemoryStorage):
+        def Iterate(self, fn: Callable[[Value], bool]) -> None:
+            nonlocal iterating
+            iterating = True
+            try:
+                super().Iterate(fn)
+            finally:
+                iterating = False
+
+    storage = WatchedStorage(clock_ns=net.clock.wall_ns)
+    holder.engine.storage = storage
+    keys = [random_id() for _ in range(200)]
+    for key in keys:
+        assert storage.Set(key, b"v" + key, net.clock.wall_ns(), 10**12)
+    local, theirs = holder.id, newcomer.id
+    expected = {
+        key
+        for key in keys
+        if distance(theirs, key) < distance(local, key)
+        and theirs in {n.id for n in closest(key, K)}
+    }
+    assert expected  # the test means something
+    holder.engine.transfer.offer(Node(newcomer.id, newcomer.address))
+    net.run_until(lambda: False, limit=5.0)
+    assert table_read_while_iterating and not any(table_read_while_iterating)
+    got = {key for key in keys if newcomer.storage.Get(key)}
+    assert got == expected

@@ -42,6 +42,9 @@ TRANSFER_DELAY = 0.05
 """Seconds between a newly seen node and the start of the scan for it, so
 that nodes seen together (a join, the answers of a lookup) share one scan:
 a scan per node made joining 100 nodes in one process 8% slower."""
+CLOSEST_CACHED = 1024
+"""Keys whose K closest nodes a scan keeps at once (about 2 KB each; a
+store's values of one key usually come together)."""
 TRANSFER_QUEUE = 64
 """Newly seen nodes waiting for their key transfer; more are skipped until
 the next periodic refresh."""
@@ -144,34 +147,39 @@ class KeyTransfer:
 
     def _serve(self, engine: Engine, nodes: list[Node]) -> None:
         """Select from the store the values each of ``nodes`` should hold,
-        and schedule their sending in batches."""
+        and schedule their sending in batches. The values are collected
+        first and chosen after ``Iterate`` returns: a user's storage may
+        hold its lock while it iterates, keeping its node's listeners from
+        ``Get`` and ``Set``."""
+        stored: list[Value] = []
+
+        def collect(value: Value) -> bool:
+            stored.append(value)
+            return not engine.closed
+
+        engine.guarded_storage.Iterate(collect)
         chosen: dict[bytes, list[Value]] = {node.id: [] for node in nodes}
-        local = int.from_bytes(engine.local_id, "big")
-        ids = [(node.id, int.from_bytes(node.id, "big")) for node in nodes]
-        everything = len(engine.table) < K
-        closest: dict[bytes, set[bytes]] = {}  # per key: the K closest we know
-
-        def select(value: Value) -> bool:
-            if engine.closed:
-                return False
-            if everything:
-                for node_id, _ in ids:
-                    chosen[node_id].append(value)
-                return True
-            key = value.key
-            target = int.from_bytes(key, "big")
-            ours = local ^ target
-            for node_id, number in ids:
-                if number ^ target >= ours:
-                    continue  # we are closer: it is not the node's to hold
-                near = closest.get(key)
-                if near is None:
-                    near = closest[key] = {n.id for n in engine.table.closest(key, K)}
-                if node_id in near:
-                    chosen[node_id].append(value)
-            return True
-
-        engine.guarded_storage.Iterate(select)
+        if len(engine.table) < K:  # a small network: every value, to every node
+            for node in nodes:
+                chosen[node.id] = stored
+        else:
+            local = int.from_bytes(engine.local_id, "big")
+            ids = [(node.id, int.from_bytes(node.id, "big")) for node in nodes]
+            closest: dict[bytes, set[bytes]] = {}  # per key: the K closest we know
+            for value in stored:
+                key = value.key
+                target = int.from_bytes(key, "big")
+                ours = local ^ target
+                for node_id, number in ids:
+                    if number ^ target >= ours:
+                        continue  # we are closer: it is not the node's to hold
+                    near = closest.get(key)
+                    if near is None:
+                        if len(closest) >= CLOSEST_CACHED:
+                            closest.clear()
+                        near = closest[key] = {n.id for n in engine.table.closest(key, K)}
+                    if node_id in near:
+                        chosen[node_id].append(value)
         for node in nodes:
             for i, batch in enumerate(batch_values(chosen[node.id], self.batch_bytes)):
                 engine.timers.schedule(i * self.interval, partial(self._send_batch, node, batch))
