@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from simnet import Outcome, SimNetwork, build_network
 
+from dht.core.storage import MemoryStorage
 from dht.errors import ClosedError, NotFoundError, StoreError
 from dht.keys import K, distance
 from dht.wire.codec import encode
@@ -596,3 +599,31 @@ def test_first_value_find_widens_after_the_hedge_delay_when_the_first_node_is_si
     assert outcome.ends == [None] and outcome.values == [b"v"]
     # Not the stall (0.5 s) nor the timeout (2 s): the hedge plus a round trip.
     assert took < hedge + 0.05 < asker.engine.stall_after
+
+
+def test_expiry_sweeps_queue_once_and_none_runs_after_close() -> None:
+    # Each refresh queued a sweep on the worker whatever was queued already,
+    # so one node's slow scan piled them up; and they ran on a closed
+    # node's storage after Close returned.
+    net = SimNetwork(seed=44)
+    node = net.add_node()
+    sweeps = 0
+
+    class CountingStorage(MemoryStorage):
+        def expire(self) -> int:
+            nonlocal sweeps
+            sweeps += 1
+            return super().expire()
+
+    node.engine.storage = CountingStorage(clock_ns=net.clock.wall_ns)
+    jobs: list[Callable[[], None]] = []
+    node.engine.background = jobs.append  # a busy worker, run by hand
+    for _ in range(3):
+        node.engine._refresh()
+    assert len(jobs) == 1
+    jobs.pop()()
+    assert sweeps == 1
+    node.engine._refresh()
+    node.engine.close()
+    jobs.pop()()
+    assert sweeps == 1 and not jobs

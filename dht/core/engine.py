@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import weakref
 from collections import Counter
 from collections.abc import Callable
 from functools import partial
@@ -159,8 +160,8 @@ class Engine:
         self.clock = clock
         self._wall_clock_ns = wall_clock_ns
         self._new_id = new_id
-        # Guards _pending, _operations, _verifying(_hosts) and closed (the
-        # amplification guard and the key transfer have their own).
+        # Guards _pending, _operations, _verifying(_hosts), _sweep_queued and
+        # closed (the amplification guard and the key transfer have their own).
         self._lock = threading.Lock()
         self._pending: dict[bytes, _Request] = {}
         self._operations: set[Operation] = set()
@@ -173,6 +174,7 @@ class Engine:
             self, batch_bytes=transfer_batch_bytes, interval=transfer_interval
         )
         self.closed = False
+        self._sweep_queued = False
         self._refresh_timer: object = None
         self.smoothed_rtt: float | None = None
         """Seconds from request to response, averaged (RFC 6298's 1/8 gain)."""
@@ -488,12 +490,23 @@ class Engine:
         for contact in self.table.contacts():
             if contact.id not in served:
                 self.transfer.offer(contact.node)
-        # On the worker: a user's sweep may be slow. Guarded: a raise must
-        # not end the liveness checks.
-        self.background(self.guarded_storage.expire)
+        with self._lock:  # one sweep queued at a time, whatever the worker's backlog
+            sweep = not self._sweep_queued
+            self._sweep_queued = True
+        if sweep:
+            self.background(_weakly(self._sweep))
         with self._lock:
             if not self.closed:
                 self._refresh_timer = self.timers.schedule(self.refresh_interval, self._refresh)
+
+    def _sweep(self) -> None:
+        """Background thread: the storage's expiry sweep (a user's may be
+        slow; guarded: a raise must not end the liveness checks)."""
+        with self._lock:
+            self._sweep_queued = False
+            if self.closed:
+                return
+        self.guarded_storage.expire()
 
     def _ping(self, node_id: bytes, address: Address) -> None:
         with contextlib.suppress(ClosedError):
@@ -555,6 +568,19 @@ class Engine:
         with ``first_only``, as soon as one node holding the key has given its
         whole answer (values other requests bring before then count too)."""
         FindOperation(self, key, from_ns, on_value, on_done, first_only).start()
+
+
+def _weakly(method: Callable[[], None]) -> Callable[[], None]:
+    """``method``, called only if its object still exists: a job waiting on
+    the worker must not keep a closed node's engine alive."""
+    ref = weakref.WeakMethod(method)
+
+    def call() -> None:
+        bound = ref()
+        if bound is not None:
+            bound()
+
+    return call
 
 
 def _discard(_: object) -> None:
