@@ -53,13 +53,13 @@ class Config:
     timer_tick: float = 0.01
     """Resolution of the timer wheel in seconds: timeouts fire at most this late."""
     cpus: Collection[int] | None = None
-    """CPUs the node's threads (listeners and timer) may run on; None leaves
-    them where the OS puts them. Linux only. With the GIL, only one thread
-    runs Python at a time, and handing it between threads on different cores
-    costs more than the work itself: giving every node of a process the same
-    single CPU (``cpus={n}``) made a 100-node cluster in one process 1.5 to
-    1.9 times as fast, and a two-node request flood 1.8 to 2.8 times
-    (``bench/results``). Only the node's own threads are pinned."""
+    """CPUs the node's threads (listeners, timer and worker) may run on;
+    None leaves them where the OS puts them. Linux only. With the GIL, only
+    one thread runs Python at a time, and handing it between threads on
+    different cores costs more than the work itself: giving every node of a
+    process the same single CPU (``cpus={n}``) made a 100-node cluster in one
+    process 1.5 to 1.9 times as fast, and a two-node request flood 1.8 to
+    2.8 times (``bench/results``). Only the node's own threads are pinned."""
 
     # Limits that keep a node on an open port bounded and hard to abuse.
     # The defaults leave a 100-node cluster on one machine unthrottled.

@@ -1,13 +1,14 @@
 """The public node: ``New(cfg)`` starts one; ``Store``, ``Find``, ``Close``.
 
 Threads of a node: ``listeners`` listener threads (one UDP socket each, all
-bound to the same address with SO_REUSEPORT) and a timer thread, which the
-nodes of a process share (see ``dht.timer``). User callbacks run on one of
-those threads, or on the calling thread when the answer is immediate (a Find
-answered from local storage, a call after Close); they must not block for
-long: a callback that blocks the timer thread delays every node's timeouts.
-An exception raised by a callback is logged on the ``dht`` logger and
-swallowed.
+bound to the same address with SO_REUSEPORT), and a timer thread and a
+worker thread (scans of the storage), which the nodes of a process share
+(see ``dht.timer`` and ``dht.worker``). User callbacks run on a listener
+or the timer thread, or on the calling thread when the answer is immediate
+(a Find answered from local storage, a call after Close); they must not
+block for long: a callback that blocks the timer thread delays every node's
+timeouts. An exception raised by a callback is logged on the ``dht`` logger
+and swallowed.
 """
 
 from __future__ import annotations
@@ -101,11 +102,12 @@ class DHT:
                 sock.close()
             raise
         started: list[Listener] = []
+        engine: Engine | None = None
         try:
             host, port = self._sockets[0].getsockname()[:2]
             self._address: Address = (host, port)
             self._send_from = itertools.cycle(self._sockets)
-            self._engine = Engine(
+            self._engine = engine = Engine(
                 self._id,
                 storage=cfg.storage if cfg.storage is not None else _default_storage(cfg),
                 transport=self._transmit,
@@ -145,6 +147,8 @@ class DHT:
         except BaseException:
             for listener in started:
                 listener.stop()
+            if engine is not None:  # what the started listeners set going
+                engine.close()
             release_worker(self._worker)
             release_timer(self._timers)
             for sock in self._sockets:

@@ -47,6 +47,7 @@ import dht.core.operations as operations
 import dht.listener as dht_listener
 import dht.node as dht_node
 import dht.timer as dht_timer
+from dht.core.engine import Engine
 from dht.core.storage import MemoryStorage
 from dht.keys import random_id
 from dht.wire import Event, EventType, Value, encode, fragment
@@ -677,6 +678,37 @@ def test_new_out_of_file_descriptors_fails_cleanly_at_every_step() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         snapshot.assert_no_leaks()
     assert "raised" in outcomes and outcomes[-1] == "started", outcomes
+
+
+def test_new_failing_after_a_listener_started_closes_its_engine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The engine was left open: what the started listener had received
+    # could still queue key-transfer scans on the shared worker and timer.
+    engines: list[Engine] = []
+
+    class RecordedEngine(Engine):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            engines.append(self)
+
+    starts = 0
+    start = dht_listener.Listener.start
+
+    def second_start_fails(listener: dht_listener.Listener) -> None:
+        nonlocal starts
+        starts += 1
+        if starts == 2:
+            raise OSError("out of threads")
+        start(listener)
+
+    monkeypatch.setattr(dht_node, "Engine", RecordedEngine)
+    monkeypatch.setattr(dht_listener.Listener, "start", second_start_fails)
+    snapshot = ResourceSnapshot.take()
+    with pytest.raises(OSError, match="out of threads"):
+        dht.New(dht.Config(listeners=2))
+    assert len(engines) == 1 and engines[0].closed
+    snapshot.assert_no_leaks()
 
 
 def test_port_zero_is_never_shared() -> None:
