@@ -73,11 +73,15 @@ class TimerThread(SharedThread):
                     # a wait over TIMEOUT_MAX raises OverflowError.
                     pause = None if wake is None else max(wake - now, 0.0)
                     self._cond.wait(None if pause is None else min(pause, threading.TIMEOUT_MAX))
-            for callback in due:
-                try:
-                    callback()
-                except Exception:
-                    log.exception("timer callback %r raised", callback)
+            _fire(due)  # in a function: no local keeps the last callback while idle
+
+
+def _fire(callbacks: list[Callable[[], None]]) -> None:
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:
+            log.exception("timer callback %r raised", callback)
 
 
 def _make(key: Hashable) -> TimerThread:

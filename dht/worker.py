@@ -49,6 +49,7 @@ class Worker(SharedThread):
                 job()
             except Exception:
                 log.exception("worker job %r raised", job)
+            del job  # while idle, hold nothing of a node's (its storage, say)
 
 
 def _make(cpus: Hashable) -> Worker:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from fractions import Fraction
 
 import pytest
+from cluster import wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -456,6 +457,31 @@ def test_stop_from_a_callback_does_not_deadlock() -> None:
     assert stopped.wait(SLACK)
     timers.thread.join(SLACK)
     assert not timers.thread.is_alive()
+
+
+def test_an_idle_timer_thread_keeps_nothing_of_its_last_callback() -> None:
+    # The last callback stayed in a local of the loop while it slept: a
+    # closed node's engine (its refresh) was kept up to a minute.
+    timers = TimerThread(tick=0.01)
+    timers.start()
+    try:
+
+        class Payload:
+            pass
+
+        payload = Payload()
+        freed = weakref.ref(payload)
+        fired = threading.Event()
+
+        def callback(payload: Payload = payload) -> None:
+            fired.set()
+
+        timers.schedule(0.0, callback)
+        del callback, payload
+        assert fired.wait(SLACK)
+        assert wait_until(lambda: freed() is None, SLACK)
+    finally:
+        timers.stop()
 
 
 def test_shared_timer_is_one_thread_per_tick_and_cpus_until_the_last_release() -> None:

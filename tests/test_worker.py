@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 
 import pytest
 from cluster import wait_until
@@ -100,3 +101,26 @@ def test_shared_worker_is_one_thread_per_cpus_until_the_last_release() -> None:
     finally:
         release_worker(again)
     assert not again.thread.is_alive()
+
+
+class _Payload:
+    """Something a job refers to (a node's storage, say)."""
+
+
+def test_an_idle_worker_keeps_nothing_of_its_last_job() -> None:
+    worker = Worker()
+    worker.start()
+    try:
+        payload = _Payload()
+        freed = weakref.ref(payload)
+        done = threading.Event()
+
+        def job(payload: _Payload = payload) -> None:
+            done.set()
+
+        worker.submit(job)
+        del job, payload
+        assert done.wait(SLACK)
+        assert wait_until(lambda: freed() is None, SLACK)
+    finally:
+        worker.stop()
