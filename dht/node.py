@@ -13,6 +13,7 @@ and swallowed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import itertools
@@ -90,24 +91,19 @@ class DHT:
         self._close_done = threading.Event()
         self._sockets = _bind(cfg)
         cpus = frozenset(cfg.cpus) if cfg.cpus is not None else None
-        try:
-            self._timers = shared_timer(cfg.timer_tick, cpus)  # may run out of threads
-            try:
-                self._worker = shared_worker(cpus)
-            except BaseException:
-                release_timer(self._timers)
-                raise
-        except BaseException:
+        # What fails part-way (out of threads or file descriptors) undoes,
+        # in reverse, what was set up before it.
+        with contextlib.ExitStack() as undo:
             for sock in self._sockets:
-                sock.close()
-            raise
-        started: list[Listener] = []
-        engine: Engine | None = None
-        try:
+                undo.callback(sock.close)
+            self._timers = shared_timer(cfg.timer_tick, cpus)
+            undo.callback(release_timer, self._timers)
+            self._worker = shared_worker(cpus)
+            undo.callback(release_worker, self._worker)
             host, port = self._sockets[0].getsockname()[:2]
             self._address: Address = (host, port)
             self._send_from = itertools.cycle(self._sockets)
-            self._engine = engine = Engine(
+            self._engine = Engine(
                 self._id,
                 storage=cfg.storage if cfg.storage is not None else _default_storage(cfg),
                 transport=self._transmit,
@@ -124,6 +120,7 @@ class DHT:
                 transfer_interval=cfg.transfer_interval,
                 log_new_nodes=cfg.logging,
             )
+            undo.callback(self._engine.close)  # what started listeners set going
             self._listeners = [
                 Listener(
                     sock,
@@ -142,18 +139,9 @@ class DHT:
                 for i, sock in enumerate(self._sockets)
             ]
             for listener in self._listeners:
-                listener.start()  # may run out of file descriptors or threads
-                started.append(listener)
-        except BaseException:
-            for listener in started:
-                listener.stop()
-            if engine is not None:  # what the started listeners set going
-                engine.close()
-            release_worker(self._worker)
-            release_timer(self._timers)
-            for sock in self._sockets:
-                sock.close()
-            raise
+                listener.start()
+                undo.callback(listener.stop)
+            undo.pop_all()
         _library_threads.update(self.threads())
         self._engine.start()
 
