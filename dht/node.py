@@ -131,6 +131,7 @@ class DHT:
                         max_bytes=cfg.reassembly_max_bytes,
                         max_records_per_source=cfg.reassembly_max_records_per_source,
                         max_bytes_per_source=cfg.reassembly_max_bytes_per_source,
+                        awaited=self._engine.awaits,
                     ),
                     limiter=RateLimiter(cfg.request_rate, cfg.request_burst),
                     name=f"dht-listener-{port}-{i}",

@@ -734,6 +734,29 @@ def test_a_legitimate_event_survives_a_flood_spread_over_many_sources(sources: i
     _survives_flood(sources, sources, first_fragments)
 
 
+@pytest.mark.parametrize("awaited", [False, True])
+def test_an_awaited_answer_survives_more_first_fragments_between_its_parts_than_the_cap(
+    awaited: bool,
+) -> None:
+    """Between two parts of an answer, more bare first fragments from many
+    addresses than the record cap: as a bare first fragment itself, the
+    answer's record went, and the Find waiting for it failed (seen under a
+    flood on a loaded machine). The answer to a request of ours, told by
+    its id, is kept."""
+    rng = random.Random(11)
+    answer_id = rng.randbytes(20)
+    reassembler = Reassembler(max_records=64, awaited=answer_id.__eq__ if awaited else None)
+    event = rng.randbytes(3 * MAX_CHUNK)
+    first, *rest = fragment(answer_id, event)
+    assert reassembler.feed(first, ("127.0.0.200", 9), 0.0) is None
+    for i in range(3 * 64):
+        flood = fragment(rng.randbytes(20), rng.randbytes(2000))[0]
+        reassembler.feed(flood, (f"127.0.1.{i % 200 + 1}", 1000), 0.0)
+    results = [reassembler.feed(part, ("127.0.0.200", 9), 0.0) for part in rest]
+    assert (results[-1] == event) is awaited
+    assert reassembler.records <= 64
+
+
 def test_a_straggler_after_completion_does_not_corrupt_the_next_event_with_its_id():
     # D6/D7: events of a split answer share the id, and two of them can have
     # the same total and size. A late duplicate of the first event's part

@@ -221,6 +221,11 @@ class Engine:
         with self._lock:
             self._operations.discard(operation)
 
+    def awaits(self, event_id: bytes) -> bool:
+        """Whether ``event_id`` is that of one of our requests awaiting its
+        answer (any thread: one dict lookup, atomic under the GIL)."""
+        return event_id in self._pending
+
     @property
     def pending_requests(self) -> int:
         with self._lock:

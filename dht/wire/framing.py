@@ -12,6 +12,7 @@ passed in (``now``, seconds on any monotonic clock); nothing here does I/O.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -129,7 +130,9 @@ class Reassembler:
     holding ``max_bytes`` of chunks in all, and per source address at most
     ``max_records_per_source`` and ``max_bytes_per_source``. A source over its
     own limits loses its oldest records first; when the overall limits are
-    hit, bare first fragments go first, oldest first (see ``_overall_victim``).
+    hit, bare first fragments go first, oldest first (see ``_overall_victim``),
+    except those of events ``awaited`` says we are waiting for: the answers
+    to our own requests, whose 20-byte random ids no flood can guess.
     A record is dropped ``timeout`` seconds after its first fragment arrived.
 
     Events may reuse an id (D7: the events of a split answer), so a late copy
@@ -153,6 +156,7 @@ class Reassembler:
         max_bytes_per_source: int = 1024 * 1024,
         max_event_size: int = MAX_EVENT_SIZE,
         timeout: float = 5.0,
+        awaited: Callable[[bytes], bool] | None = None,
     ) -> None:
         for name, value in (
             ("max_records", max_records),
@@ -171,6 +175,7 @@ class Reassembler:
         self.max_bytes_per_source = max_bytes_per_source
         self.max_event_size = min(max_event_size, MAX_EVENT_SIZE)
         self.timeout = timeout
+        self._awaited = awaited
         # Insertion order is creation order, so it is also deadline order.
         self._records: dict[_RecordKey, _Record] = {}
         self._fresh: dict[_RecordKey, None] = {}  # records with one part, oldest first
@@ -279,7 +284,12 @@ class Reassembler:
         self._make_room(source, size, keep=None)
         record = _Record(source, now + self.timeout)
         self._records[key] = record
-        self._fresh[key] = None
+        if self._awaited is None or not self._awaited(key[1]):
+            # A bare first fragment, first to go under a flood of them. A
+            # part of an answer we await is not: its next part, sent right
+            # after it, can reach us behind more flood fragments than the
+            # record cap (seen on a loaded machine).
+            self._fresh[key] = None
         self._by_source.setdefault(source, {})[key] = None
         self._source_bytes.setdefault(source, 0)
         self._by_host.setdefault(source[0], {})[key] = None
