@@ -1,4 +1,5 @@
-"""The routing table (dht.core.routing; PROTOCOL.md 7.1, 7.2, D15, D17, D18, D20, D42).
+"""The routing table (dht.core.routing; PROTOCOL.md 7.1, 7.2, D15, D17, D18, D20, D42;
+suspect contacts after Kademlia section 4.1).
 
 Ids are built relative to the local id so that a test can say exactly which
 bucket a contact lands in: ``in_bucket(local, i, r)`` is at XOR distance
@@ -14,7 +15,7 @@ import threading
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dht.core.routing import FAILURES_BEFORE_EVICTION, RoutingTable
+from dht.core.routing import SUSPECT_AFTER_FAILURES, RoutingTable
 from dht.keys import KEY_BITS, KEY_BYTES, K, common_prefix_length, distance
 
 ADDRESS = ("10.0.0.1", 4000)
@@ -53,11 +54,16 @@ def ids_of(table: RoutingTable) -> list[bytes]:
     return [contact.id for contact in table.contacts()]
 
 
-def fail_out(table: RoutingTable, node_id: bytes) -> None:
-    """Record enough failures to evict ``node_id``."""
-    for _ in range(FAILURES_BEFORE_EVICTION - 1):
+def fail_out(table: RoutingTable, node_id: bytes) -> bool:
+    """Record enough failures to make ``node_id`` suspect. True if a
+    verified replacement then took its place."""
+    for _ in range(SUSPECT_AFTER_FAILURES - 1):
         assert table.failed(node_id, ADDRESS) is False
-    assert table.failed(node_id, ADDRESS) is True
+    return table.failed(node_id, ADDRESS)
+
+
+def suspects(table: RoutingTable) -> list[bytes]:
+    return [c.id for c in table.contacts() if c.suspect]
 
 
 def full_table(local: bytes, index: int = 159, seed: int = 0) -> tuple[RoutingTable, list[bytes]]:
@@ -147,7 +153,9 @@ def test_closest_follows_every_change_to_the_contacts() -> None:
             table.add_candidate(node_id, address, float(step))
         target = rng.choice(pool)
         held = {contact.id: contact.address for contact in table.contacts()}
-        expected = sorted(held, key=lambda i, t=target: distance(i, t))[:K]
+        suspect = set(suspects(table))
+        # Live contacts first, suspect ones after them; each by distance.
+        expected = sorted(held, key=lambda i, t=target: (i in suspect, distance(i, t)))[:K]
         got = table.closest(target, K)
         assert [node.id for node in got] == expected, step
         assert all(node.address == held[node.id] for node in got), step
@@ -247,16 +255,16 @@ def test_add_verified_reports_new_contacts_only() -> None:
 def test_unanswered_requests_to_another_address_do_not_count_against_a_contact() -> None:
     # Anyone can send requests claiming a contact's id from a forged address;
     # the verification pings we send there go unanswered. Counted against
-    # the id, two of them evicted the real contact.
+    # the id, two of them made the real contact suspect, to be replaced.
     local = as_id(0)
     table = RoutingTable(local)
     contact = in_bucket(local, 159, 1)
     assert table.add_verified(contact, ADDRESS, 0.0)
     for _ in range(5):
         assert table.failed(contact, OTHER_ADDRESS) is False
-    assert contact in table
-    assert table.failed(contact, ADDRESS) is False
-    assert table.failed(contact, ADDRESS) is True  # at its own address, it counts
+    assert contact in table and suspects(table) == []
+    assert fail_out(table, contact) is False
+    assert suspects(table) == [contact]  # at its own address, it counts
 
 
 def test_two_failures_evict_and_promote_newest_verified_replacement() -> None:
@@ -274,12 +282,13 @@ def test_two_failures_evict_and_promote_newest_verified_replacement() -> None:
     assert older not in table
     assert len(table) == K
     # The next eviction promotes the remaining replacement.
-    fail_out(table, members[0])
+    assert fail_out(table, members[0]) is True
     assert older in table
     assert len(table) == K
-    # Nothing left to promote: the bucket shrinks.
-    fail_out(table, members[1])
-    assert len(table) == K - 1
+    # Nothing left to promote: the contact stays, suspect.
+    assert fail_out(table, members[1]) is False
+    assert members[1] in table and suspects(table) == [members[1]]
+    assert len(table) == K
 
 
 def test_failed_unknown_or_replacement_is_harmless() -> None:
@@ -288,9 +297,10 @@ def test_failed_unknown_or_replacement_is_harmless() -> None:
     spare = in_bucket(local, 159, 77)
     table.add_verified(spare, ADDRESS, 9.0)  # a verified replacement
     assert table.failed(spare, ADDRESS) is False  # a failing replacement is dropped
-    fail_out(table, members[0])
+    assert fail_out(table, members[0]) is False
     assert spare not in table
-    assert len(table) == K - 1
+    assert suspects(table) == [members[0]]
+    assert len(table) == K
     assert table.failed(in_bucket(local, 20, 3), ADDRESS) is False
 
 
@@ -300,14 +310,15 @@ def test_unverified_candidates_are_never_promoted() -> None:
     candidate = in_bucket(local, 159, 0x1234)
     table.add_candidate(candidate, OTHER_ADDRESS, 5.0)
     assert candidate not in table
-    fail_out(table, members[0])
+    assert fail_out(table, members[0]) is False
     assert candidate not in table
-    assert len(table) == K - 1
-    # It is offered for verification now that the bucket has room ...
+    assert len(table) == K
+    # It is offered for verification now that a contact is suspect ...
     assert [c.id for c in table.candidates_to_verify()] == [candidate]
-    # ... and enters once it has answered.
+    # ... and takes the suspect's place once it has answered.
     assert table.add_verified(candidate, OTHER_ADDRESS, 6.0) is True
-    assert candidate in table
+    assert candidate in table and members[0] not in table
+    assert len(table) == K
     assert table.candidates_to_verify() == []
 
 
@@ -332,13 +343,13 @@ def test_replacement_cache_is_bounded_at_bucket_size() -> None:
         table.add_verified(node_id, ADDRESS, float(now))
     promoted: list[bytes] = []
     for member in members:
-        fail_out(table, member)
+        assert fail_out(table, member) is True
         promoted.extend(i for i in ids_of(table) if i in replacements and i not in promoted)
     # Newest first; the 5 oldest were dropped when the cache overflowed.
     assert promoted == list(reversed(replacements[5:]))
     assert len(table) == K
-    fail_out(table, promoted[0])
-    assert len(table) == K - 1
+    assert fail_out(table, promoted[0]) is False
+    assert suspects(table) == [promoted[0]]
     assert not set(replacements[:5]) & set(ids_of(table))
 
 
@@ -354,12 +365,12 @@ def test_replacement_cache_drops_unverified_entries_first() -> None:
     for now, node_id in enumerate(verified[1:], start=12):
         table.add_verified(node_id, ADDRESS, float(now))  # overfills the cache: one must go
     for member in members:
-        fail_out(table, member)
+        assert fail_out(table, member) is True
     # Every verified replacement survived (the oldest one included) ...
     assert sorted(ids_of(table)) == sorted(verified)
-    # ... and the unverified one was dropped: not offered once there is room.
-    fail_out(table, verified[0])
-    assert len(table) == K - 1
+    # ... and the unverified one was dropped: not offered once a contact is suspect.
+    assert fail_out(table, verified[0]) is False
+    assert suspects(table) == [verified[0]]
     assert table.candidates_to_verify() == []
 
 
@@ -373,6 +384,47 @@ def test_add_verified_replaces_a_failed_contact_in_a_full_bucket() -> None:
     assert newcomer in table
     assert members[5] not in table
     assert len(table) == K
+
+
+def test_a_suspect_contact_is_offered_only_after_every_live_one() -> None:
+    local = as_id(0)
+    table = RoutingTable(local)
+    members = [in_bucket(local, index, 1) for index in (10, 40, 80, 120, 159)]
+    for now, node_id in enumerate(members):
+        table.add_verified(node_id, ADDRESS, float(now))
+    suspect = members[0]  # the nearest to the local id
+    assert fail_out(table, suspect) is False
+    assert suspect in table and len(table) == 5
+    assert [n.id for n in table.closest(local, 4)] == members[1:]
+    assert [n.id for n in table.closest(local, K)] == [*members[1:], suspect]
+    # Heard from again, it is live and in its place.
+    assert table.touch(suspect, ADDRESS, 10.0) is True
+    assert [n.id for n in table.closest(local, 4)] == members[:4]
+    # Answering a request of ours does the same.
+    assert fail_out(table, suspect) is False
+    assert table.add_verified(suspect, ADDRESS, 11.0) is False
+    assert [n.id for n in table.closest(local, 1)] == [suspect]
+
+
+def test_a_table_whose_every_contact_failed_keeps_and_offers_them_all() -> None:
+    # A node whose thread or link stalled for a few timeouts sees every
+    # request fail. Dropping the contacts left it with an empty table: its
+    # Finds ended "not found" and its Stores held only its own copy.
+    rng = random.Random(5)
+    local = rng.randbytes(KEY_BYTES)
+    table = RoutingTable(local)
+    members = [rng.randbytes(KEY_BYTES) for _ in range(40)]
+    for now, node_id in enumerate(members):
+        table.add_verified(node_id, ADDRESS, float(now))
+    held = ids_of(table)
+    for _ in range(5):
+        for node_id in held:
+            table.failed(node_id, ADDRESS)
+    assert sorted(ids_of(table)) == sorted(held)
+    assert sorted(suspects(table)) == sorted(held)
+    target = rng.randbytes(KEY_BYTES)
+    got = [node.id for node in table.closest(target, K)]
+    assert got == sorted(held, key=lambda i: distance(i, target))[:K]
 
 
 # ---------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import pytest
 from simnet import Outcome, SimNetwork, SimNode
 
 import dht.core.transfer as transfer_module
+from dht.core.routing import SUSPECT_AFTER_FAILURES
 from dht.core.storage import MemoryStorage, Storage
 from dht.keys import K, distance, random_id
 from dht.wire import Node, Value
@@ -180,6 +181,24 @@ def test_a_newcomer_skipped_by_a_full_transfer_queue_is_served_at_the_next_refre
     net.run_until(lambda: False, limit=5.0)
     assert len(newcomer.storage) == 0  # type: ignore[arg-type]
     assert net.run_until(lambda: len(newcomer.storage) == 1, limit=30.0)  # type: ignore[arg-type]
+
+
+def test_a_suspect_contact_is_sent_keys_only_once_it_answers_again() -> None:
+    # A contact that stopped answering stays in the table (the stall may be
+    # ours); sending it keys at every refresh would only time out.
+    net = SimNetwork(seed=42)
+    holder = net.add_node(refresh_interval=10.0)
+    assert holder.storage.Set(random_id(), b"v", net.clock.wall_ns(), 10**12)
+    gone = net.add_node()
+    gone.online = False
+    holder.engine.table.add_verified(gone.id, gone.address, net.clock.now)
+    for _ in range(SUSPECT_AFTER_FAILURES):
+        holder.engine.table.failed(gone.id, gone.address)
+    net.run_until(lambda: False, limit=25.0)  # two refreshes
+    assert gone.id not in holder.engine.transfer.served()
+    assert gone.id in holder.engine.table
+    gone.online = True  # the next refresh's ping is answered, the one after serves it
+    assert net.run_until(lambda: len(gone.storage) == 1, limit=30.0)  # type: ignore[arg-type]
 
 
 def test_newcomers_sharing_an_address_all_get_their_keys() -> None:

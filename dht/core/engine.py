@@ -482,7 +482,7 @@ class Engine:
 
     def _refresh(self) -> None:
         """Periodic: ping contacts not heard from recently and candidates
-        waiting for room; queue key transfer for contacts never served (the
+        waiting for room; queue key transfer for live contacts never served (the
         queue was full when they were new); sweep expired values."""
         if self.closed:
             return
@@ -493,7 +493,7 @@ class Engine:
             self._prove(contact.id, contact.address)
         served = self.transfer.served()
         for contact in self.table.contacts():
-            if contact.id not in served:
+            if contact.id not in served and not contact.suspect:
                 self.transfer.offer(contact.node)
         with self._lock:  # one sweep queued at a time, whatever the worker's backlog
             sweep = not self._sweep_queued

@@ -9,6 +9,12 @@ Differences from the reference, on purpose:
   inserted when it answers (so forged senders cannot fill the table, D15, D20).
 * A full bucket keeps its contacts; newcomers wait in a bounded replacement
   cache and are promoted when a contact fails (D18).
+* A contact that fails to answer is never just dropped: it is *suspect*,
+  replaced by the first verified node that can take its place, and until
+  then kept, offered by ``closest`` only after every live contact
+  (Kademlia, section 4.1). A node whose own thread or link stalls for a few
+  timeouts must not void its table: emptied, it could neither find nor
+  store, and stores would succeed on its own copy alone.
 * The local node is not in its own table.
 
 Lock striping: each bucket has its own lock; no operation holds two at once.
@@ -23,8 +29,8 @@ from operator import itemgetter
 from ..keys import KEY_BITS, K, common_prefix_length
 from ..wire.events import Address, Node
 
-FAILURES_BEFORE_EVICTION = 2
-"""Consecutive unanswered requests after which a contact is dropped."""
+SUSPECT_AFTER_FAILURES = 2
+"""Consecutive unanswered requests after which a contact is suspect."""
 
 
 class Contact:
@@ -49,6 +55,11 @@ class Contact:
     def address(self) -> Address:
         return self.node.address
 
+    @property
+    def suspect(self) -> bool:
+        """Unanswered ``SUSPECT_AFTER_FAILURES`` times in a row."""
+        return self.failures >= SUSPECT_AFTER_FAILURES
+
     def move(self, address: Address) -> None:
         if address != self.node.address:
             self.node = Node(self.id, address)
@@ -60,6 +71,9 @@ class Contact:
 class Bucket:
     """Up to ``size`` contacts, least recently seen first, plus replacements."""
 
+    View = tuple[tuple[int, ...], tuple[Node, ...], tuple[int, ...], tuple[Node, ...]]
+    """Ids as integers and nodes of the live contacts, then of the suspect ones."""
+
     __slots__ = ("_view", "contacts", "lock", "replacements", "size")
 
     def __init__(self, size: int) -> None:
@@ -67,27 +81,42 @@ class Bucket:
         self.size = size
         self.contacts: dict[bytes, Contact] = {}
         self.replacements: dict[bytes, Contact] = {}
-        self._view: tuple[tuple[int, ...], tuple[Node, ...]] | None = None
+        self._view: Bucket.View | None = None
 
-    def view(self) -> tuple[tuple[int, ...], tuple[Node, ...]]:
-        """The contacts' ids as integers and their nodes, for ``closest``:
-        built once and kept until ``changed`` (every answer to a lookup
-        reads it, and contacts seldom come, go or move)."""
+    def view(self) -> Bucket.View:
+        """The contacts for ``closest``: built once and kept until
+        ``changed`` (every answer to a lookup reads it, and contacts seldom
+        come, go, move or turn suspect)."""
         view = self._view
         if view is None:
             with self.lock:
-                contacts = self.contacts.values()
-                view = tuple(c.number for c in contacts), tuple(c.node for c in contacts)
+                live: list[Contact] = []
+                suspect: list[Contact] = []
+                for c in self.contacts.values():
+                    (suspect if c.suspect else live).append(c)
+                view = (
+                    tuple(c.number for c in live),
+                    tuple(c.node for c in live),
+                    tuple(c.number for c in suspect),
+                    tuple(c.node for c in suspect),
+                )
                 self._view = view
         return view
 
     def changed(self) -> None:
-        """A contact joined, left or moved. Call with ``lock`` held."""
+        """A contact joined, left, moved or turned suspect or live. Call with
+        ``lock`` held."""
         self._view = None
+
+    def live(self) -> int:
+        """Contacts not suspect. Call with ``lock`` held."""
+        return sum(not c.suspect for c in self.contacts.values())
 
     def seen(self, contact: Contact, now: float) -> None:
         """A contact was heard from: it is live again, and the most recently
         seen (the tail). Call with ``lock`` held."""
+        if contact.suspect:
+            self.changed()
         contact.last_seen = now
         contact.failures = 0
         self.contacts[contact.id] = self.contacts.pop(contact.id)
@@ -199,11 +228,12 @@ class RoutingTable:
 
     def failed(self, node_id: bytes, address: Address) -> bool:
         """Record a request to ``node_id`` at ``address`` left unanswered.
-        After ``FAILURES_BEFORE_EVICTION`` in a row the contact is removed
-        and the newest verified replacement takes its place. Returns True if
-        it was removed. A request to another address than the contact's
-        says nothing about the contact: anyone can claim its id from a
-        forged address, and our verification ping there goes unanswered."""
+        After ``SUSPECT_AFTER_FAILURES`` in a row the contact is suspect: the
+        newest verified replacement takes its place if there is one, else
+        it stays, behind the live contacts. Returns True if it was replaced.
+        A request to another address than the contact's says nothing about
+        the contact: anyone can claim its id from a forged address, and our
+        verification ping there goes unanswered."""
         bucket = self._bucket(node_id)
         if bucket is None:
             return False
@@ -217,20 +247,20 @@ class RoutingTable:
             if contact.address != address:
                 return False
             contact.failures += 1
-            if contact.failures < FAILURES_BEFORE_EVICTION:
+            if contact.failures < SUSPECT_AFTER_FAILURES:
+                return False
+            replacement = next(
+                (c for c in reversed(bucket.replacements.values()) if c.verified), None
+            )
+            if replacement is None:
+                if contact.failures == SUSPECT_AFTER_FAILURES:
+                    bucket.changed()
                 return False
             del bucket.contacts[node_id]
+            del bucket.replacements[replacement.id]
+            bucket.contacts[replacement.id] = replacement
             bucket.changed()
-            self._promote(bucket)
             return True
-
-    @staticmethod
-    def _promote(bucket: Bucket) -> None:
-        for replacement in reversed(bucket.replacements.values()):
-            if replacement.verified:
-                del bucket.replacements[replacement.id]
-                bucket.contacts[replacement.id] = replacement
-                return
 
     def closest(self, target: bytes, n: int = K) -> list[Node]:
         """The ``n`` contacts closest to ``target`` by XOR distance, closest first.
@@ -239,6 +269,7 @@ class RoutingTable:
         needed: with ``t = cpl(local, target)``, contacts sharing exactly ``t``
         bits with the local id are closest, then all those sharing more (tied
         on the top bit, so merged), then those sharing ``t-1``, ``t-2``, ...
+        Suspect contacts fill the rest when fewer than ``n`` are live.
         """
         if n <= 0:
             return []
@@ -259,18 +290,23 @@ class RoutingTable:
             ranked = [(0, bucket) for _, bucket in occupied]
         numbers: list[int] = []
         nodes: list[Node] = []
+        suspect_numbers: list[int] = []
+        suspect_nodes: list[Node] = []
         current = -1
         for rank, bucket in ranked:
             if rank != current and len(numbers) >= n:
                 break
             current = rank
-            bucket_numbers, bucket_nodes = bucket.view()
-            numbers += bucket_numbers
-            nodes += bucket_nodes
-        # Distances and their order computed by C calls, not a Python key.
-        distances = list(map(target_int.__xor__, numbers))
-        order = sorted(range(len(distances)), key=distances.__getitem__)
-        return [nodes[i] for i in order[:n]]
+            live_numbers, live_nodes, their_suspect_numbers, their_suspect_nodes = bucket.view()
+            numbers += live_numbers
+            nodes += live_nodes
+            if their_suspect_numbers:
+                suspect_numbers += their_suspect_numbers
+                suspect_nodes += their_suspect_nodes
+        closest = _nearest(target_int, numbers, nodes, n)
+        if len(closest) < n and suspect_numbers:  # every bucket was read
+            closest += _nearest(target_int, suspect_numbers, suspect_nodes, n - len(closest))
+        return closest
 
     def stale(self, now: float, age: float) -> list[Contact]:
         """Contacts not heard from for ``age`` seconds (the liveness check's
@@ -283,12 +319,13 @@ class RoutingTable:
         return out
 
     def candidates_to_verify(self) -> list[Contact]:
-        """Unverified replacements in buckets that have room for them."""
+        """Unverified replacements in buckets with room for them, or with
+        suspect contacts they could replace."""
         out: list[Contact] = []
         for bucket in self._buckets:
             if bucket is not None and bucket.replacements:
                 with bucket.lock:
-                    room = bucket.size - len(bucket.contacts)
+                    room = bucket.size - bucket.live()
                     if room > 0:
                         unverified = [c for c in bucket.replacements.values() if not c.verified]
                         out.extend(unverified[-room:])
@@ -310,3 +347,11 @@ class RoutingTable:
             return False
         bucket = self._bucket(node_id)
         return bucket is not None and node_id in bucket.contacts
+
+
+def _nearest(target: int, numbers: list[int], nodes: list[Node], n: int) -> list[Node]:
+    """The ``n`` of ``nodes`` (with ids ``numbers``) nearest to ``target``."""
+    # Distances and their order computed by C calls, not a Python key.
+    distances = list(map(target.__xor__, numbers))
+    order = sorted(range(len(distances)), key=distances.__getitem__)
+    return [nodes[i] for i in order[:n]]
