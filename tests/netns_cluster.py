@@ -173,6 +173,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
 
         # Finds of stored keys, each from a node that does not hold the key.
         remote = 0
+        finders: dict[tuple[str, int], int] = {}  # (kind, call number) -> node index
         finds: list[tuple[str, int, int]] = []  # (kind, call number, key index)
         for n in range(p["finds"]):
             finds.append(("first", n, rng.choice(stored)))
@@ -185,6 +186,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
                 nonlocal remote
                 node, is_remote = pick_non_holder(rng, nodes, keys[i])
                 remote += is_remote
+                finders[kind, n] = nodes.index(node)
                 opts = (dht.FirstValue(),) if kind == "first" else ()
                 return node.Find(keys[i], callbacks.find((kind, n)), *opts)
 
@@ -196,6 +198,8 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         )
         report["find_seconds"] = round(time.monotonic() - phase, 2)
         report["stats"] = total_stats(nodes)
+        # For a diagnosis: a node with a voided table fails every Find it makes.
+        report["table_sizes"] = [len(node._engine.table) for node in nodes]
     finally:
         close_all(nodes)  # joins every node thread: no callback runs after this
 
@@ -220,6 +224,13 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
             not find_ended_once((kind, n), f, callbacks) for f, n, _ in mine
         )
     report["finds_remote"] = remote
+    report["failed_finds_by_node"] = dict(
+        Counter(
+            finders[k, n]
+            for (k, n, _), f in zip(finds, find_futures, strict=True)
+            if f.exception(timeout=0)
+        ).most_common()
+    )
     expected_ids = {("store", i) for i in range(len(keys))} | {(k, n) for k, n, _ in finds}
     report["callback_ids_unexpected"] = len(callbacks.ids() - expected_ids)
 

@@ -177,7 +177,9 @@ def test_loss_in_network_namespace(hook: str) -> None:
         f"{report['finds_all_errors']}; {report['finds_remote']} finds from non-holders; "
         f"join retries {report['join_retries']}; phases join {report['join_seconds']} s, "
         f"store {report['store_seconds']} s, find {report['find_seconds']} s; "
-        f"total {elapsed:.1f} s\n[{hook}] node counters: {report['stats']}"
+        f"total {elapsed:.1f} s\n[{hook}] node counters: {report['stats']}\n"
+        f"[{hook}] routing table sizes: {report['table_sizes']}; failed finds by finding "
+        f"node: {report['failed_finds_by_node']}"
     )
     # The rule really dropped datagrams, about one in ten.
     assert seen > 10_000, seen
