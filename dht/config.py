@@ -59,7 +59,8 @@ class Config:
     different cores costs more than the work itself: giving every node of a
     process the same single CPU (``cpus={n}``) made a 100-node cluster in one
     process 1.5 to 1.9 times as fast, and a two-node request flood 1.6 to
-    3.2 times (``bench/results``). Only the node's own threads are pinned."""
+    3.2 times (the runs in ``bench/results/results.jsonl``). Only the
+    node's own threads are pinned."""
 
     # Limits that keep a node on an open port bounded and hard to abuse.
     # The defaults leave a 100-node cluster on one machine unthrottled.
