@@ -427,6 +427,17 @@ def test_a_table_whose_every_contact_failed_keeps_and_offers_them_all() -> None:
     assert got == sorted(held, key=lambda i: distance(i, target))[:K]
 
 
+def test_a_verified_newcomer_replaces_a_suspect_before_a_contact_that_failed_once() -> None:
+    local = bytes(KEY_BYTES)
+    table, members = full_table(local)
+    assert table.failed(members[2], ADDRESS) is False  # one lost answer
+    assert fail_out(table, members[9]) is False  # suspect, nothing to replace it yet
+    newcomer = in_bucket(local, 159, 0xD00D)
+    assert table.add_verified(newcomer, ADDRESS, 40.0) is True
+    assert members[9] not in table
+    assert members[2] in table and newcomer in table
+
+
 # ---------------------------------------------------------------------------
 # touch (D15, D20)
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 
 from ..keys import KEY_BITS, K, common_prefix_length
 from ..wire.events import Address, Node
@@ -217,8 +217,9 @@ class RoutingTable:
             bucket.replacements.pop(node_id, None)
             fresh = Contact(node_id, address, now)
             if len(contacts) >= bucket.size:
-                failed = next((c for c in contacts.values() if c.failures), None)
-                if failed is None:
+                # The contact that failed most in a row (a suspect first).
+                failed = max(contacts.values(), key=attrgetter("failures"))
+                if not failed.failures:
                     bucket._add_replacement(fresh)
                     return False
                 del contacts[failed.id]
