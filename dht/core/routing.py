@@ -11,10 +11,12 @@ Differences from the reference, on purpose:
   cache and are promoted when a contact fails (D18).
 * A contact that fails to answer is never just dropped: it is *suspect*,
   replaced by the first verified node that can take its place, and until
-  then kept, offered by ``closest`` only after every live contact
-  (Kademlia, section 4.1). A node whose own thread or link stalls for a few
-  timeouts must not void its table: emptied, it could neither find nor
-  store, and stores would succeed on its own copy alone.
+  then kept (Kademlia, section 4.1). A node whose own thread or link stalls
+  for a few timeouts must not void its table: emptied, it could neither
+  find nor store, and stores would succeed on its own copy alone.
+  ``closest`` offers suspects only when no contact is live: that is this
+  case, and otherwise a dead node that nothing replaces (in a small
+  network) would hold up every lookup that asks it.
 * The local node is not in its own table.
 
 Lock striping: each bucket has its own lock; no operation holds two at once.
@@ -270,7 +272,7 @@ class RoutingTable:
         needed: with ``t = cpl(local, target)``, contacts sharing exactly ``t``
         bits with the local id are closest, then all those sharing more (tied
         on the top bit, so merged), then those sharing ``t-1``, ``t-2``, ...
-        Suspect contacts fill the rest when fewer than ``n`` are live.
+        Suspect contacts only when no contact is live.
         """
         if n <= 0:
             return []
@@ -304,10 +306,9 @@ class RoutingTable:
             if their_suspect_numbers:
                 suspect_numbers += their_suspect_numbers
                 suspect_nodes += their_suspect_nodes
-        closest = _nearest(target_int, numbers, nodes, n)
-        if len(closest) < n and suspect_numbers:  # every bucket was read
-            closest += _nearest(target_int, suspect_numbers, suspect_nodes, n - len(closest))
-        return closest
+        if not numbers:  # every bucket was read: no contact is live
+            return _nearest(target_int, suspect_numbers, suspect_nodes, n)
+        return _nearest(target_int, numbers, nodes, n)
 
     def stale(self, now: float, age: float) -> list[Contact]:
         """Contacts not heard from for ``age`` seconds (the liveness check's
