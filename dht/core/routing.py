@@ -233,7 +233,7 @@ class RoutingTable:
         """Record a request to ``node_id`` at ``address`` left unanswered.
         After ``SUSPECT_AFTER_FAILURES`` in a row the contact is suspect: the
         newest verified replacement takes its place if there is one, else
-        it stays, behind the live contacts. Returns True if it was replaced.
+        it stays (see ``closest``). Returns True if it was replaced.
         A request to another address than the contact's says nothing about
         the contact: anyone can claim its id from a forged address, and our
         verification ping there goes unanswered."""
