@@ -293,22 +293,23 @@ class RoutingTable:
             ranked = [(0, bucket) for _, bucket in occupied]
         numbers: list[int] = []
         nodes: list[Node] = []
-        suspect_numbers: list[int] = []
-        suspect_nodes: list[Node] = []
         current = -1
         for rank, bucket in ranked:
             if rank != current and len(numbers) >= n:
                 break
             current = rank
-            live_numbers, live_nodes, their_suspect_numbers, their_suspect_nodes = bucket.view()
+            live_numbers, live_nodes, _, _ = bucket.view()
             numbers += live_numbers
             nodes += live_nodes
-            if their_suspect_numbers:
-                suspect_numbers += their_suspect_numbers
-                suspect_nodes += their_suspect_nodes
-        if not numbers:  # every bucket was read: no contact is live
-            return _nearest(target_int, suspect_numbers, suspect_nodes, n)
-        return _nearest(target_int, numbers, nodes, n)
+        if not numbers:  # every bucket was read and no contact is live: the rare case
+            for _, bucket in ranked:
+                _, _, suspect_numbers, suspect_nodes = bucket.view()
+                numbers += suspect_numbers
+                nodes += suspect_nodes
+        # Distances and their order computed by C calls, not a Python key.
+        distances = list(map(target_int.__xor__, numbers))
+        order = sorted(range(len(distances)), key=distances.__getitem__)
+        return [nodes[i] for i in order[:n]]
 
     def stale(self, now: float, age: float) -> list[Contact]:
         """Contacts not heard from for ``age`` seconds (the liveness check's
@@ -349,11 +350,3 @@ class RoutingTable:
             return False
         bucket = self._bucket(node_id)
         return bucket is not None and node_id in bucket.contacts
-
-
-def _nearest(target: int, numbers: list[int], nodes: list[Node], n: int) -> list[Node]:
-    """The ``n`` of ``nodes`` (with ids ``numbers``) nearest to ``target``."""
-    # Distances and their order computed by C calls, not a Python key.
-    distances = list(map(target.__xor__, numbers))
-    order = sorted(range(len(distances)), key=distances.__getitem__)
-    return [nodes[i] for i in order[:n]]
