@@ -379,16 +379,22 @@ def test_max_bytes_bounds_the_memory_of_many_tiny_values() -> None:
     assert used <= 1.5 * limit, f"{used:,} bytes of heap for max_bytes={limit:,}"
 
 
-def test_max_ttl_caps_the_ttl() -> None:
+def test_max_ttl_refuses_a_longer_life() -> None:
+    """A ttl over max_ttl was cut silently: the Store was acknowledged and
+    the value gone long before the ttl its publisher asked for. Refused,
+    the sender hears of it. What counts is the life left here: a value
+    handed on late with a long ttl but little of it left is kept."""
     storage, clock = make(max_ttl_ns=100)
-    assert storage.Set(KEY, b"v", 0, HOUR)
-    [got] = storage.Get(KEY)
-    assert got.ttl_ns == 100
-    assert storage.next_expiry_ns() == T0 + 100
-    clock.now += 100
+    assert storage.Set(KEY, b"v", 0, HOUR) is False
+    assert storage.Set(KEY, b"v", T0, 101) is False
     assert storage.Get(KEY) == []
+    assert storage.Set(KEY, b"exactly", T0, 100)
+    assert storage.Set(KEY, b"old, little left", T0 - HOUR, HOUR + 50)
+    assert storage.next_expiry_ns() == T0 + 50
     assert storage.Set(OTHER_KEY, b"short", 0, 50)
     assert storage.Get(OTHER_KEY)[0].ttl_ns == 50
+    clock.now += 100
+    assert storage.Get(KEY) == []
 
 
 def test_non_positive_ttl_is_refused() -> None:

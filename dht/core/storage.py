@@ -29,9 +29,13 @@ class Storage(Protocol):
     Find asks the network instead, a STORE from the network counts its
     values as refused, and a FIND_VALUE is answered with the closest nodes.
 
-    Optional, found by name: ``expire()``, a sweep run at each refresh.
-    ``Iterate`` (key transfer to newly seen nodes) and ``expire`` run on the
-    process's worker thread, so a slow store holds up no timeout."""
+    Optional, found by name: ``expire()``, a sweep run at each refresh, and
+    ``Delete(key, value) -> bool``, which removes one value: with it, a full
+    store makes room for a network holding less than its fair share by
+    displacing values of the network holding most (``dht.core.shares``);
+    without it, a full store refuses. ``Iterate`` (key transfer to newly
+    seen nodes) and ``expire`` run on the process's worker thread, so a slow
+    store holds up no timeout."""
 
     def Get(self, key: bytes, from_ns: int = 0) -> list[Value]:
         """Unexpired values under ``key`` created at or after ``from_ns``
@@ -81,6 +85,18 @@ class GuardedStorage:
         except Exception:
             self._failed("Iterate")
 
+    @property
+    def can_delete(self) -> bool:
+        """Whether the storage has the optional ``Delete``."""
+        return callable(getattr(self.storage, "Delete", None))
+
+    def Delete(self, key: bytes, value: bytes) -> bool:
+        try:
+            return bool(self.storage.Delete(key, value))  # type: ignore[attr-defined]
+        except Exception:
+            self._failed("Delete")
+            return False
+
     def expire(self) -> None:
         """The storage's own ``expire()`` sweep, if it has one."""
         expire = getattr(self.storage, "expire", None)
@@ -95,6 +111,21 @@ CLOCK_SKEW_NS = 60 * NS_PER_SECOND
 """How far ahead of our clock a value's ``created`` may be. A later one is
 taken as now: a STORE with ``created`` = INT64_MAX made someone else's value
 look new to every ``ValuesFrom`` filter, for good."""
+
+
+def created_here(created_ns: int, now_ns: int) -> int:
+    """``created`` as a node keeps it: one too far ahead of ``now_ns`` is now."""
+    return now_ns if created_ns > now_ns + CLOCK_SKEW_NS else created_ns
+
+
+def expires_ns(created_ns: int, ttl_ns: int, now_ns: int) -> int:
+    """When a value received at ``now_ns`` expires: ``ttl`` after it was
+    created, or after now if that is sooner or ``created`` is unknown (0),
+    so handing a value on does not restart its lifetime (D34)."""
+    created = created_here(created_ns, now_ns)
+    end = now_ns + ttl_ns
+    return min(end, created + ttl_ns) if created > 0 else end
+
 
 # Bytes MemoryStorage charges per key and per value on top of their lengths:
 # what CPython spends on the dicts, the entry and the expiry index (about 250
@@ -142,8 +173,10 @@ class MemoryStorage:
     scanning the live ones (the reference's sweep is inverted, D36). Limits
     bound memory: ``max_values_per_key``, ``max_bytes`` (``key_cost`` and
     ``value_cost``: lengths plus bookkeeping) and
-    ``max_ttl_ns``; a value that would exceed them is refused, never traded
-    for one already stored.
+    ``max_ttl_ns`` (the longest a value may live here from now); a value that
+    would exceed them is refused, never traded for one already stored.
+    ``Delete`` removes one value (the node's storage shares use it to make
+    room fairly, ``dht.core.shares``).
 
     ``clock_ns`` returns the current time in nanoseconds (``time.time_ns`` by
     default; tests pass a fake one).
@@ -188,16 +221,11 @@ class MemoryStorage:
     def Set(self, key: bytes, value: bytes, created_ns: int, ttl_ns: int) -> bool:
         if ttl_ns <= 0:
             return False
-        if self.max_ttl_ns is not None:
-            ttl_ns = min(ttl_ns, self.max_ttl_ns)
         now = self._clock_ns()
-        expires = now + ttl_ns
-        if created_ns > now + CLOCK_SKEW_NS:
-            created_ns = now
-        if created_ns > 0:  # a value handed on keeps its original lifetime (D34)
-            expires = min(expires, created_ns + ttl_ns)
-            if expires <= now:
-                return False
+        expires = expires_ns(created_ns, ttl_ns, now)
+        if expires <= now or (self.max_ttl_ns is not None and expires - now > self.max_ttl_ns):
+            return False  # a longer life was refused, not cut short: the sender learns it
+        created_ns = created_here(created_ns, now)
         key = bytes(key)
         value = bytes(value)
         with self._lock:
@@ -247,6 +275,20 @@ class MemoryStorage:
             for key, data, ttl_ns, created_ns in chunk:
                 if not fn(Value(key, data, ttl_ns, created_ns)):
                     return
+
+    def Delete(self, key: bytes, value: bytes) -> bool:
+        """Remove one value; False if it was not held."""
+        with self._lock:
+            values = self._keys.get(key)
+            entry = values.pop(value, None) if values else None
+            if entry is None:
+                return False
+            self._expiry.remove((entry.expires_ns, key, value))
+            self.bytes -= value_cost(value)
+            if not values:
+                del self._keys[key]
+                self.bytes -= key_cost(key)
+            return True
 
     def Keys(self) -> list[bytes]:
         """The keys held now (some values under them may have expired)."""
