@@ -22,6 +22,8 @@ from .errors import (
     ReassemblyFull,
     RequestTimeout,
     StoreError,
+    StoreRefused,
+    TTLTooLong,
     ValueTooLarge,
 )
 from .keys import ALPHA, KEY_BITS, KEY_BYTES, K, Key
@@ -53,6 +55,8 @@ __all__ = [
     "RequestTimeout",
     "Storage",
     "StoreError",
+    "StoreRefused",
+    "TTLTooLong",
     "Value",
     "ValueTooLarge",
     "ValuesFrom",

@@ -90,7 +90,14 @@ class Config:
     """Bytes the default storage holds, counting each key and value with its
     bookkeeping (``dht.core.storage.key_cost``, ``value_cost``); more are refused."""
     max_ttl: float = 30 * 24 * 3600.0
-    """Longest lifetime in seconds the default storage grants a value."""
+    """Longest lifetime in seconds a value may have here. A STORE asking for
+    longer is refused (the sender is told), and ``Store`` raises
+    ``TTLTooLong`` for a longer ttl, since no node of ours would keep it."""
+    max_answer_bytes: int = 256 * 1024
+    """Bytes of values one FIND_VALUE answer carries at most; the rest of a
+    larger key is left out (each request sees a different part of it, and
+    ``found`` counts what the answer holds). A request costs its sender
+    about 150 bytes: without a cap, one made us encode and send 2 MiB."""
     transfer_batch_bytes: int = 16384
     """Size of one STORE batch when handing values to a newly seen node."""
     transfer_interval: float = 0.02
@@ -123,6 +130,7 @@ class Config:
             "reassembly_max_bytes_per_source",
             "max_values_per_key",
             "max_store_bytes",
+            "max_answer_bytes",
             "transfer_batch_bytes",
         ):
             _positive_int(getattr(self, name), name)

@@ -80,18 +80,60 @@ class BootstrapError(DHTError):
     """No bootstrap address answered, so the node could not join a network."""
 
 
-class StoreError(DHTError):
-    """Too few nodes acknowledged a Store. Says how many were tried and answered."""
+class TTLTooLong(ArgumentError):
+    """A Store's ttl is longer than ``Config.max_ttl``: no node of ours
+    would keep the value that long (seconds)."""
 
-    def __init__(self, key: bytes, tried: int, acknowledged: int, needed: int) -> None:
+    def __init__(self, ttl: float, limit: float) -> None:
+        super().__init__(f"ttl of {ttl:g} s is longer than max_ttl ({limit:g} s)")
+        self.ttl = ttl
+        self.limit = limit
+
+
+class StoreRefused(DHTError):
+    """A node answered a STORE saying it did not keep the value, and why
+    (``reasons``: slugs of ``dht.wire.refusal.REASONS``). Store reports it
+    through ``StoreError``."""
+
+    def __init__(self, address: tuple[str, int], reasons: list[str]) -> None:
+        super().__init__(f"{address[0]}:{address[1]} refused the value: {', '.join(reasons)}")
+        self.address = address
+        self.reasons = reasons
+
+
+class StoreError(DHTError):
+    """Too few nodes kept a Store's value: a majority of the ``tried``
+    targets must. Says how many kept it (``acknowledged``), how many refused
+    it and why (``refused``: reason slug to count, see
+    ``dht.wire.refusal.REASONS``), and how many never answered
+    (``unanswered``). The node itself counts as a target when it is one of
+    the K closest."""
+
+    def __init__(
+        self,
+        key: bytes,
+        tried: int,
+        acknowledged: int,
+        needed: int,
+        refused: dict[str, int] | None = None,
+        unanswered: int = 0,
+    ) -> None:
+        refused = dict(refused or {})
+        why = [f"refused by {sum(refused.values())} ("] if refused else []
+        if refused:
+            why[0] += ", ".join(f"{reason}: {n}" for reason, n in sorted(refused.items())) + ")"
+        if unanswered:
+            why.append(f"{unanswered} did not answer")
         super().__init__(
-            f"store of key {key.hex()} acknowledged by {acknowledged} of {tried} nodes "
-            f"(needed {needed})"
+            f"store of key {key.hex()} kept by {acknowledged} of {tried} nodes "
+            f"(needed {needed})" + (": " + ", ".join(why) if why else "")
         )
         self.key = key
         self.tried = tried
         self.acknowledged = acknowledged
         self.needed = needed
+        self.refused = refused
+        self.unanswered = unanswered
 
 
 class NotFoundError(DHTError, LookupError):

@@ -29,14 +29,14 @@ from datetime import datetime, timedelta
 
 from .config import Config, resolve
 from .core.engine import Engine
-from .core.handler import MAX_VALUE_SIZE
+from .core.limits import Limits
 from .core.ratelimit import RateLimiter
 from .core.storage import MemoryStorage
-from .errors import ArgumentError, BootstrapError, ValueTooLarge
+from .errors import ArgumentError, BootstrapError, TTLTooLong, ValueTooLarge
 from .keys import INT64_MAX, INT64_MIN, EventIds, check_id, random_id
 from .listener import Listener
 from .timer import release_timer, shared_timer
-from .wire.events import NS_PER_SECOND, Address
+from .wire.events import MAX_VALUE_SIZE, NS_PER_SECOND, Address
 from .wire.framing import Reassembler
 from .worker import release_worker, shared_worker
 
@@ -119,6 +119,7 @@ class DHT:
                 transfer_batch_bytes=cfg.transfer_batch_bytes,
                 transfer_interval=cfg.transfer_interval,
                 log_new_nodes=cfg.logging,
+                limits=limits_of(cfg),
             )
             undo.callback(self._engine.close)  # what started listeners set going
             self._listeners = [
@@ -194,14 +195,17 @@ class DHT:
 
         Finds the K = 20 closest nodes to the key by an iterative lookup and
         sends them the value (storing it here too when this node is one of
-        them). It succeeds when a majority of those targets acknowledged;
-        otherwise it fails with ``StoreError`` saying how many were tried and
-        how many acknowledged. Ends exactly once: ``callback(None)`` or
+        them). It succeeds when a majority of those targets kept it: a node
+        of ours acknowledges only what it kept, and says why it refused
+        (its store's share for our network is full, the key is full, ...).
+        Otherwise it fails with ``StoreError`` saying how many were tried,
+        how many kept it, and why the others did not. Ends exactly once: ``callback(None)`` or
         ``callback(error)``, on a listener or timer thread, and the returned
         future resolves the same way.
 
-        Raises ``ArgumentError`` (``ValueTooLarge`` for over 32768 bytes) for
-        invalid arguments, before anything is sent.
+        Raises ``ArgumentError`` for invalid arguments, before anything is
+        sent: ``ValueTooLarge`` for over 32768 bytes, ``TTLTooLong`` for a
+        ttl over ``Config.max_ttl`` (no node of ours keeps a value longer).
         """
         key = check_id(key, "key")
         if not isinstance(value, bytes | bytearray | memoryview):
@@ -210,6 +214,8 @@ class DHT:
         if len(value) > MAX_VALUE_SIZE:
             raise ValueTooLarge(len(value), MAX_VALUE_SIZE)
         ttl_ns = _ttl_ns(ttl)
+        if ttl_ns > self._engine.limits.max_ttl_ns:
+            raise TTLTooLong(ttl_ns / NS_PER_SECOND, self.config.max_ttl)
         future: Future[None] = Future()
         future.set_running_or_notify_cancel()
 
@@ -352,6 +358,16 @@ def New(cfg: Config | None = None) -> DHT:
             raise BootstrapError("bootstrap did not finish") from error
         raise
     return node
+
+
+def limits_of(cfg: Config) -> Limits:
+    """The engine's budgets from ``cfg`` (each documented on ``Config``)."""
+    return Limits(
+        max_store_bytes=cfg.max_store_bytes,
+        max_values_per_key=cfg.max_values_per_key,
+        max_ttl_ns=int(cfg.max_ttl * NS_PER_SECOND),
+        max_answer_bytes=cfg.max_answer_bytes,
+    )
 
 
 def _default_storage(cfg: Config) -> MemoryStorage:

@@ -14,13 +14,24 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dht.core.handler import MAX_VALUE_SIZE, answer, batch_values
+from dht.core.handler import answer, batch_values
+from dht.core.keeper import Keeper
 from dht.core.routing import RoutingTable
-from dht.core.storage import MemoryStorage
+from dht.core.storage import GuardedStorage, MemoryStorage
 from dht.keys import KEY_BYTES, K, Key, distance
 from dht.wire.codec import encode
-from dht.wire.events import Event, EventType, FindNode, FindValue, Node, Store, Value
+from dht.wire.events import (
+    MAX_VALUE_SIZE,
+    Event,
+    EventType,
+    FindNode,
+    FindValue,
+    Node,
+    Store,
+    Value,
+)
 from dht.wire.framing import MAX_EVENT_SIZE, fragment
+from dht.wire.refusal import reasons, refusal_id
 
 T0 = 1_700_000_000 * 10**9
 HOUR = 3600 * 10**9
@@ -31,14 +42,30 @@ REQUESTER = Node(Key("requester"), ("10.0.0.9", 4000))
 
 
 class Harness:
-    def __init__(self, **limits: int) -> None:
+    def __init__(self, max_answer_bytes: int = 256 * 1024, **limits: int) -> None:
         self.table = RoutingTable(LOCAL)
         self.storage = MemoryStorage(clock_ns=lambda: T0, **limits)
+        self.keeper = Keeper(
+            GuardedStorage(self.storage, lambda: None),
+            capacity=2**30,
+            values_per_key=1000,
+            max_ttl_ns=30 * 24 * HOUR,
+            clock_ns=lambda: T0,
+        )
+        self.max_answer_bytes = max_answer_bytes
         self.counts: list[str] = []
 
     def answer(self, event_type: EventType, payload: object = None) -> list[Event]:
         request = Event(EVENT_ID, REQUESTER.id, event_type, False, payload)  # type: ignore[arg-type]
-        return answer(request, REQUESTER, self.table, self.storage, self.counts.append)
+        return answer(
+            request,
+            REQUESTER,
+            self.table,
+            self.keeper,
+            self.counts.append,
+            network="10.0.0",
+            max_answer_bytes=self.max_answer_bytes,
+        )
 
     def add_contacts(self, count: int, seed: int = 0) -> list[bytes]:
         rng = random.Random(seed)
@@ -49,6 +76,17 @@ class Harness:
 
     def held(self) -> list[bytes]:
         return [contact.id for contact in self.table.contacts()]
+
+
+def is_refusal(event: Event, why: list[str]) -> bool:
+    """``event`` is a refusal of the harness's request listing ``why``."""
+    return (
+        event.id == refusal_id(EVENT_ID)
+        and event.sender == LOCAL
+        and event.type is EventType.STORE
+        and event.response is True
+        and reasons(event) == why
+    )
 
 
 def is_response(event: Event, event_type: EventType) -> bool:
@@ -105,16 +143,20 @@ def test_store_stores_each_valid_value() -> None:
     ],
     ids=["too-large", "zero-ttl", "negative-ttl"],
 )
-def test_store_skips_invalid_values(bad: Value) -> None:
+def test_store_keeps_the_valid_values_and_refuses_the_others(bad: Value) -> None:
+    """A STORE with a value not kept is not acknowledged: the answer is a
+    refusal (under the complement of the request's id, which a Go requester
+    does not match) saying why; the valid values are kept all the same."""
     harness = Harness()
     good = Value(KEY, b"good", HOUR, T0)
     responses = harness.answer(EventType.STORE, Store((bad, good)))
-    assert responses == [Event(EVENT_ID, LOCAL, EventType.STORE, True, None)]
-    assert harness.counts == ["store-invalid-value"]
+    assert len(responses) == 1
+    assert is_refusal(responses[0], ["invalid"])
+    assert harness.counts == ["store-refused-invalid"]
     assert [v.value for v in harness.storage.Get(KEY)] == [b"good"]
 
 
-def test_store_with_only_invalid_values_still_gets_one_response() -> None:
+def test_store_with_only_invalid_values_gets_one_refusal_listing_each() -> None:
     harness = Harness()
     values = (
         Value(KEY, b"a" * (MAX_VALUE_SIZE + 1), HOUR, T0),
@@ -122,20 +164,37 @@ def test_store_with_only_invalid_values_still_gets_one_response() -> None:
     )
     responses = harness.answer(EventType.STORE, Store(values))
     assert len(responses) == 1
-    assert is_response(responses[0], EventType.STORE)
-    assert responses[0].payload is None
-    assert harness.counts == ["store-invalid-value", "store-invalid-value"]
+    assert is_refusal(responses[0], ["invalid", "invalid"])
+    assert harness.counts == ["store-refused-invalid", "store-refused-invalid"]
     assert harness.storage.Get(KEY) == []
     assert len(harness.storage) == 0
 
 
-def test_store_refused_by_the_storage_is_counted() -> None:
+def test_store_refused_by_the_storage_is_counted_and_refused() -> None:
     harness = Harness(max_values_per_key=1)
     values = (Value(KEY, b"kept", HOUR, T0), Value(KEY, b"refused", HOUR, T0))
     responses = harness.answer(EventType.STORE, Store(values))
-    assert responses == [Event(EVENT_ID, LOCAL, EventType.STORE, True, None)]
-    assert harness.counts == ["store-refused"]
+    assert len(responses) == 1
+    assert is_refusal(responses[0], ["refused"])
+    assert harness.counts == ["store-refused-refused"]
     assert [v.value for v in harness.storage.Get(KEY)] == [b"kept"]
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (Value(KEY, b"too long", 31 * 24 * HOUR, T0), "ttl"),
+        (Value(KEY, b"expired", HOUR, T0 - 2 * HOUR), "expired"),
+    ],
+    ids=["ttl-over-max", "expired"],
+)
+def test_store_refuses_what_it_would_not_keep_as_asked(value: Value, why: str) -> None:
+    """A ttl over max_ttl was cut silently (acknowledged, then gone early);
+    a value whose life is over was acknowledged and never kept."""
+    harness = Harness()
+    [response] = harness.answer(EventType.STORE, Store((value,)))
+    assert is_refusal(response, [why])
+    assert harness.storage.Get(KEY) == []
 
 
 def test_empty_store_gets_a_response() -> None:
@@ -221,7 +280,7 @@ def test_find_value_with_values() -> None:
 )
 def test_find_value_answer_is_split_within_the_framing_limit(count: int, size: int) -> None:
     # D8: the reference's batches exceed 65535 bytes and can never be read.
-    harness = Harness(max_values_per_key=count)
+    harness = Harness(max_answer_bytes=2**30, max_values_per_key=count)
     stored = set()
     for i in range(count):
         data = i.to_bytes(4, "big") * (size // 4)
@@ -247,6 +306,57 @@ def test_find_value_answer_is_split_within_the_framing_limit(count: int, size: i
     # Not split far more than needed: events are nearly full.
     if 2 * (size + 1024) <= MAX_EVENT_SIZE:
         assert len(responses) <= -(-count * size // (MAX_EVENT_SIZE - 4096)) + 1
+
+
+def answer_to(harness: Harness, event_id: bytes, key: bytes = KEY) -> list[Value]:
+    request = Event(event_id, REQUESTER.id, EventType.FIND_VALUE, False, FindValue(key=key))
+    responses = answer(
+        request,
+        REQUESTER,
+        harness.table,
+        harness.keeper,
+        harness.counts.append,
+        network="10.0.0",
+        max_answer_bytes=harness.max_answer_bytes,
+    )
+    values = [v for r in responses for v in r.payload.values]  # type: ignore[union-attr]
+    for response in responses:
+        assert response.payload.found == len(values)  # type: ignore[union-attr]
+    return values
+
+
+def test_find_value_answer_is_cut_to_max_answer_bytes() -> None:
+    """A key of 64 values of 32 KiB made one request cost 2 MiB of answer.
+    Cut, the answer says ``found`` = what it carries (a Go requester waits
+    for ``found`` values), and different requests get different parts."""
+    harness = Harness(max_values_per_key=64)
+    for i in range(64):
+        assert harness.storage.Set(KEY, bytes([i]) * MAX_VALUE_SIZE, T0, HOUR)
+    seen: set[bytes] = set()
+    for i in range(64):
+        values = answer_to(harness, i.to_bytes(1, "big") + EVENT_ID[1:])
+        assert 1 <= len(values) <= harness.max_answer_bytes // MAX_VALUE_SIZE
+        assert sum(len(v.value) for v in values) <= harness.max_answer_bytes
+        seen.update(v.value for v in values)
+    assert len(seen) == 64, "every value is in some request's part"
+    assert harness.counts.count("answer-cut") == 64
+
+
+def test_find_value_answer_leads_with_the_network_holding_fewest() -> None:
+    """A key squatted by a few networks still shows its owner's value first:
+    the networks are interleaved, the one holding fewest first."""
+    harness = Harness(max_answer_bytes=3 * (1000 + 96))
+    for network in ("198.51.100", "203.0.113"):
+        for i in range(20):
+            junk = Value(KEY, network.encode() + bytes([i]) * 1000, HOUR, T0)
+            assert harness.keeper.keep(junk, network) is None
+    owner = Value(KEY, b"the owner's value", HOUR, T0)
+    assert harness.keeper.keep(owner, "192.0.2") is None
+    for i in range(10):
+        values = answer_to(harness, bytes([i]) + EVENT_ID[1:])
+        assert values[0].value == owner.value
+        assert [v.value.startswith(b"198.51.100") for v in values[1:]] == [True, False]
+        assert values[2].value.startswith(b"203.0.113")
 
 
 def test_find_value_from_filter_is_applied() -> None:

@@ -645,7 +645,10 @@ def test_fragment_flood_stays_within_memory_caps() -> None:
             )
             assert client.Find(stored).result(timeout=RESULT) == [value]
             other = os.urandom(LEGIT_VALUE)
-            assert a.Store(fetched, other, TTL).result(timeout=RESULT) is None
+            # Y and the client refuse the key, so only A keeps it: 1 of 3.
+            with pytest.raises(dht.StoreError) as refused:
+                a.Store(fetched, other, TTL).result(timeout=RESULT)
+            assert (refused.value.acknowledged, refused.value.refused) == (1, {"refused": 2})
             assert not stored_values(y, fetched)
             assert y.Find(fetched).result(timeout=RESULT) == [other]
 

@@ -85,6 +85,11 @@ class AmplificationGuard:
         self.held_bytes = 0
         """Bytes of answers held now."""
 
+    def is_proven(self, source: Address) -> bool:
+        """Whether ``source`` has answered one of our requests (recently
+        enough to be remembered)."""
+        return source in self._proven  # one dict lookup: atomic under the GIL
+
     def spent(self, source: Address, now: float) -> bool:
         """Whether ``source`` is unproven and has used up its bytes, with no
         answer held for it (so a request from it is not worth any work;

@@ -26,15 +26,20 @@ from collections.abc import Callable
 from functools import partial
 from typing import Protocol
 
-from ..errors import ClosedError, DHTError, RequestTimeout
+from ..errors import ClosedError, DHTError, RequestTimeout, StoreRefused
 from ..wire.codec import encode
 from ..wire.events import Address, Event, EventType, Node, Payload, Value
 from ..wire.framing import fragment
+from ..wire.refusal import reasons, refusal_id
 from .amplification import AmplificationGuard
 from .callbacks import call_safely, ignore
 from .handler import answer
+from .keeper import Keeper
+from .limits import Limits
+from .networks import network_of
 from .operations import Bootstrap, FindOperation, Operation, StoreOperation
 from .routing import RoutingTable
+from .shares import LOCAL, UNPROVEN, Refusal
 from .storage import GuardedStorage, Storage
 from .transfer import KeyTransfer
 
@@ -51,6 +56,7 @@ one address took every slot, and honest newcomers were never verified (nor
 joined). Below half, nodes sharing an address (a host, a loopback
 cluster) are verified freely."""
 _RESPONSE_TYPE = {EventType.PING: EventType.PONG}
+DEFAULT_LIMITS = Limits()
 
 
 class Timers(Protocol):
@@ -139,11 +145,14 @@ class Engine:
         transfer_batch_bytes: int = 16384,
         transfer_interval: float = 0.02,
         log_new_nodes: bool = False,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.local_id = local_id
         self.table = RoutingTable(local_id)
         self.stats = Stats()
-        self.storage = storage  # also sets guarded_storage
+        self.limits = limits
+        self._wall_clock_ns = wall_clock_ns
+        self.storage = storage  # also sets guarded_storage and keeper
         self.timeout = timeout
         self.stall_after = stall_after if stall_after is not None else timeout / 4
         self.refresh_interval = refresh_interval
@@ -158,7 +167,6 @@ class Engine:
         later, off the timer thread: the shell's worker thread. Without
         one, on the timer thread (simulations in one thread)."""
         self.clock = clock
-        self._wall_clock_ns = wall_clock_ns
         self._new_id = new_id
         # Guards _pending, _operations, _verifying(_hosts), _sweep_queued and
         # closed (the amplification guard and the key transfer have their own).
@@ -355,11 +363,19 @@ class Engine:
     def _on_response(self, event: Event, source: Address) -> None:
         # Claim the request before running its callback: a timeout on the
         # timer thread or a Close meanwhile then finds nothing to end twice.
+        refused = False
         with self._lock:
             request = self._pending.get(event.id)
+            if request is None and event.type is EventType.STORE:
+                # A refusal comes under the complement of our STORE's id.
+                request = self._pending.get(refusal_id(event.id))
+                refused = request is not None and request.kind is EventType.STORE
+                if not refused:
+                    request = None
             drop = _mismatch(request, event, source)
             if drop is None:
-                del self._pending[event.id]
+                assert request is not None
+                del self._pending[request.event.id]
         if drop is not None:
             self.stats.incr(drop)
             return
@@ -374,7 +390,10 @@ class Engine:
         if held:
             self._send_events(held, source)
         newly_seen = self.table.add_verified(event.sender, source, now)
-        if call_safely(request.on_response, event, source) is False:
+        if refused:
+            self.stats.incr("store-refusals-received")
+            call_safely(request.on_failure, StoreRefused(source, reasons(event)))
+        elif call_safely(request.on_response, event, source) is False:
             self._await_rest(request)
         if newly_seen:
             log.log(
@@ -413,7 +432,18 @@ class Engine:
     def _answer(self, event: Event, source: Address) -> None:
         sender = event.sender
         requester = Node(sender, source)
-        responses = answer(event, requester, self.table, self.guarded_storage, self.stats.incr)
+        # Values are charged to the sender's network once its address is
+        # proven; before that, anyone could be forging it (shares).
+        proven = self.amplification.is_proven(source)
+        responses = answer(
+            event,
+            requester,
+            self.table,
+            self.keeper,
+            self.stats.incr,
+            network=network_of(source[0]) if proven else UNPROVEN,
+            max_answer_bytes=self.limits.max_answer_bytes,
+        )
         for index, response in enumerate(responses):
             try:
                 datagrams = fragment(response.id, encode(response))
@@ -528,10 +558,18 @@ class Engine:
     @storage.setter
     def storage(self, storage: Storage) -> None:
         self.guarded_storage = GuardedStorage(storage, partial(self.stats.incr, "storage-error"))
+        limits = self.limits
+        self.keeper = Keeper(
+            self.guarded_storage,
+            capacity=limits.max_store_bytes,
+            values_per_key=limits.max_values_per_key,
+            max_ttl_ns=limits.max_ttl_ns,
+            clock_ns=self._wall_clock_ns,
+        )
 
-    def store_locally(self, value: Value) -> bool:
-        """Our own copy of a value we Store; False if the storage refused or failed."""
-        return self.guarded_storage.Set(value.key, value.value, value.created_ns, value.ttl_ns)
+    def store_locally(self, value: Value) -> Refusal | None:
+        """Keep our own copy of a value we Store: why it was refused, or None."""
+        return self.keeper.keep(value, LOCAL)
 
     def local_values(self, key: bytes, from_ns: int) -> list[Value]:
         """The values a Find takes from our own storage first; none if the

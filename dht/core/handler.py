@@ -1,11 +1,14 @@
 """Answers to incoming requests: event in, response events out (PROTOCOL.md 6).
 
-PING gets a PONG; STORE stores each valid value and gets an empty STORE
-response (even when values were refused, which the counters record);
-FIND_NODE gets the closest contacts; FIND_VALUE gets the values, split over
-as many response events as needed to keep each one within the 65535-byte
-framing limit by its real size (D8), every one carrying ``found`` = total,
-or the closest contacts when nothing matches.
+PING gets a PONG; STORE gets an empty STORE response when every value was
+kept (``keeper``), else a refusal saying why (``dht.wire.refusal``), which
+Go nodes do not take for an acknowledgement; FIND_NODE gets the closest
+contacts; FIND_VALUE gets the values, or the closest contacts when nothing
+matches. Values are cut to ``max_answer_bytes`` (one request must not make
+us send megabytes) and split over as many response events as needed to keep
+each one within the 65535-byte framing limit by its real size (D8). Every
+event carries ``found`` = the number of values the whole answer holds: a
+Go requester waits for that many, so it must not count values cut off.
 """
 
 from __future__ import annotations
@@ -15,11 +18,9 @@ from collections.abc import Callable
 from ..keys import K
 from ..wire.events import Event, EventType, FindNode, FindValue, Node, Payload, Store, Value
 from ..wire.framing import MAX_EVENT_SIZE
+from ..wire.refusal import refusal
+from .keeper import Keeper
 from .routing import RoutingTable
-from .storage import Storage
-
-MAX_VALUE_SIZE = 32768
-"""Largest value accepted (PROTOCOL.md 1; exactly 32768 is allowed)."""
 
 # Upper bound of what one value adds to an encoded FindValue/Store event beyond
 # its bytes: the Value table and vtable, key and value vectors with padding,
@@ -32,21 +33,28 @@ def answer(
     event: Event,
     requester: Node,
     table: RoutingTable,
-    storage: Storage,
+    keeper: Keeper,
     count: Callable[[str], None],
+    *,
+    network: str,
+    max_answer_bytes: int,
 ) -> list[Event]:
-    """The response events for the request ``event`` from ``requester``."""
+    """The response events for the request ``event`` from ``requester``,
+    whose values are charged to ``network`` (``shares``)."""
     reply = _responder(event, table.local_id)
     payload = event.payload
     if event.type is EventType.PING:
         return [reply(EventType.PONG, None)]
     if event.type is EventType.STORE:
         assert isinstance(payload, Store)  # the codec guarantees it for requests
+        refused = []
         for value in payload.values:
-            if len(value.value) > MAX_VALUE_SIZE or value.ttl_ns <= 0:
-                count("store-invalid-value")
-            elif not storage.Set(value.key, value.value, value.created_ns, value.ttl_ns):
-                count("store-refused")
+            reason = keeper.keep(value, network)
+            if reason is not None:
+                count("store-refused-" + reason)
+                refused.append((value.key, reason))
+        if refused:
+            return [refusal(event, table.local_id, refused)]
         return [reply(EventType.STORE, None)]
     if event.type is EventType.FIND_NODE:
         assert isinstance(payload, FindNode) and payload.key is not None
@@ -54,14 +62,17 @@ def answer(
         return [reply(EventType.FIND_NODE, FindNode(nodes=nodes))]
     if event.type is EventType.FIND_VALUE:
         assert isinstance(payload, FindValue) and payload.key is not None
-        values = storage.Get(payload.key, payload.from_ns)
+        values = keeper.values(payload.key, payload.from_ns, turn=event.id[0])
         if not values:
             nodes = _closest(table, payload.key, requester.id)
             return [reply(EventType.FIND_VALUE, FindValue(nodes=nodes))]
-        found = len(values)
+        sent = cut(values, max_answer_bytes)
+        if len(sent) < len(values):
+            count("answer-cut")
+        found = len(sent)
         return [
             reply(EventType.FIND_VALUE, FindValue(values=batch, found=found))
-            for batch in batch_values(values)
+            for batch in batch_values(sent)
         ]
     count("ignored-request")  # PONG requests are ignored, as by the reference
     return []
@@ -77,6 +88,16 @@ def _responder(request: Event, local_id: bytes) -> Callable[[EventType, Payload 
 def _closest(table: RoutingTable, key: bytes, requester: bytes) -> tuple[Node, ...]:
     nodes = table.closest(key, K + 1)
     return tuple(node for node in nodes if node.id != requester)[:K]
+
+
+def cut(values: list[Value], budget: int) -> list[Value]:
+    """The first of ``values`` that fit in ``budget`` bytes (at least one)."""
+    size = 0
+    for index, value in enumerate(values):
+        size += len(value.value) + VALUE_OVERHEAD
+        if size > budget and index:
+            return values[:index]
+    return values
 
 
 def batch_values(values: list[Value], budget: int = MAX_EVENT_SIZE) -> list[tuple[Value, ...]]:

@@ -10,10 +10,11 @@ thread (a response), the timer thread (a timeout) or the caller's (start).
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from ..errors import BootstrapError, ClosedError, NotFoundError, StoreError
+from ..errors import BootstrapError, ClosedError, NotFoundError, StoreError, StoreRefused
 from ..keys import ALPHA, K, distance
 from ..wire.events import (
     Address,
@@ -399,6 +400,10 @@ class FindOperation(LookupOperation):
 
 
 class StoreOperation(LookupOperation):
+    """Stores on the K closest nodes; succeeds when a majority of them kept
+    the value. A node that answers with a refusal (``dht.wire.refusal``) or
+    not at all did not keep it."""
+
     def __init__(
         self, engine: Engine, value: Value, on_done: Callable[[Exception | None], None]
     ) -> None:
@@ -406,8 +411,9 @@ class StoreOperation(LookupOperation):
         self.value = value
         self.on_done = on_done
         self.tried = 0
-        self.acknowledged = 0
-        self.failures = 0
+        self.kept = 0
+        self.refused: Counter[str] = Counter()
+        self.unanswered = 0
         self.needed = 0
 
     def start(self) -> None:
@@ -418,7 +424,7 @@ class StoreOperation(LookupOperation):
 
     def complete(self) -> None:
         """The lookup is done: store on the K closest (this node included if
-        it is one of them) and wait for a majority to acknowledge."""
+        it is one of them) and wait for a majority to keep it."""
         engine = self.engine
         key = self.target
         with self.lock:  # late answers may still be adding to the lookup
@@ -427,20 +433,19 @@ class StoreOperation(LookupOperation):
         if local:
             targets = targets[: K - 1]
         value = self.value
-        stored = local and engine.store_locally(value)
+        refusal = engine.store_locally(value) if local else None
         with self.lock:
             self.tried = len(targets) + local
-            self.needed = self.tried // 2 + 1
             if not targets and self.lookup.queried:
                 # Nodes are known but none answered: storing only here would
                 # hide that the network is unreachable, so count them as tried.
                 self.tried += self.lookup.queried
-                self.failures += self.lookup.queried
-                self.needed = self.tried // 2 + 1
-            if stored:
-                self.acknowledged += 1
+                self.unanswered += self.lookup.queried
+            self.needed = self.tried // 2 + 1
+            if refusal is not None:
+                self.refused[refusal] += 1
             elif local:
-                self.failures += 1
+                self.kept += 1
         self.check()
         payload = Store((value,))
         for node in targets:
@@ -460,21 +465,32 @@ class StoreOperation(LookupOperation):
 
     def on_ack(self, event: Event, source: Address) -> bool:
         with self.lock:
-            self.acknowledged += 1
+            self.kept += 1
         self.check()
         return True
 
     def on_nack(self, error: Exception) -> None:
         with self.lock:
-            self.failures += 1
+            if isinstance(error, StoreRefused):
+                self.refused[error.reasons[0]] += 1
+            else:
+                self.unanswered += 1
         self.check()
 
     def check(self) -> None:
         with self.lock:
-            if self.acknowledged >= self.needed:
+            failed = self.refused.total() + self.unanswered
+            if self.kept >= self.needed:
                 outcome: Exception | None = None
-            elif self.tried - self.failures < self.needed:
-                outcome = StoreError(self.target, self.tried, self.acknowledged, self.needed)
+            elif self.tried - failed < self.needed:
+                outcome = StoreError(
+                    self.target,
+                    self.tried,
+                    self.kept,
+                    self.needed,
+                    dict(self.refused),
+                    self.unanswered,
+                )
             else:
                 return
         self.finish(outcome)

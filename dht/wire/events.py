@@ -15,6 +15,8 @@ Address = tuple[str, int]
 """An IPv4 address and UDP port, as Python's socket module spells it."""
 
 NS_PER_SECOND = 1_000_000_000
+MAX_VALUE_SIZE = 32768
+"""Largest value accepted (PROTOCOL.md 1; exactly 32768 is allowed)."""
 
 
 class EventType(enum.IntEnum):
