@@ -98,6 +98,37 @@ class Config:
     larger key is left out (each request sees a different part of it, and
     ``found`` counts what the answer holds). A request costs its sender
     about 150 bytes: without a cap, one made us encode and send 2 MiB."""
+    answer_rate: float = 4 * 1024 * 1024
+    """Bytes per second of answers one source gets, after a burst of twice
+    as much; its requests beyond that are dropped unanswered. A source is an
+    IP address (ports cost nothing), or one address of a local network while
+    ``trust_local_networks``. The request limit alone let 200 FIND_VALUEs a
+    second from one address (36 KiB/s) take a whole core to answer."""
+    unproven_answer_rate: float = 256 * 1024
+    """Bytes per second answered to all addresses that have never answered
+    us, together, after a burst of 4 s of it. Such an address may be forged,
+    and its requests make us flood whoever owns it: one node sent 123 MiB to
+    100 forged addresses in 10 s. An answer to one such request is also at
+    most 10 times the request (a full FIND_NODE answer, all a joining node
+    needs, is about 8 times); what does not fit waits for the address to
+    answer a ping. Joins use a few KiB of it per node."""
+    max_find_values: int = 256
+    """Values one Find collects at most; it ends when it has this many.
+    A key holds at most ``max_values_per_key`` values on each node, but its
+    holders may hold different ones (a squatter fed one Find 1,216)."""
+    max_find_bytes: int = 2 * 1024 * 1024
+    """Bytes of values one Find collects at most (a key's full
+    ``max_values_per_key`` of the largest values); it ends on reaching it. A
+    lying responder streamed 37 MB into one Find."""
+    trust_local_networks: bool = True
+    """Spare loopback, private and link-local addresses the limits that count
+    per IP address and per /24 network: the budget of answer bytes per IP,
+    the diversity limits of lookups, answers and buckets, and the key
+    transfer's budget per IP. A cluster on one machine or LAN shares one
+    address or one /24, and would be throttled like a single attacker (BEP
+    42 exempts local networks the same way). Set it to False on a node
+    whose peers on such addresses may be hostile: the attack tests do, to
+    stand in for the internet on loopback."""
     transfer_batch_bytes: int = 16384
     """Size of one STORE batch when handing values to a newly seen node."""
     transfer_interval: float = 0.02
@@ -131,10 +162,16 @@ class Config:
             "max_values_per_key",
             "max_store_bytes",
             "max_answer_bytes",
+            "max_find_values",
+            "max_find_bytes",
             "transfer_batch_bytes",
         ):
             _positive_int(getattr(self, name), name)
         _positive_number(self.request_rate, "request_rate")
+        _positive_number(self.answer_rate, "answer_rate")
+        _positive_number(self.unproven_answer_rate, "unproven_answer_rate")
+        if not isinstance(self.trust_local_networks, bool):
+            raise ConfigError("trust_local_networks", "must be True or False")
         for name in ("max_ttl", "transfer_interval"):
             _duration(getattr(self, name), name)
         if self.cpus is not None:

@@ -36,7 +36,7 @@ from .core.ratelimit import RateLimiter
 from .errors import ProtocolError
 from .wire.codec import decode
 from .wire.events import Address, Event
-from .wire.framing import Reassembler
+from .wire.framing import Reassembler, wire_size
 
 log = logging.getLogger("dht.listener")
 
@@ -51,12 +51,13 @@ side does not wake a read (not on Linux)."""
 
 
 class Listener:
-    """Receives on ``sock`` in its own thread; calls ``deliver(event, source)``."""
+    """Receives on ``sock`` in its own thread; calls ``deliver(event, source,
+    size)`` (``size``: the bytes of the event's datagrams)."""
 
     def __init__(
         self,
         sock: socket.socket,
-        deliver: Callable[[Event, Address], None],
+        deliver: Callable[[Event, Address, int], None],
         stats: Stats,
         *,
         reassembler: Reassembler,
@@ -175,7 +176,7 @@ class Listener:
                 continue
             self.events += 1
             try:
-                self._deliver(event, source)
+                self._deliver(event, source, wire_size(len(data)))
             except Exception:  # a bug must not end the loop: log it and go on
                 stats.incr("handler-error")
                 log.exception("error handling %s from %s", event.type.name, source)

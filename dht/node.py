@@ -367,6 +367,11 @@ def limits_of(cfg: Config) -> Limits:
         max_values_per_key=cfg.max_values_per_key,
         max_ttl_ns=int(cfg.max_ttl * NS_PER_SECOND),
         max_answer_bytes=cfg.max_answer_bytes,
+        answer_rate=cfg.answer_rate,
+        unproven_answer_rate=cfg.unproven_answer_rate,
+        max_find_values=cfg.max_find_values,
+        max_find_bytes=cfg.max_find_bytes,
+        trust_local_networks=cfg.trust_local_networks,
     )
 
 

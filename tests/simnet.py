@@ -18,7 +18,7 @@ from dht.core.storage import MemoryStorage
 from dht.errors import ProtocolError
 from dht.wire.codec import decode
 from dht.wire.events import Address
-from dht.wire.framing import Reassembler
+from dht.wire.framing import Reassembler, wire_size
 
 
 class SimClock:
@@ -151,7 +151,7 @@ class SimNode:
         except ProtocolError as error:
             self.dropped[error.reason] = self.dropped.get(error.reason, 0) + 1
             return
-        self.engine.receive(event, source)
+        self.engine.receive(event, source, wire_size(len(data)))
 
     def crash(self) -> None:
         """Leave abruptly: stop sending and receiving, say nothing."""

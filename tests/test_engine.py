@@ -257,9 +257,9 @@ def scripted_pair(seed: int, replies, **asker_kwargs):
     assert net.run_until(lambda: joined.ended and peer.id in asker.engine.table)
     receive = peer.engine.receive
 
-    def scripted_receive(event, source):
+    def scripted_receive(event, source, size=None):
         if event.type is not EventType.FIND_VALUE or event.response:
-            return receive(event, source)
+            return receive(event, source, size)
         for payload in replies:
             reply = Event(event.id, peer.id, EventType.FIND_VALUE, True, payload)
             peer.engine._transport(fragment(reply.id, encode(reply)), source)
@@ -272,7 +272,7 @@ def test_a_split_answer_cut_short_by_an_answer_without_values_still_ends_the_fin
     """A hostile node sends the first part of a two-part answer, then a reply
     with no values for the same request: the Find must still end."""
     key = b"\x11" * 20
-    first_part = FindValue(values=(Value(key, b"part-1", HOUR_NS, 1),), found=2)
+    first_part = FindValue(values=(Value(key, b"part-1", HOUR_NS, 0),), found=2)
     net, asker = scripted_pair(3, [first_part, FindValue(nodes=())])
     outcome = Outcome()
     asker.engine.find(key, 0, outcome.value, outcome.find_done)
@@ -284,7 +284,7 @@ def test_a_split_answer_cut_short_by_an_answer_without_values_still_ends_the_fin
 def test_values_under_another_key_are_not_delivered():
     # A Find delivered whatever values an answer carried, whatever their key.
     key, other = b"\x12" * 20, b"\x13" * 20
-    mixed = FindValue(values=(Value(other, b"forged", HOUR_NS, 1),), found=1)
+    mixed = FindValue(values=(Value(other, b"forged", HOUR_NS, 0),), found=1)
     net, asker = scripted_pair(4, [mixed])
     outcome = Outcome()
     asker.engine.find(key, 0, outcome.value, outcome.find_done)
@@ -298,7 +298,7 @@ def test_a_duplicated_part_of_a_split_answer_does_not_end_it_early():
     datagrams): the request still waits for, and delivers, the second."""
     key = b"\x66" * 20
     first, second = (
-        FindValue(values=(Value(key, data, HOUR_NS, 1),), found=2) for data in (b"a", b"b")
+        FindValue(values=(Value(key, data, HOUR_NS, 0),), found=2) for data in (b"a", b"b")
     )
     net, asker = scripted_pair(21, [first, first, second])
     outcome = Outcome()
@@ -451,9 +451,10 @@ def test_close_while_a_response_awaits_more_ends_the_request_once():
     assert a.engine.pending_requests == 0
 
 
-def test_a_request_awaiting_more_times_out_when_its_first_send_does():
-    """The rest of an answer must come within the request's own timeout: a
-    trickle of parts does not keep it alive."""
+def test_a_request_awaiting_more_stops_waiting_after_a_stall():
+    """A split answer whose promised parts never come (a ``found`` count
+    that never arrives) held a Find for the whole timeout: the rest must
+    come within ``stall_after`` of the last part."""
     net = build_network(2, seed=18, timeout=1.0)
     a, b = net.nodes.values()
     marks: list[tuple[str, float]] = []
@@ -463,10 +464,45 @@ def test_a_request_awaiting_more_times_out_when_its_first_send_does():
         lambda event, source: marks.append(("response", net.clock.now)) or False,
         lambda error: marks.append((type(error).__name__, net.clock.now)),
     )
-    start = net.clock.now
     assert net.run_until(lambda: len(marks) == 2, limit=5.0)
     assert [kind for kind, _ in marks] == ["response", "RequestTimeout"]
-    assert marks[1][1] - start == pytest.approx(a.engine.timeout)
+    assert marks[1][1] - marks[0][1] == pytest.approx(a.engine.stall_after)
+    assert a.engine.stall_after < a.engine.timeout
+
+
+def test_a_request_awaiting_more_times_out_when_its_first_send_does():
+    """A trickle of parts, each within ``stall_after`` of the last, does not
+    keep a request alive past its own timeout."""
+    net = build_network(2, seed=18, timeout=1.0)
+    a, b = net.nodes.values()
+    marks: list[tuple[str, float]] = []
+    pinged: list[Event] = []
+    receive = b.engine.receive
+
+    def trickle(event, source, size=None):  # b answers each PING every 0.2 s, forever
+        if event.type is not EventType.PING or event.response:
+            return receive(event, source, size)
+        pinged.append(event)
+
+        def part() -> None:
+            pong = Event(event.id, b.id, EventType.PONG, True, None)
+            b.engine._transport(fragment(pong.id, encode(pong)), source)
+            net.schedule(0.2, part)
+
+        part()
+
+    b.engine.receive = trickle
+    ping(
+        a,
+        b,
+        lambda event, source: marks.append(("response", net.clock.now)) or False,
+        lambda error: marks.append((type(error).__name__, net.clock.now)),
+    )
+    start = net.clock.now
+    assert net.run_until(lambda: marks and marks[-1][0] != "response", limit=5.0)
+    assert [kind for kind, _ in marks] == ["response"] * (len(marks) - 1) + ["RequestTimeout"]
+    assert len(marks) >= 5
+    assert marks[-1][1] - start == pytest.approx(a.engine.timeout, abs=0.01)
 
 
 def test_round_trips_are_measured_only_from_requests_sent_once():

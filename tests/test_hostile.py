@@ -156,12 +156,13 @@ class Tally:
             def counted_deliver(
                 event: Event,
                 source: Address,
-                deliver: Callable[[Event, Address], None] = deliver,
+                size: int,
+                deliver: Callable[[Event, Address, int], None] = deliver,
                 counts: list[int] = counts,
             ) -> None:
                 if source[0] in hosts:
                     counts[0] += 1
-                deliver(event, source)
+                deliver(event, source, size)
 
             def counted_feed(
                 datagram: Any,

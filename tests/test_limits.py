@@ -8,8 +8,10 @@ import socket
 import pytest
 from cluster import running_cluster, wait_until
 from simnet import Outcome, SimNetwork
+from test_engine import HOUR_NS, scripted_pair
 
 from dht.core.amplification import HELD_BYTES, HOST_BURST, AmplificationGuard
+from dht.core.limits import Limits
 from dht.core.ratelimit import RateLimiter
 from dht.errors import DHTError
 from dht.keys import random_id
@@ -100,10 +102,10 @@ def test_sources_spent_by_one_answer_are_remembered_within_the_bound() -> None:
 def test_the_guard_holds_what_the_cap_cut_until_the_source_is_proven() -> None:
     guard = AmplificationGuard(1000, hold_for=2.0, held_bytes=5000)
     source, other = ("127.0.0.1", 1), ("127.0.0.1", 2)
-    assert guard.allow(source, 400, 0.0).send
-    crossing = guard.allow(source, 400, 0.0)
+    assert guard.allow(source, 400, 0.0, allowance=10**9).send
+    crossing = guard.allow(source, 400, 0.0, allowance=10**9)
     assert crossing.send and crossing.prove  # halfway: ping it
-    refused = guard.allow(source, 400, 0.0)
+    refused = guard.allow(source, 400, 0.0, allowance=10**9)
     assert not refused.send and refused.prove
     assert guard.spent(source, 0.0)
     rest = [[b"a" * 400], [b"b" * 300, b"c" * 100]]
@@ -112,7 +114,7 @@ def test_the_guard_holds_what_the_cap_cut_until_the_source_is_proven() -> None:
     assert guard.prove(other, now=10.5) == []  # held per source
     assert guard.prove(source, now=11.0) == rest
     assert guard.held_bytes == 0 and not guard.spent(source, 11.0)
-    assert guard.allow(source, 10**6, 0.0).send  # proven: no cap
+    assert guard.allow(source, 10**6, 0.0, allowance=10**9).send  # proven: no cap
 
 
 def test_the_guard_drops_held_answers_that_are_too_old_or_too_many() -> None:
@@ -243,18 +245,22 @@ def test_the_guard_remembers_a_bounded_number_of_proven_addresses() -> None:
         guard.prove(address, now=0.0)
     assert len(guard._proven) == 10
     # The least recently proven are forgotten: capped again.
-    assert not guard.allow(addresses[0], 2000, 0.0).send
-    assert guard.allow(addresses[-1], 2000, 0.0).send
+    assert not guard.allow(addresses[0], 2000, 0.0, allowance=10**9).send
+    assert guard.allow(addresses[-1], 2000, 0.0, allowance=10**9).send
 
 
 def test_the_unproven_ports_of_one_ip_address_share_a_refilling_budget() -> None:
     guard = AmplificationGuard(1000, hold_for=2.0)
     burst = HOST_BURST * 1000
-    sent = sum(900 for port in range(200) if guard.allow(("127.0.0.7", port), 900, now=0.0).send)
+
+    def allow(address: tuple[str, int], now: float) -> bool:
+        return guard.allow(address, 900, now=now, allowance=10**9).send
+
+    sent = sum(900 for port in range(200) if allow(("127.0.0.7", port), 0.0))
     assert burst - 900 < sent <= burst  # not 200 x 900
-    assert guard.allow(("127.0.0.8", 1), 900, now=0.0).send  # other addresses are apart
-    assert not guard.allow(("127.0.0.7", 500), 900, now=0.0).send
-    assert guard.allow(("127.0.0.7", 500), 900, now=1.0).send  # refilled, 1000 bytes/s
+    assert allow(("127.0.0.8", 1), 0.0)  # other addresses are apart
+    assert not allow(("127.0.0.7", 500), 0.0)
+    assert allow(("127.0.0.7", 500), 1.0)  # refilled, 1000 bytes/s
     # A refused address keeps what it had left of its own budget.
     assert not guard.spent(("127.0.0.7", 501), 1.0)
 
@@ -333,8 +339,134 @@ def test_holding_more_for_a_source_does_not_extend_its_grace() -> None:
     # every hold_for kept spent() false for good: all its STOREs applied.
     guard = AmplificationGuard(1000, hold_for=2.0)
     source = ("127.0.0.9", 9)
-    assert not guard.allow(source, 2000, now=0.0).send
+    assert not guard.allow(source, 2000, now=0.0, allowance=10**9).send
     guard.hold(source, [[b"x"]], now=0.0)
     assert not guard.spent(source, now=1.0)  # a proof may be on its way
     guard.hold(source, [[b"y"]], now=1.5)
     assert guard.spent(source, now=2.1)
+
+
+# ---------------------------------------------------------------------------
+# Bounded answers: per request, per source, and to all unproven addresses
+
+
+def test_an_answer_to_an_unproven_source_is_at_most_ten_times_its_request() -> None:
+    guard = AmplificationGuard(65536, hold_for=2.0)
+    source = ("203.0.113.7", 9)
+    request = 168  # a Go FIND_VALUE request
+    assert guard.allow(source, 10 * request, 0.0, allowance=10 * request).send
+    refused = guard.allow(source, 10 * request + 1, 0.0, allowance=10 * request)
+    assert not refused.send and refused.prove  # held until the source answers a ping
+    assert not guard.allow(source, 600, 0.0, allowance=500).send  # what is left of it
+    guard.prove(source, 0.1)
+    assert guard.allow(source, 10**6, 0.1, allowance=0).send  # proven: no cap
+
+
+def test_all_unproven_addresses_together_get_the_global_budget() -> None:
+    """One node sent 123 MiB to 100 forged addresses in 10 s: each address
+    stayed within its own cap, and nothing bounded their sum."""
+    guard = AmplificationGuard(65536, hold_for=2.0, global_rate=10_000)
+    sent = 0
+    for step in range(100):  # 10 s
+        now = step * 0.1
+        for victim in range(100):
+            source = (f"198.51.{victim}.1", 4000)
+            if guard.allow(source, 1000, now, allowance=1680).send:
+                sent += 1000
+    assert 10 * 10_000 <= sent <= 10 * 10_000 + 4 * 10_000  # the rate, and one burst
+    # Exhausted, requests from unproven addresses are not worth any work.
+    assert guard.spent(("198.51.200.1", 1), 9.9)
+    assert not guard.spent(("198.51.200.1", 1), 9.9 + 0.1)
+
+
+def test_a_source_over_its_answer_rate_is_not_answered() -> None:
+    """FIND_VALUE at 200/s from one proven address for a key of 2 MiB took a
+    whole core: 5 ms of work and 1,450 sendto calls each."""
+    net = SimNetwork()
+    node = net.add_node(limits=Limits(answer_rate=1_000_000, trust_local_networks=False))
+    key = random_id()
+    for i in range(64):
+        assert node.storage.Set(key, bytes([i]) * 32768, net.clock.wall_ns(), 10**12)
+    source = ("127.0.0.66", 4000)
+    node.engine.amplification.prove(source, net.clock.now)
+    sent = 0
+    original = node.engine._transport
+
+    def transport(datagrams: list[bytes], address: tuple[str, int]) -> None:
+        nonlocal sent
+        if address == source:
+            sent += sum(map(len, datagrams))
+        original(datagrams, address)
+
+    node.engine._transport = transport  # type: ignore[method-assign]
+    for _ in range(200):  # 1 s of requests
+        net.clock.now += 0.005
+        request = Event(random_id(), random_id(), EventType.FIND_VALUE, False, FindValue(key))
+        node.engine.receive(request, source)
+    stats = node.engine.stats.snapshot()
+    # One request's answer is cut to max_answer_bytes; in all, the burst (2 s
+    # of the rate) and a second of it, plus the answer that ran into debt.
+    assert sent <= 3 * 1_000_000 + node.engine.limits.max_answer_bytes + 20_000
+    assert stats["drop-answer-rate"] >= 180
+    # Another port of the same IP address pays from the same budget ...
+    other = ("127.0.0.66", 4001)
+    node.engine.amplification.prove(other, net.clock.now)
+    request = Event(random_id(), random_id(), EventType.FIND_VALUE, False, FindValue(key))
+    node.engine.receive(request, other)
+    assert node.engine.stats.snapshot()["drop-answer-rate"] == stats["drop-answer-rate"] + 1
+
+
+def test_on_a_trusted_local_network_each_address_has_its_own_answer_budget() -> None:
+    net = SimNetwork()
+    node = net.add_node(limits=Limits(answer_rate=1_000))
+    for port in range(50):
+        source = ("127.0.0.1", 30000 + port)
+        node.engine.amplification.prove(source, net.clock.now)
+        node.engine.receive(Event(random_id(), random_id(), EventType.PING), source)
+    assert "drop-answer-rate" not in node.engine.stats.snapshot()
+
+
+# ---------------------------------------------------------------------------
+# Bounded Finds
+
+
+def test_a_find_collects_at_most_its_caps() -> None:
+    """A lying responder streamed 37 MB into one Find; a squatted key's
+    holders fed one Find 1,216 values."""
+    key = b"\x22" * 20
+    many = FindValue(
+        values=tuple(Value(key, i.to_bytes(2, "big") * 500, HOUR_NS, 0) for i in range(40)),
+        found=40,
+    )
+    for limits, expected in ((Limits(max_find_values=10), 10), (Limits(max_find_bytes=5000), 5)):
+        net, asker = scripted_pair(21, [many], limits=limits)
+        outcome = Outcome()
+        asker.engine.find(key, 0, outcome.value, outcome.find_done)
+        assert net.run_until(lambda outcome=outcome: outcome.ended, limit=30.0)
+        assert outcome.ends == [None]
+        assert len(outcome.values) == len(outcome.final_values) == expected
+        assert asker.engine.stats.snapshot()["find-full"] == 1
+
+
+def test_a_find_drops_values_no_store_would_keep() -> None:
+    key = b"\x33" * 20
+    now = 1_700_001_000 * 10**9  # the simulated wall clock, about
+    good = Value(key, b"good", HOUR_NS, 0)
+    bad = [
+        Value(key, b"expired", HOUR_NS, now - 2 * HOUR_NS),
+        Value(key, b"no ttl", 0, now),
+        Value(key, b"x" * 32769, HOUR_NS, now),
+        Value(key, b"older than asked", HOUR_NS, now - HOUR_NS // 2),
+        Value(b"\x44" * 20, b"another key", HOUR_NS, now),
+    ]
+    answer = FindValue(values=(good, *bad), found=len(bad) + 1)
+    net, asker = scripted_pair(22, [answer])
+    outcome = Outcome()
+    asker.engine.find(key, now - HOUR_NS // 4, outcome.value, outcome.find_done)
+    started = net.clock.now
+    assert net.run_until(lambda: outcome.ended, limit=30.0)
+    assert outcome.ends == [None] and outcome.values == [b"good"]
+    stats = asker.engine.stats.snapshot()
+    assert (stats["drop-invalid-value"], stats["drop-wrong-key"]) == (4, 1)
+    # Every value that came counts towards found: no wait for more parts.
+    assert net.clock.now - started < asker.engine.stall_after

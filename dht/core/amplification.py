@@ -3,18 +3,23 @@ answered it, so may be forged, and the answers it holds until it does.
 
 A request costs its sender a datagram and can make us send many (a split
 FIND_VALUE answer runs to megabytes), towards whatever source address the
-request claims. So a source that has not yet answered one of our requests
-gets at most ``limit`` bytes of answers; halfway there the engine pings it,
-and its answer proves the address. The part of an answer that the cap cuts
-off is held until that proof arrives (then sent) or ``hold_for`` seconds
-pass (then dropped): an honest requester gets its whole answer one round
-trip later instead of a truncated one.
+request claims. So before a source has answered one of our requests, an
+answer to one of its requests may be at most ``FACTOR`` times the request's
+size (a full FIND_NODE answer, what a joining node needs first, is about 8
+times), and the source gets at most ``limit`` bytes in all; halfway there,
+or at the first answer held back, the engine pings it, and its answer
+proves the address. What the cap holds back is sent once that proof
+arrives, or dropped after ``hold_for`` seconds: an honest requester gets its
+whole answer one round trip later instead of a truncated one.
 
 Ports cost an attacker nothing, so the unproven addresses of one IP address
 also share a token bucket: at most ``HOST_BURST`` times ``limit`` bytes at
-once, refilled at ``limit`` bytes per second. Without it, requests forged
-from 200 ports of a victim's address were answered with 334 times their
-size. Pure state, thread-safe; time is passed in.
+once, refilled at ``limit`` bytes per second (requests forged from 200
+ports of a victim's address were answered with 334 times their size). And
+addresses cost little more: all unproven addresses together share one more
+bucket, ``global_rate`` bytes per second after a burst of
+``GLOBAL_BURST_S`` seconds of it (one node sent 123 MiB to 100 forged
+victims in 10 s). Pure state, thread-safe; time is passed in.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from ..wire.events import Address
+from .ratelimit import TokenBuckets
 
 REMEMBERED_ADDRESSES = 65536
 """Proven and unproven addresses remembered (least recently used go)."""
@@ -35,6 +41,12 @@ takes about 34); the oldest go first."""
 HOST_BURST = 16
 """Unproven addresses of one IP address get at most this many times
 ``limit`` bytes at once (then ``limit`` bytes per second)."""
+FACTOR = 10
+"""An answer to an unproven address is at most this many times its request."""
+SMALLEST_ANSWER = 96
+"""Bytes of the smallest answer there is (a PONG as Go encodes it)."""
+GLOBAL_BURST_S = 4.0
+"""Seconds of ``global_rate`` all unproven addresses may get at once."""
 
 Datagrams = list[bytes]
 """The datagrams of one event."""
@@ -68,10 +80,13 @@ class AmplificationGuard:
         limit: int,
         *,
         hold_for: float,
+        global_rate: float = 256 * 1024,
         addresses: int = REMEMBERED_ADDRESSES,
         held_bytes: int = HELD_BYTES,
     ) -> None:
         self.limit = limit
+        self.global_rate = global_rate
+        self._global = TokenBuckets(global_rate, max(1.0, GLOBAL_BURST_S * global_rate))
         self.hold_for = hold_for
         self.addresses = addresses
         self.held_bytes_cap = held_bytes
@@ -91,32 +106,42 @@ class AmplificationGuard:
         return source in self._proven  # one dict lookup: atomic under the GIL
 
     def spent(self, source: Address, now: float) -> bool:
-        """Whether ``source`` is unproven and has used up its bytes, with no
-        answer held for it (so a request from it is not worth any work;
-        while an answer is held, a proof may be on its way and the next
-        answer is held too)."""
+        """Whether ``source`` is unproven and has used up its bytes, or all
+        unproven addresses have, with no answer held for it (so a request
+        from it is not worth any work; while an answer is held, a proof may
+        be on its way and the next answer is held too)."""
         with self._lock:
             held = self._held.get(source)
             if source in self._proven or (held is not None and held.deadline > now):
                 return False
-            return self._answered.get(source, 0) >= self.limit
+            return (
+                self._answered.get(source, 0) >= self.limit
+                or self._global.available(None, now) < SMALLEST_ANSWER
+            )
 
-    def allow(self, source: Address, size: int, now: float) -> Verdict:
+    def allow(self, source: Address, size: int, now: float, *, allowance: int) -> Verdict:
         """Whether an event of ``size`` bytes may be sent to ``source`` now
-        (counting it if so), and whether to ping ``source``."""
+        (counting it if so), and whether to ping ``source``. ``allowance``
+        is what is left for the request it answers (``FACTOR`` times its
+        size, less the events already sent for it)."""
         with self._lock:
             if source in self._proven:
                 return _SEND
             sent = self._answered.pop(source, 0)
-            send = sent + size <= self.limit
-            # Once spent, spent() refuses this source before any work is done.
-            self._answered[source] = sent + size if send else self.limit
+            within = sent + size <= self.limit
+            send = (
+                within
+                and size <= allowance
+                and self._global.available(None, now) >= size
+                and self._take_from_host(source[0], size, now)
+            )
+            if send:
+                self._global.charge(None, size, now)
+            # Once over its own cap, spent() refuses the source before any
+            # work is done; refused for another budget, it keeps what it had.
+            self._answered[source] = sent + size if send else sent if within else self.limit
             if len(self._answered) > self.addresses:
                 self._answered.popitem(last=False)
-            if send:
-                send = self._take_from_host(source[0], size, now)
-                if not send:  # the address keeps what it had left
-                    self._answered[source] = sent
         crossed = sent < self.limit // 2 <= sent + size
         return Verdict(send=send, prove=crossed or not send)
 

@@ -29,15 +29,16 @@ from typing import Protocol
 from ..errors import ClosedError, DHTError, RequestTimeout, StoreRefused
 from ..wire.codec import encode
 from ..wire.events import Address, Event, EventType, Node, Payload, Value
-from ..wire.framing import fragment
+from ..wire.framing import fragment, wire_size
 from ..wire.refusal import reasons, refusal_id
-from .amplification import AmplificationGuard
+from .amplification import FACTOR, AmplificationGuard
 from .callbacks import call_safely, ignore
 from .handler import answer
 from .keeper import Keeper
 from .limits import Limits
-from .networks import network_of
+from .networks import is_local, network_of
 from .operations import Bootstrap, FindOperation, Operation, StoreOperation
+from .ratelimit import TokenBuckets
 from .routing import RoutingTable
 from .shares import LOCAL, UNPROVEN, Refusal
 from .storage import GuardedStorage, Storage
@@ -86,6 +87,7 @@ class Stats:
 class _Request:
     __slots__ = (
         "address",
+        "answered",
         "event",
         "kind",
         "measurable",
@@ -121,6 +123,8 @@ class _Request:
         """Whether an answer gives a round-trip sample: not after a resend,
         which it may answer either send of (Karn), nor for later parts."""
         self.timer: object = None
+        self.answered = False
+        """Whether part of a split answer came (the rest may still fail)."""
 
 
 class Engine:
@@ -151,7 +155,8 @@ class Engine:
         self.table = RoutingTable(local_id)
         self.stats = Stats()
         self.limits = limits
-        self._wall_clock_ns = wall_clock_ns
+        self.wall_clock_ns = wall_clock_ns
+        """Nanoseconds since the Unix epoch: what values' times are read against."""
         self.storage = storage  # also sets guarded_storage and keeper
         self.timeout = timeout
         self.stall_after = stall_after if stall_after is not None else timeout / 4
@@ -177,7 +182,11 @@ class Engine:
         self._verifying_hosts: Counter[str] = Counter()  # of _verifying, per IP address
         self.max_pending = max_pending
         self._new_node_level = logging.INFO if log_new_nodes else logging.DEBUG
-        self.amplification = AmplificationGuard(amplification_limit, hold_for=timeout)
+        self.amplification = AmplificationGuard(
+            amplification_limit, hold_for=timeout, global_rate=limits.unproven_answer_rate
+        )
+        self._answered = TokenBuckets(limits.answer_rate, 2 * limits.answer_rate)
+        self._answered_lock = threading.Lock()
         self.transfer = KeyTransfer(
             self, batch_bytes=transfer_batch_bytes, interval=transfer_interval
         )
@@ -337,7 +346,7 @@ class Engine:
             self._send_request(request)
             return
         self.stats.incr("request-timeout")
-        if request.node_id is not None:
+        if request.node_id is not None and not request.answered:
             self.table.failed(request.node_id, request.address)
         call_safely(request.on_failure, RequestTimeout(request.address, self.timeout))
 
@@ -350,15 +359,18 @@ class Engine:
 
     # -- receiving ----------------------------------------------------------
 
-    def receive(self, event: Event, source: Address) -> None:
-        """Handle one decoded event that arrived from ``source``."""
+    def receive(self, event: Event, source: Address, size: int | None = None) -> None:
+        """Handle one decoded event that arrived from ``source`` in ``size``
+        bytes of datagrams (None: as many as our encoding of it takes)."""
         if event.sender == self.local_id:
             self.stats.incr("drop-own-id")
             return
         if event.response:
             self._on_response(event, source)
         else:
-            self._on_request(event, source)
+            if size is None:
+                size = wire_size(len(encode(event)))
+            self._on_request(event, source, size)
 
     def _on_response(self, event: Event, source: Address) -> None:
         # Claim the request before running its callback: a timeout on the
@@ -389,6 +401,8 @@ class Engine:
         held = self.amplification.prove(source, now)
         if held:
             self._send_events(held, source)
+            with self._answered_lock:
+                self._answered.charge(self._payer(source), sum(map(len, held)), now)
         newly_seen = self.table.add_verified(event.sender, source, now)
         if refused:
             self.stats.incr("store-refusals-received")
@@ -402,23 +416,37 @@ class Engine:
             self.transfer.offer(Node(event.sender, source))
 
     def _await_rest(self, request: _Request) -> None:
-        """Pend again a request whose answer has more events to come, until
-        its original timeout (a slow trickle of parts does not extend it)."""
+        """Pend again a request whose answer has more events to come: until
+        ``stall_after`` passes without the next one, and no longer than its
+        original timeout. A ``found`` count that never arrives must not hold
+        a Find for the whole timeout, nor a slow trickle of parts extend it."""
         request.measurable = False  # later parts are no round-trip samples
+        request.answered = True
         with self._lock:
             if not self.closed:
                 self._pending[request.event.id] = request
                 left = max(request.sent + self.timeout - self.clock(), 0.0)
-                request.timer = self.timers.schedule(left, lambda: self._expired(request))
+                request.timer = self.timers.schedule(
+                    min(left, self.stall_after), lambda: self._expired(request)
+                )
                 return
         call_safely(request.on_failure, ClosedError("the node was closed"))
 
-    def _on_request(self, event: Event, source: Address) -> None:
+    def _on_request(self, event: Event, source: Address, size: int) -> None:
         sender = event.sender
-        if self.amplification.spent(source, self.clock()):  # not worth any work
+        now = self.clock()
+        payer = self._payer(source)
+        with self._answered_lock:
+            overdrawn = self._answered.available(payer, now) <= 0
+        # Neither is worth any work: answering costs far more than asking.
+        if overdrawn:
+            self.stats.incr("drop-answer-rate")
+        elif self.amplification.spent(source, now):
             self.stats.incr("drop-amplification")
         else:
-            self._answer(event, source)
+            sent = self._answer(event, source, FACTOR * size)
+            with self._answered_lock:
+                self._answered.charge(payer, sent, now)
         # Answer first, then meet the sender: a joining node asks us and we
         # ping it back; with our answer already on its way, it knows us when
         # our ping arrives and need not ping us in turn.
@@ -429,7 +457,16 @@ class Engine:
             else:
                 self.table.add_candidate(sender, source, now)
 
-    def _answer(self, event: Event, source: Address) -> None:
+    def _payer(self, source: Address) -> object:
+        """Whose budget of answer bytes a request from ``source`` spends: its
+        IP address (ports cost nothing), or, on a trusted local network,
+        the address itself (a cluster on one machine shares one IP)."""
+        host = source[0]
+        return source if self.limits.trust_local_networks and is_local(host) else host
+
+    def _answer(self, event: Event, source: Address, allowance: int) -> int:
+        """Answer ``event``; the bytes sent. An answer to an unproven source
+        beyond ``allowance`` bytes waits for the source's proof."""
         sender = event.sender
         requester = Node(sender, source)
         # Values are charged to the sender's network once its address is
@@ -444,6 +481,7 @@ class Engine:
             network=network_of(source[0]) if proven else UNPROVEN,
             max_answer_bytes=self.limits.max_answer_bytes,
         )
+        sent = 0
         for index, response in enumerate(responses):
             try:
                 datagrams = fragment(response.id, encode(response))
@@ -452,7 +490,8 @@ class Engine:
                 log.debug("cannot answer %s: %s", source, error)
                 continue
             now = self.clock()
-            verdict = self.amplification.allow(source, sum(map(len, datagrams)), now)
+            size = sum(map(len, datagrams))
+            verdict = self.amplification.allow(source, size, now, allowance=allowance - sent)
             if verdict.prove:
                 self._prove(sender, source)
             if not verdict.send:
@@ -464,8 +503,10 @@ class Engine:
                     with contextlib.suppress(DHTError):
                         rest.append(fragment(later.id, encode(later)))
                 self.amplification.hold(source, rest, now)
-                return
+                return sent
             self._send_events([datagrams], source)
+            sent += size
+        return sent
 
     def _send_events(self, events: list[list[bytes]], destination: Address) -> None:
         """Send the datagrams of each event; a failure is counted, not raised."""
@@ -564,7 +605,7 @@ class Engine:
             capacity=limits.max_store_bytes,
             values_per_key=limits.max_values_per_key,
             max_ttl_ns=limits.max_ttl_ns,
-            clock_ns=self._wall_clock_ns,
+            clock_ns=self.wall_clock_ns,
         )
 
     def store_locally(self, value: Value) -> Refusal | None:
@@ -593,7 +634,7 @@ class Engine:
         on_done: Callable[[Exception | None], None],
     ) -> None:
         """Find the K closest nodes to ``key`` and store the value on them."""
-        created = self._wall_clock_ns()
+        created = self.wall_clock_ns()
         StoreOperation(self, Value(key, value, ttl_ns, created), on_done).start()
 
     def find(

@@ -27,3 +27,16 @@ class Limits:
     """Longest a value may live here from when it arrives, in nanoseconds."""
     max_answer_bytes: int = 256 * 1024
     """Bytes of values one FIND_VALUE answer carries at most."""
+    answer_rate: float = 4 * 1024 * 1024
+    """Bytes per second answered to one source (an IP address, or an
+    address of a local network when ``trust_local_networks``), after a
+    burst of twice as much."""
+    unproven_answer_rate: float = 256 * 1024
+    """Bytes per second answered to all addresses that never answered us."""
+    max_find_values: int = 256
+    """Values one Find collects at most."""
+    max_find_bytes: int = 2 * 1024 * 1024
+    """Bytes of values one Find collects at most."""
+    trust_local_networks: bool = True
+    """Whether loopback, private and link-local addresses are spared the
+    per-IP and per-network limits (``networks``)."""

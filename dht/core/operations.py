@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from ..errors import BootstrapError, ClosedError, NotFoundError, StoreError, StoreRefused
 from ..keys import ALPHA, K, distance
 from ..wire.events import (
+    MAX_VALUE_SIZE,
     Address,
     Event,
     EventType,
@@ -291,6 +292,8 @@ class FindOperation(LookupOperation):
         self.values: list[bytes] = []
         self._seen: set[bytes] = set()
         self._partial = 0  # requests whose split answer is still arriving
+        self._bytes = 0  # of self.values
+        self._full = False  # at max_find_values or max_find_bytes: it ends
 
     def payload(self) -> Payload:
         return FindValue(key=self.target, from_ns=self.from_ns)
@@ -322,22 +325,53 @@ class FindOperation(LookupOperation):
         self.drive()
 
     def _deliver(self, values: Iterable[bytes]) -> None:
-        """Queue new distinct values for the user; call with the lock held.
-        Values that come after the end (answers still in flight) are dropped."""
-        if self.finished:
+        """Queue new distinct values for the user, up to the Find's caps
+        (reaching one ends it); call with the lock held. Values that come
+        after the end (answers still in flight) are dropped."""
+        if self.finished or self._full:
             return
+        limits = self.engine.limits
         for data in values:
             if data not in self._seen:
+                if (
+                    len(self.values) == limits.max_find_values
+                    or self._bytes + len(data) > limits.max_find_bytes
+                ):
+                    self._full = True
+                    self.engine.stats.incr("find-full")
+                    return
                 self._seen.add(data)
                 self.values.append(data)
+                self._bytes += len(data)
                 self.post(lambda data=data: self.on_value(data))  # type: ignore[misc]
+
+    def _acceptable(self, values: Iterable[Value]) -> list[Value]:
+        """The values of an answer a local store would keep: under the key
+        asked for, of a valid size and ttl, alive, and as new as
+        ``ValuesFrom`` asked (Go's answers carry no ``created``, D13: those
+        are taken on trust for the last two)."""
+        now = self.engine.wall_clock_ns()
+        good = []
+        for value in values:
+            created = value.created_ns
+            if value.key != self.target:
+                self.engine.stats.incr("drop-wrong-key")
+            elif (
+                value.ttl_ns <= 0
+                or len(value.value) > MAX_VALUE_SIZE
+                or (created > 0 and (created + value.ttl_ns <= now or created < self.from_ns))
+            ):
+                self.engine.stats.incr("drop-invalid-value")
+            else:
+                good.append(value)
+        return good
 
     def ready(self) -> bool:
         return self._partial == 0
 
     def drive(self) -> None:
         with self.lock:
-            done = self.first_only and bool(self.values) and self._partial == 0
+            done = self._full or (self.first_only and bool(self.values) and self._partial == 0)
             if done:
                 if self.finished or self.completing:
                     return
@@ -354,16 +388,14 @@ class FindOperation(LookupOperation):
             payload = event.payload
             values: list[Value] = []
             if isinstance(payload, FindValue) and payload.values:
-                # Values under another key are not what was asked for.
-                values = [value for value in payload.values if value.key == self.target]
-                if len(values) < len(payload.values):
-                    self.engine.stats.incr("drop-wrong-key")
+                values = self._acceptable(payload.values)
             if isinstance(payload, FindValue) and values:
                 with self.lock:
                     was_partial = bool(received)  # an earlier event left more to come
                     if not was_partial:
                         self.lookup.answered(node.id)
-                    received.update(value.value for value in values)
+                    # Every value that came counts towards ``found``, kept or not.
+                    received.update(value.value for value in payload.values)
                     finished = len(received) >= payload.found
                     self._partial += int(not finished) - int(was_partial)
                     self._deliver(value.value for value in values)

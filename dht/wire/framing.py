@@ -40,6 +40,12 @@ class Header:
     size: int
 
 
+def wire_size(event_size: int) -> int:
+    """Bytes on the wire of an event of ``event_size`` bytes: its datagrams'
+    headers and chunks."""
+    return event_size + HEADER_SIZE * max(1, -(-event_size // MAX_CHUNK))
+
+
 def fragment(event_id: bytes, event: bytes) -> list[bytes]:
     """Cut a serialized event into datagrams, parts 1..total in sending order.
 
