@@ -25,6 +25,7 @@ from .errors import (
     StoreRefused,
     TTLTooLong,
     ValueTooLarge,
+    WrongNode,
 )
 from .keys import ALPHA, KEY_BITS, KEY_BYTES, K, Key
 from .node import DHT, FirstValue, New, ValuesFrom
@@ -60,4 +61,5 @@ __all__ = [
     "Value",
     "ValueTooLarge",
     "ValuesFrom",
+    "WrongNode",
 ]

@@ -76,6 +76,19 @@ class RequestTimeout(DHTError, TimeoutError):
         self.timeout = timeout
 
 
+class WrongNode(DHTError):
+    """The node at an address answered under another id than the one asked
+    for: the node asked for is not there."""
+
+    def __init__(self, address: tuple[str, int], expected: bytes, answered: bytes) -> None:
+        super().__init__(
+            f"{address[0]}:{address[1]} answered as {answered.hex()}, not {expected.hex()}"
+        )
+        self.address = address
+        self.expected = expected
+        self.answered = answered
+
+
 class BootstrapError(DHTError):
     """No bootstrap address answered, so the node could not join a network."""
 

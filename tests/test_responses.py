@@ -9,7 +9,7 @@ from simnet import Outcome, SimNetwork, SimNode
 
 import dht.core.engine as engine_module
 import dht.core.operations as operations_module
-from dht.errors import ClosedError
+from dht.errors import ClosedError, WrongNode
 from dht.keys import K, random_id
 from dht.wire import Event, EventType, Node
 
@@ -38,10 +38,6 @@ WRONG = {
     "from another address": (
         "drop-spoofed-response",
         lambda asker, peer, rid: (Event(rid, peer.id, EventType.PONG, True), ("127.0.0.1", 1)),
-    ),
-    "from another node id": (
-        "drop-spoofed-response",
-        lambda asker, peer, rid: (Event(rid, random_id(), EventType.PONG, True), peer.address),
     ),
     "of another type": (
         "drop-wrong-response-type",
@@ -72,6 +68,26 @@ def test_a_response_that_cannot_answer_the_request_is_dropped(case: str) -> None
     assert ends == [right]
     asker.engine.receive(right, peer.address)  # a duplicate ends nothing again
     assert ends == [right]
+
+
+def test_an_answer_from_the_address_under_another_id_fails_the_request_at_once() -> None:
+    """The node at the address knows the request's unguessable id, and says
+    it is another node: the one asked for is not there (it moved, or was
+    made up by whoever listed it). Waiting for the timeout only slowed the
+    lookup that asked it."""
+    _, asker, peer, ends, request_id = _silent_peer_request(seed=31)
+    asker.engine.table.add_verified(peer.id, peer.address, 0.0)
+    other = random_id()
+    asker.engine.receive(Event(request_id, other, EventType.PONG, True), peer.address)
+    [error] = ends
+    assert isinstance(error, WrongNode)
+    assert (error.address, error.expected, error.answered) == (peer.address, peer.id, other)
+    assert asker.engine.stats.snapshot()["answer-wrong-node"] == 1
+    assert request_id not in asker.engine._pending
+    [contact] = asker.engine.table.contacts()
+    assert contact.failures == 1
+    asker.engine.receive(Event(request_id, peer.id, EventType.PONG, True), peer.address)
+    assert ends == [error]  # ended once
 
 
 def test_close_fails_each_pending_request_once_with_closed_error() -> None:

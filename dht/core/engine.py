@@ -26,13 +26,14 @@ from collections.abc import Callable
 from functools import partial
 from typing import Protocol
 
-from ..errors import ClosedError, DHTError, RequestTimeout, StoreRefused
+from ..errors import ClosedError, DHTError, RequestTimeout, StoreRefused, WrongNode
 from ..wire.codec import encode
 from ..wire.events import Address, Event, EventType, Node, Payload, Value
 from ..wire.framing import fragment, wire_size
 from ..wire.refusal import reasons, refusal_id
 from .amplification import FACTOR, AmplificationGuard
 from .callbacks import call_safely, ignore
+from .diversity import Diversity
 from .handler import answer
 from .keeper import Keeper
 from .limits import Limits
@@ -152,7 +153,8 @@ class Engine:
         limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.local_id = local_id
-        self.table = RoutingTable(local_id)
+        self.diversity = Diversity(trust_local=limits.trust_local_networks)
+        self.table = RoutingTable(local_id, diversity=self.diversity)
         self.stats = Stats()
         self.limits = limits
         self.wall_clock_ns = wall_clock_ns
@@ -390,6 +392,8 @@ class Engine:
                 del self._pending[request.event.id]
         if drop is not None:
             self.stats.incr(drop)
+            if drop == "answer-wrong-node":
+                self._wrong_node(event, source)
             return
         assert request is not None
         self.timers.cancel(request.timer)
@@ -414,6 +418,20 @@ class Engine:
                 self._new_node_level, "discovered node %s at %s:%d", event.sender.hex(), *source
             )
             self.transfer.offer(Node(event.sender, source))
+
+    def _wrong_node(self, event: Event, source: Address) -> None:
+        """The node at a request's address answered under another id: the
+        one we asked is not there (it moved, or never was: made up by
+        whoever listed it). Fail the request now rather than at its
+        timeout; the answerer, whoever it is, is not believed."""
+        with self._lock:
+            request = self._pending.pop(event.id, None)
+        if request is None:
+            return
+        self.timers.cancel(request.timer)
+        assert request.node_id is not None
+        self.table.failed(request.node_id, request.address)
+        call_safely(request.on_failure, WrongNode(source, request.node_id, event.sender))
 
     def _await_rest(self, request: _Request) -> None:
         """Pend again a request whose answer has more events to come: until
@@ -679,10 +697,11 @@ def _mismatch(request: _Request | None, event: Event, source: Address) -> str | 
     """Why a response cannot answer ``request`` (a counter name), or None."""
     if request is None:
         return "drop-unsolicited-response"
-    if request.address != source or (
-        request.node_id is not None and request.node_id != event.sender
-    ):
+    if request.address != source:
         return "drop-spoofed-response"  # D14: only from where we asked, by whom we asked
     if event.type is not request.kind:
         return "drop-wrong-response-type"
+    if request.node_id is not None and request.node_id != event.sender:
+        # Only the node at the address knows the request's unguessable id.
+        return "answer-wrong-node"
     return None

@@ -86,8 +86,7 @@ def _responder(request: Event, local_id: bytes) -> Callable[[EventType, Payload 
 
 
 def _closest(table: RoutingTable, key: bytes, requester: bytes) -> tuple[Node, ...]:
-    nodes = table.closest(key, K + 1)
-    return tuple(node for node in nodes if node.id != requester)[:K]
+    return tuple(table.answer(key, K, requester))
 
 
 def cut(values: list[Value], budget: int) -> list[Value]:

@@ -9,16 +9,23 @@ closest candidates that have not failed or stalled have all answered, or when
 nothing is left to ask (D30's convergence rule), or after ``max_queries``.
 That budget ends lookups that hostile nodes keep feeding ever closer ids:
 without it, a Find or Store never ended.
+
+Given ``group`` (``diversity.Diversity.group``), the window and ``closest``
+hold at most ``PER_NETWORK`` candidates of one network: the others wait
+behind them, as if farther away, so a few attacker addresses cannot fill
+the window with made-up ids and become every target of a Store.
 """
 
 from __future__ import annotations
 
 import bisect
 import enum
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable
 
 from ..keys import ALPHA, K
 from ..wire.events import Node
+from .diversity import PER_NETWORK
 
 MAX_QUERIES = 10 * K
 """Nodes one lookup asks at most. An honest lookup in a network of a
@@ -35,12 +42,14 @@ class State(enum.IntEnum):
 
 
 class Candidate:
-    __slots__ = ("distance", "node", "state")
+    __slots__ = ("distance", "group", "node", "state")
 
-    def __init__(self, node: Node, distance: int, state: State) -> None:
+    def __init__(self, node: Node, distance: int, state: State, group: str | None) -> None:
         self.node = node
         self.distance = distance
         self.state = state
+        self.group = group
+        """The network it counts against (None: exempt)."""
 
 
 def _distance_of(candidate: Candidate) -> int:
@@ -58,8 +67,10 @@ class Lookup:
         k: int = K,
         alpha: int = ALPHA,
         max_queries: int = MAX_QUERIES,
+        group: Callable[[str], str | None] | None = None,
     ) -> None:
         self.local_id = local_id
+        self._group = group
         self.target = target
         self.k = k
         self.alpha = alpha
@@ -90,7 +101,8 @@ class Lookup:
                 continue
             if node_id == self.local_id:
                 continue
-            candidate = Candidate(node, int.from_bytes(node_id, "big") ^ target, state)
+            group = self._group(node.address[0]) if self._group is not None else None
+            candidate = Candidate(node, int.from_bytes(node_id, "big") ^ target, state, group)
             by_id[node_id] = candidate
             fresh.append(candidate)
         self._counts[state] += len(fresh)
@@ -103,10 +115,18 @@ class Lookup:
             bisect.insort(self._ordered, fresh[0], key=_distance_of)
 
     def _window(self) -> list[Candidate]:
-        """The k closest candidates still in the running (not failed or stalled)."""
+        """The k closest candidates still in the running (not failed or
+        stalled), at most ``PER_NETWORK`` of a network."""
         window = []
+        counts: Counter[str] | None = None
         for candidate in self._ordered:
             if candidate.state < State.STALLED or candidate.state is State.ANSWERED:
+                group = candidate.group
+                if group is not None:
+                    counts = counts if counts is not None else Counter()
+                    if counts[group] >= PER_NETWORK:
+                        continue
+                    counts[group] += 1
                 window.append(candidate)
                 if len(window) == self.k:
                     break
@@ -162,13 +182,20 @@ class Lookup:
         return bool(window) and all(c.state is State.ANSWERED for c in window)
 
     def closest(self, n: int | None = None) -> list[Node]:
-        """The closest nodes that answered, closest first (``k`` by default)."""
+        """The closest nodes that answered, closest first (``k`` by default),
+        at most ``PER_NETWORK`` of a network."""
         limit = self.k if n is None else n
         out: list[Node] = []
         if limit <= 0:
             return out
+        counts: Counter[str] = Counter()
         for candidate in self._ordered:
             if candidate.state is State.ANSWERED:
+                group = candidate.group
+                if group is not None:
+                    if counts[group] >= PER_NETWORK:
+                        continue
+                    counts[group] += 1
                 out.append(candidate.node)
                 if len(out) == limit:
                     break

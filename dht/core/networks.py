@@ -19,11 +19,24 @@ def network_of(host: str) -> str:
     return host.rpartition(".")[0]
 
 
+LOCAL_NETWORKS = tuple(
+    ipaddress.IPv4Network(network)
+    for network in (
+        "127.0.0.0/8",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "169.254.0.0/16",
+    )
+)
+"""Loopback (RFC 1122), private (RFC 1918) and link-local (RFC 3927)."""
+
+
 @lru_cache(maxsize=4096)
 def is_local(host: str) -> bool:
-    """Whether ``host`` is a loopback, private or link-local address."""
+    """Whether ``host`` is in ``LOCAL_NETWORKS``."""
     try:
-        ip = ipaddress.ip_address(host)
+        ip = ipaddress.IPv4Address(host)
     except ValueError:
         return False
-    return ip.is_loopback or ip.is_private or ip.is_link_local
+    return any(ip in network for network in LOCAL_NETWORKS)

@@ -29,6 +29,7 @@ from ..wire.events import (
     Value,
 )
 from .callbacks import call_safely
+from .diversity import implausible
 from .lookup import Lookup, State
 
 if TYPE_CHECKING:
@@ -102,8 +103,10 @@ class LookupOperation(Operation):
     def __init__(self, engine: Engine, target: bytes, *, alpha: int = ALPHA) -> None:
         super().__init__(engine)
         self.target = target
-        self.lookup = Lookup(engine.local_id, target, alpha=alpha)
+        self.lookup = Lookup(engine.local_id, target, alpha=alpha, group=engine.diversity.group)
         self.completing = False
+        self.network_size = engine.table.size_estimate()
+        """About how many nodes the network has, when the lookup began."""
 
     def payload(self) -> Payload:
         return FindNode(key=self.target)
@@ -172,12 +175,27 @@ class LookupOperation(Operation):
         self.drive()
 
     def on_response(self, node: Node, event: Event, source: Address) -> bool:
+        listed = self.listed(event, source)
+        with self.lock:
+            if listed is None:  # a liar: it is no target of ours either
+                self.lookup.failed(node.id)
+            else:
+                self.lookup.answered(node.id)
+                self.lookup.add(listed)
+        if listed is None:
+            self.engine.table.failed(node.id, node.address)
+        return True
+
+    def listed(self, event: Event, source: Address) -> list[Node] | None:
+        """The nodes an answer lists, usable; None if it places ids closer
+        to the target than the network's size allows (``diversity``)."""
         payload = event.payload
         nodes = payload.nodes if isinstance(payload, FindNode | FindValue) else ()
-        with self.lock:
-            self.lookup.answered(node.id)
-            self.lookup.add(usable_nodes(nodes, event.sender, source))
-        return True
+        listed = usable_nodes(nodes, event.sender, source)
+        if implausible(listed, self.target, self.network_size):
+            self.engine.stats.incr("drop-implausible-answer")
+            return None
+        return listed
 
     def complete(self) -> None:
         raise NotImplementedError
@@ -241,12 +259,11 @@ class Bootstrap(LookupOperation):
         return self.answered > 0
 
     def on_entry_response(self, event: Event, source: Address) -> bool:
-        payload = event.payload
-        nodes = payload.nodes if isinstance(payload, FindNode) else ()
+        listed = self.listed(event, source)
         with self.lock:
             self.answered += 1
             self.lookup.add([Node(event.sender, source)], State.ANSWERED)
-            self.lookup.add(usable_nodes(nodes, event.sender, source))
+            self.lookup.add(listed or ())
         self.drive()
         return True
 

@@ -18,6 +18,8 @@ Differences from the reference, on purpose:
   case, and otherwise a dead node that nothing replaces (in a small
   network) would hold up every lookup that asks it.
 * The local node is not in its own table.
+* Given a ``Diversity``, a bucket takes at most ``PER_NETWORK`` contacts of
+  one /24, and the contacts given in answers are as diverse (``answer``).
 
 Lock striping: each bucket has its own lock; no operation holds two at once.
 """
@@ -30,6 +32,7 @@ from operator import attrgetter, itemgetter
 
 from ..keys import KEY_BITS, K, common_prefix_length
 from ..wire.events import Address, Node
+from .diversity import PER_NETWORK, Diversity
 
 SUSPECT_AFTER_FAILURES = 2
 """Consecutive unanswered requests after which a contact is suspect."""
@@ -135,9 +138,12 @@ class Bucket:
 class RoutingTable:
     """Thread-safe routing table of the node ``local_id``."""
 
-    def __init__(self, local_id: bytes, *, bucket_size: int = K) -> None:
+    def __init__(
+        self, local_id: bytes, *, bucket_size: int = K, diversity: Diversity | None = None
+    ) -> None:
         self.local_id = local_id
         self.bucket_size = bucket_size
+        self.diversity = diversity or Diversity(trust_local=True)
         self._local = int.from_bytes(local_id, "big")
         # Created on first insert: most of the 160 stay empty in any network.
         self._buckets: list[Bucket | None] = [None] * KEY_BITS
@@ -216,6 +222,11 @@ class RoutingTable:
                         bucket.changed()
                     bucket.seen(contact, now)
                 return False
+            group = self.diversity.group(address[0])
+            if group is not None:
+                same = sum(self.diversity.group(c.address[0]) == group for c in contacts.values())
+                if same >= PER_NETWORK:
+                    return False  # one network does not fill a bucket
             bucket.replacements.pop(node_id, None)
             fresh = Contact(node_id, address, now)
             if len(contacts) >= bucket.size:
@@ -310,6 +321,32 @@ class RoutingTable:
         distances = list(map(target_int.__xor__, numbers))
         order = sorted(range(len(distances)), key=distances.__getitem__)
         return [nodes[i] for i in order[:n]]
+
+    def answer(self, target: bytes, n: int, requester: bytes) -> list[Node]:
+        """The contacts to list in an answer to ``requester``: the ``n``
+        closest to ``target`` but the requester, at most ``PER_NETWORK`` of a
+        network (looking further when the nearest are too alike)."""
+        nodes = self.closest(target, n + 1)
+        picked = self.diversity.pick((x for x in nodes if x.id != requester), n)
+        if len(picked) < n and len(nodes) == n + 1:
+            nodes = self.closest(target, 4 * n)
+            picked = self.diversity.pick((x for x in nodes if x.id != requester), n)
+        return picked
+
+    def size_estimate(self) -> int:
+        """About how many nodes the network has, from how close this node's
+        nearest contacts are: the i-th closest of N random ids is about
+        i * 2^160 / N from it (the median over the K nearest). A node knows
+        its own neighbourhood best: its join was a lookup of its own id."""
+        nearest = self.closest(self.local_id, self.bucket_size)
+        if not nearest:
+            return 1
+        local = self._local
+        guesses = sorted(
+            (i << KEY_BITS) // max(1, local ^ int.from_bytes(node.id, "big"))
+            for i, node in enumerate(nearest, 1)
+        )
+        return max(len(nearest) + 1, guesses[len(guesses) // 2])
 
     def stale(self, now: float, age: float) -> list[Contact]:
         """Contacts not heard from for ``age`` seconds (the liveness check's
