@@ -372,6 +372,7 @@ def limits_of(cfg: Config) -> Limits:
         max_find_values=cfg.max_find_values,
         max_find_bytes=cfg.max_find_bytes,
         trust_local_networks=cfg.trust_local_networks,
+        transfer_rate=cfg.transfer_rate,
     )
 
 

@@ -179,3 +179,35 @@ def test_many_unproven_requesters_sharing_an_address_are_all_verified_and_answer
         requester.engine.find(key, 0, outcome.value, outcome.find_done)
         found.append(outcome)
     assert net.run_until(lambda: all(len(outcome.values) == 2 for outcome in found), limit=0.5)
+
+
+def test_a_contact_moves_only_once_its_old_address_fails_a_ping() -> None:
+    """D15: after one missed reply, a contact moved to whatever address next
+    answered for its id, so an impostor listing a node's id at its own
+    address could take its place in every table that met it."""
+    net = SimNetwork(seed=40)
+    asker, real = net.add_node(), net.add_node()
+    asker.engine.table.add_verified(real.id, real.address, net.clock.now)
+    impostor = net.add_node(real.id)  # answers as the real node's id, elsewhere
+    ends: list[object] = []
+    for _ in range(2):  # two unanswered requests made the contact movable before
+        asker.engine.table.failed(real.id, real.address)
+    asker.engine.request(
+        impostor.address,
+        real.id,
+        EventType.PING,
+        None,
+        lambda *_: ends.append(1) or True,
+        ends.append,
+    )
+    net.run_until(lambda: False, limit=3.0)
+    assert ends == [1]  # the impostor did answer
+    assert asker.engine.table.address_of(real.id) == real.address  # the real one answered our ping
+    assert "contact-moved" not in asker.engine.stats.snapshot()
+    # The node really moves: its old address is silent, so it follows.
+    moved = net.add_node(real.id)
+    real.crash()
+    asker.engine.request(moved.address, real.id, EventType.PING, None, lambda *_: True, ends.append)
+    net.run_until(lambda: False, limit=3.0)
+    assert asker.engine.table.address_of(real.id) == moved.address
+    assert asker.engine.stats.snapshot()["contact-moved"] == 1

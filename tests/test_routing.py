@@ -15,7 +15,7 @@ import threading
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dht.core.routing import SUSPECT_AFTER_FAILURES, RoutingTable
+from dht.core.routing import SUSPECT_AFTER_FAILURES, Answered, RoutingTable
 from dht.keys import KEY_BITS, KEY_BYTES, K, common_prefix_length, distance
 
 ADDRESS = ("10.0.0.1", 4000)
@@ -490,12 +490,17 @@ def test_add_verified_does_not_move_a_healthy_contact_to_another_address() -> No
     assert table.add_verified(node, OTHER_ADDRESS, 2.0) is False
     [contact] = table.contacts()
     assert contact.address == ADDRESS and contact.last_seen == 1.0
-    # Once the old address has failed, the verified new one replaces it.
+    # Nor after a missed reply: anyone can list an id at their own address
+    # and answer as it. It moves once its old address fails a ping (D15,
+    # the engine's ping), to the new one that answered.
     table.failed(node, ADDRESS)
-    table.add_verified(node, OTHER_ADDRESS, 3.0)
+    assert table.answered(node, OTHER_ADDRESS, 3.0) is Answered.ELSEWHERE
+    assert table.address_of(node) == ADDRESS
+    assert table.move(node, OTHER_ADDRESS, ADDRESS, 3.5) is False  # not at that address
+    assert table.move(node, ADDRESS, OTHER_ADDRESS, 4.0) is True
     [contact] = table.contacts()
     assert contact.address == OTHER_ADDRESS
-    assert contact.failures == 0
+    assert contact.failures == 0 and contact.last_seen == 4.0
 
 
 # ---------------------------------------------------------------------------

@@ -11,10 +11,12 @@ import pytest
 from simnet import Outcome, SimNetwork, SimNode
 
 import dht.core.transfer as transfer_module
+from dht.core.callbacks import ignore
+from dht.core.limits import Limits
 from dht.core.routing import SUSPECT_AFTER_FAILURES
 from dht.core.storage import MemoryStorage, Storage
 from dht.keys import K, distance, random_id
-from dht.wire import Node, Value
+from dht.wire import EventType, Node, Value
 
 
 def test_a_node_seen_twice_within_the_refresh_interval_is_sent_keys_once() -> None:
@@ -265,3 +267,107 @@ def test_a_scan_chooses_after_iterate_returns_what_each_node_should_hold(
     assert table_read_while_iterating and not any(table_read_while_iterating)
     got = {key for key in keys if newcomer.storage.Get(key)}
     assert got == expected
+
+
+# ---------------------------------------------------------------------------
+# Under a budget: 256 fresh ids a wave drew 863 MiB from a node holding 20 MB
+
+
+def _holder_with(count: int, size: int, seed: int, **engine_kwargs: object) -> tuple:
+    net = SimNetwork(seed=seed)
+    holder = net.add_node(**engine_kwargs)
+    for i in range(count):
+        assert holder.storage.Set(random_id(), bytes([i % 256]) * size, net.clock.wall_ns(), 10**12)
+    return net, holder
+
+
+def _stores_to(net: SimNetwork, address: tuple[str, int]) -> list[int]:
+    """Records the bytes of each STORE datagram sent to ``address``."""
+    sizes: list[int] = []
+    transmit = net.transmit
+
+    def recording(source, datagrams, destination):  # type: ignore[no-untyped-def]
+        if destination == address:
+            sizes.extend(len(datagram) for datagram in datagrams)
+        transmit(source, datagrams, destination)
+
+    net.transmit = recording  # type: ignore[method-assign]
+    return sizes
+
+
+def test_a_node_that_does_not_acknowledge_gets_one_batch() -> None:
+    net, holder = _holder_with(200, 1000, seed=41)
+    silent = ("127.0.5.5", 5000)  # nobody there
+    sent = _stores_to(net, silent)
+    holder.engine.transfer.offer(Node(random_id(), silent))
+    net.run_until(lambda: False, limit=10.0)
+    assert 0 < sum(sent) <= holder.engine.transfer.batch_bytes + 2000
+    stats = holder.engine.stats.snapshot()
+    assert stats["transfer-stopped"] == 1 and "values-transferred" not in stats
+    assert holder.engine.transfer.sending == 0
+
+
+def test_a_node_acknowledging_every_batch_gets_everything_one_batch_at_a_time() -> None:
+    net, holder = _holder_with(200, 1000, seed=42)
+    newcomer = net.add_node()
+    in_flight = []
+    request = holder.engine.request
+
+    def counting(address, node_id, kind, payload, on_response, on_failure, **kw):  # type: ignore[no-untyped-def]
+        if kind is EventType.STORE:
+            in_flight.append(
+                sum(
+                    1
+                    for r in holder.engine._pending.values()
+                    if r.event.type is EventType.STORE and r.address == address
+                )
+            )
+        return request(address, node_id, kind, payload, on_response, on_failure, **kw)
+
+    holder.engine.request = counting  # type: ignore[method-assign]
+    holder.engine.transfer.offer(Node(newcomer.id, newcomer.address))
+    net.run_until(lambda: len(newcomer.storage) == 200, limit=30.0)  # type: ignore[arg-type]
+    assert len(newcomer.storage) == 200  # type: ignore[arg-type]
+    assert in_flight and max(in_flight) == 0, "a batch went before the last was answered"
+
+
+def test_a_node_with_no_room_for_us_stops_its_transfer() -> None:
+    net, holder = _holder_with(200, 1000, seed=43)
+    newcomer = net.add_node(limits=Limits(max_store_bytes=8 * 1024 * 8))  # room for a few
+    holder.engine.transfer.offer(Node(newcomer.id, newcomer.address))
+    net.run_until(lambda: False, limit=10.0)
+    stats = holder.engine.stats.snapshot()
+    assert stats["transfer-stopped"] == 1
+    assert stats["store-refusals-received"] == 1
+    assert 0 < len(newcomer.storage) < 200  # type: ignore[arg-type]
+
+
+def test_key_transfer_keeps_to_its_rate_and_to_half_the_pending_slots() -> None:
+    rate = 50_000
+    net, holder = _holder_with(
+        300, 1000, seed=44, limits=Limits(transfer_rate=rate, trust_local_networks=False)
+    )
+    newcomers = [net.add_node() for _ in range(20)]
+    sent = [_stores_to(net, node.address) for node in newcomers]
+    for node in newcomers:
+        holder.engine.transfer.offer(Node(node.id, node.address))
+    net.run_until(lambda: False, limit=10.0)
+    total = sum(map(sum, sent))
+    # 10 s of the rate after a burst of one second of it (datagram headers
+    # and value bookkeeping on top of the values' bytes).
+    assert total <= 11 * rate * 1.25, total
+    assert holder.engine.stats.snapshot()["transfer-paced"] > 0
+
+
+def test_key_transfer_leaves_half_the_pending_slots_to_the_user() -> None:
+    net, holder = _holder_with(30, 1000, seed=45)
+    holder.engine.max_pending = 4
+    late = net.add_node()
+    for _ in range(2):
+        holder.engine.request(("127.0.9.9", 9), None, EventType.PING, None, ignore, ignore)
+    sent_late = _stores_to(net, late.address)
+    holder.engine.transfer.offer(Node(late.id, late.address))
+    net.run_until(lambda: False, limit=0.9)
+    assert sent_late == []
+    net.run_until(lambda: bool(sent_late), limit=30.0)
+    assert sent_late

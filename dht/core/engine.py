@@ -40,7 +40,7 @@ from .limits import Limits
 from .networks import is_local, network_of
 from .operations import Bootstrap, FindOperation, Operation, StoreOperation
 from .ratelimit import TokenBuckets
-from .routing import RoutingTable
+from .routing import Answered, RoutingTable
 from .shares import LOCAL, UNPROVEN, Refusal
 from .storage import GuardedStorage, Storage
 from .transfer import KeyTransfer
@@ -182,6 +182,7 @@ class Engine:
         self._operations: set[Operation] = set()
         self._verifying: set[bytes] = set()
         self._verifying_hosts: Counter[str] = Counter()  # of _verifying, per IP address
+        self._moving: set[tuple[bytes, Address]] = set()  # contacts whose old address we ping
         self.max_pending = max_pending
         self._new_node_level = logging.INFO if log_new_nodes else logging.DEBUG
         self.amplification = AmplificationGuard(
@@ -190,7 +191,10 @@ class Engine:
         self._answered = TokenBuckets(limits.answer_rate, 2 * limits.answer_rate)
         self._answered_lock = threading.Lock()
         self.transfer = KeyTransfer(
-            self, batch_bytes=transfer_batch_bytes, interval=transfer_interval
+            self,
+            batch_bytes=transfer_batch_bytes,
+            interval=transfer_interval,
+            rate=limits.transfer_rate,
         )
         self.closed = False
         self._sweep_queued = False
@@ -407,17 +411,50 @@ class Engine:
             self._send_events(held, source)
             with self._answered_lock:
                 self._answered.charge(self._payer(source), sum(map(len, held)), now)
-        newly_seen = self.table.add_verified(event.sender, source, now)
+        verdict = self.table.answered(event.sender, source, now)
+        if verdict is Answered.ELSEWHERE:
+            self._confirm_move(event.sender, source)
         if refused:
             self.stats.incr("store-refusals-received")
             call_safely(request.on_failure, StoreRefused(source, reasons(event)))
         elif call_safely(request.on_response, event, source) is False:
             self._await_rest(request)
-        if newly_seen:
+        if verdict is Answered.NEW:
             log.log(
                 self._new_node_level, "discovered node %s at %s:%d", event.sender.hex(), *source
             )
             self.transfer.offer(Node(event.sender, source))
+
+    def _confirm_move(self, node_id: bytes, new: Address) -> None:
+        """``node_id`` answered from ``new``, not from where we know it: move
+        it there once its old address fails a ping, not before (D15).
+        Anyone can list a node's id at their own address and answer as it."""
+        old = self.table.address_of(node_id)
+        if old is None or old == new:
+            return
+        with self._lock:
+            if (node_id, new) in self._moving or len(self._moving) >= MAX_VERIFYING:
+                return
+            self._moving.add((node_id, new))
+
+        def done(moved: bool) -> bool:
+            with self._lock:
+                self._moving.discard((node_id, new))
+            if moved and self.table.move(node_id, old, new, self.clock()):
+                self.stats.incr("contact-moved")
+            return True
+
+        try:
+            self.request(
+                old,
+                node_id,
+                EventType.PING,
+                None,
+                lambda *_: done(False),
+                lambda _: done(True),
+            )
+        except ClosedError:
+            done(False)
 
     def _wrong_node(self, event: Event, source: Address) -> None:
         """The node at a request's address answered under another id: the

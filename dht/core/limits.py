@@ -37,6 +37,9 @@ class Limits:
     """Values one Find collects at most."""
     max_find_bytes: int = 2 * 1024 * 1024
     """Bytes of values one Find collects at most."""
+    transfer_rate: float = 1024 * 1024
+    """Bytes of values per second key transfer sends, to all nodes together
+    (a quarter of it to one IP address)."""
     trust_local_networks: bool = True
     """Whether loopback, private and link-local addresses are spared the
     per-IP and per-network limits (``networks``)."""

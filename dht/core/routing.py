@@ -26,6 +26,7 @@ Lock striping: each bucket has its own lock; no operation holds two at once.
 
 from __future__ import annotations
 
+import enum
 import threading
 from collections.abc import Iterator
 from operator import attrgetter, itemgetter
@@ -33,6 +34,20 @@ from operator import attrgetter, itemgetter
 from ..keys import KEY_BITS, K, common_prefix_length
 from ..wire.events import Address, Node
 from .diversity import PER_NETWORK, Diversity
+
+
+class Answered(enum.Enum):
+    """What ``RoutingTable.answered`` made of a node that answered us."""
+
+    NEW = "new"
+    """Newly in a bucket."""
+    KNOWN = "known"
+    """Already there, at that address: marked seen."""
+    ELSEWHERE = "elsewhere"
+    """Known at another address: not moved (see ``move``)."""
+    NOT_ADDED = "not added"
+    """No room (a replacement, perhaps), or its network's share is taken."""
+
 
 SUSPECT_AFTER_FAILURES = 2
 """Consecutive unanswered requests after which a contact is suspect."""
@@ -209,24 +224,30 @@ class RoutingTable:
     def add_verified(self, node_id: bytes, address: Address, now: float) -> bool:
         """Insert a node that answered a request of ours. Returns True if it
         is newly in a bucket (the engine then hands it keys it should hold)."""
+        return self.answered(node_id, address, now) is Answered.NEW
+
+    def answered(self, node_id: bytes, address: Address, now: float) -> Answered:
+        """A node answered a request of ours from ``address``: insert it, or
+        mark it seen. A known id answering from another address is not
+        moved there (``ELSEWHERE``): anyone can list an id at their own
+        address and answer as it. It moves (``move``) only once its old
+        address fails a ping (D15)."""
         bucket = self._bucket(node_id, create=True)
         if bucket is None:
-            return False
+            return Answered.NOT_ADDED
         with bucket.lock:
             contacts = bucket.contacts
             contact = contacts.get(node_id)
             if contact is not None:
-                if contact.address == address or contact.failures:
-                    if contact.address != address:
-                        contact.move(address)
-                        bucket.changed()
-                    bucket.seen(contact, now)
-                return False
+                if contact.address != address:
+                    return Answered.ELSEWHERE
+                bucket.seen(contact, now)
+                return Answered.KNOWN
             group = self.diversity.group(address[0])
             if group is not None:
                 same = sum(self.diversity.group(c.address[0]) == group for c in contacts.values())
                 if same >= PER_NETWORK:
-                    return False  # one network does not fill a bucket
+                    return Answered.NOT_ADDED  # one network does not fill a bucket
             bucket.replacements.pop(node_id, None)
             fresh = Contact(node_id, address, now)
             if len(contacts) >= bucket.size:
@@ -234,10 +255,25 @@ class RoutingTable:
                 failed = max(contacts.values(), key=attrgetter("failures"))
                 if not failed.failures:
                     bucket._add_replacement(fresh)
-                    return False
+                    return Answered.NOT_ADDED
                 del contacts[failed.id]
             contacts[node_id] = fresh
             bucket.changed()
+            return Answered.NEW
+
+    def move(self, node_id: bytes, old: Address, new: Address, now: float) -> bool:
+        """Move a contact whose ``old`` address failed a ping to ``new``,
+        where it answered; False if it is no longer at ``old``."""
+        bucket = self._bucket(node_id)
+        if bucket is None:
+            return False
+        with bucket.lock:
+            contact = bucket.contacts.get(node_id)
+            if contact is None or contact.address != old:
+                return False
+            contact.move(new)
+            bucket.changed()
+            bucket.seen(contact, now)
             return True
 
     def failed(self, node_id: bytes, address: Address) -> bool:
@@ -321,6 +357,12 @@ class RoutingTable:
         distances = list(map(target_int.__xor__, numbers))
         order = sorted(range(len(distances)), key=distances.__getitem__)
         return [nodes[i] for i in order[:n]]
+
+    def address_of(self, node_id: bytes) -> Address | None:
+        """Where the contact ``node_id`` is, if it is one."""
+        bucket = self._bucket(node_id)
+        contact = bucket.contacts.get(node_id) if bucket is not None else None
+        return contact.address if contact is not None else None
 
     def answer(self, target: bytes, n: int, requester: bytes) -> list[Node]:
         """The contacts to list in an answer to ``requester``: the ``n``
