@@ -116,10 +116,12 @@ class Config:
     """Values one Find collects at most; it ends when it has this many.
     A key holds at most ``max_values_per_key`` values on each node, but its
     holders may hold different ones (a squatter fed one Find 1,216)."""
-    max_find_bytes: int = 2 * 1024 * 1024
-    """Bytes of values one Find collects at most (a key's full
-    ``max_values_per_key`` of the largest values); it ends on reaching it. A
-    lying responder streamed 37 MB into one Find."""
+    max_find_bytes: int = 4 * 1024 * 1024
+    """Bytes of values one Find collects at most; it ends on reaching it. A
+    lying responder streamed 37 MB into one Find. Twice a key's full
+    ``max_values_per_key`` of the largest values: a key squatted on this
+    node fills one share, and the holders' answers, which lead with the
+    values of the networks holding fewest, still find room."""
     trust_local_networks: bool = True
     """Spare loopback, private and link-local addresses the limits that count
     per IP address and per /24 network: the budget of answer bytes per IP,

@@ -232,9 +232,10 @@ class DHT:
     ) -> Future[list[bytes]]:
         """Find the values stored under the 20-byte ``key``.
 
-        Answers from local storage when it holds the key; otherwise an
-        iterative FIND_VALUE lookup (3 requests in flight) that ends when the
-        20 closest nodes have answered or failed. ``callback(value, None)``
+        An iterative FIND_VALUE lookup (3 requests in flight) that ends when
+        the 20 closest nodes have answered or failed; values held here come
+        first, then those of the network (D50: local ones alone could be a
+        squatter's). With ``FirstValue``, values held here end it at once. ``callback(value, None)``
         runs once per distinct value; if none is found, ``callback(None,
         NotFoundError)`` runs once. Callbacks run on a listener or timer
         thread (or the calling thread for a local answer). The future

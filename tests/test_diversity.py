@@ -152,3 +152,23 @@ def test_a_lookup_rejects_an_implausible_answer_and_its_sender() -> None:
     assert contact.failures == 1
     holders = [node for node in nodes if node.storage.Get(key)]
     assert len(holders) >= K // 2
+
+
+def test_failed_contacts_are_not_replaced_by_a_third_of_one_network() -> None:
+    """Fresh ids from one network that answer pings waited as replacements
+    and took an honest contact's place each time one missed two replies:
+    under waves of them a node's Stores found no honest node at all."""
+    local = b"\x00" * 20
+    table = RoutingTable(local, diversity=INTERNET)
+    honest = [b"\x80" + random_id()[1:] for _ in range(K)]
+    for i, node_id in enumerate(honest):
+        assert table.add_verified(node_id, (f"198.51.{i}.1", 4000), 0.0)
+    sybils = [b"\x80" + random_id()[1:] for _ in range(10)]
+    for i, node_id in enumerate(sybils):  # the bucket is full: replacements
+        assert not table.add_verified(node_id, ("203.0.113.9", 5000 + i), 1.0)
+    for node_id, i in zip(honest, range(K), strict=True):
+        for _ in range(2):
+            table.failed(node_id, (f"198.51.{i}.1", 4000))
+    held = [c.address[0] for c in table.contacts()]
+    assert held.count("203.0.113.9") == PER_NETWORK
+    assert len(held) == K  # the other suspects stay, as before

@@ -142,5 +142,8 @@ def test_stores_through_the_public_api_report_how_many_kept() -> None:
         error = raised.value
         assert error.tried == 3 and error.acknowledged <= 1 and error.needed == 2
         assert error.refused["key-full"] >= 2 - error.acknowledged
-        assert nodes[2].Find(key).result(timeout=10) == [b"first"]
+        # The publisher kept its own copy (its user comes first), which a
+        # Find may see besides the value every holder kept.
+        found = nodes[2].Find(key).result(timeout=10)
+        assert b"first" in found and set(found) <= {b"first", b"second"}
         assert isinstance(error, dht.DHTError)

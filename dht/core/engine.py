@@ -668,9 +668,10 @@ class Engine:
         return self.keeper.keep(value, LOCAL)
 
     def local_values(self, key: bytes, from_ns: int) -> list[Value]:
-        """The values a Find takes from our own storage first; none if the
-        storage fails, so the Find asks the network."""
-        return self.guarded_storage.Get(key, from_ns)
+        """The values a Find takes from our own storage first, networks
+        interleaved as in an answer (``Keeper.values``); none if the storage
+        fails, so the Find asks the network."""
+        return self.keeper.values(key, from_ns)
 
     # -- operations ----------------------------------------------------------
 

@@ -35,7 +35,7 @@ class Limits:
     """Bytes per second answered to all addresses that never answered us."""
     max_find_values: int = 256
     """Values one Find collects at most."""
-    max_find_bytes: int = 2 * 1024 * 1024
+    max_find_bytes: int = 4 * 1024 * 1024
     """Bytes of values one Find collects at most."""
     transfer_rate: float = 1024 * 1024
     """Bytes of values per second key transfer sends, to all nodes together

@@ -322,8 +322,12 @@ class FindOperation(LookupOperation):
         if local:
             with self.lock:
                 self._deliver(value.value for value in local)
-            self.finish(None)
-            return
+            if self.first_only:
+                self.finish(None)
+                return
+            # The K closest may hold others: a squatter's values here must
+            # not hide the owner's elsewhere (D50).
+            self.flush()
         self.seed()
         if self._hedge is not None:
             self._hedge_timer = self.engine.timers.schedule(self._hedge, self._hedge_expired)

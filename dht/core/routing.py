@@ -243,11 +243,8 @@ class RoutingTable:
                     return Answered.ELSEWHERE
                 bucket.seen(contact, now)
                 return Answered.KNOWN
-            group = self.diversity.group(address[0])
-            if group is not None:
-                same = sum(self.diversity.group(c.address[0]) == group for c in contacts.values())
-                if same >= PER_NETWORK:
-                    return Answered.NOT_ADDED  # one network does not fill a bucket
+            if not self._fits(bucket, address):
+                return Answered.NOT_ADDED  # one network does not fill a bucket
             bucket.replacements.pop(node_id, None)
             fresh = Contact(node_id, address, now)
             if len(contacts) >= bucket.size:
@@ -260,6 +257,22 @@ class RoutingTable:
             contacts[node_id] = fresh
             bucket.changed()
             return Answered.NEW
+
+    def _fits(self, bucket: Bucket, address: Address, instead_of: Contact | None = None) -> bool:
+        """Whether a contact at ``address`` may join ``bucket`` (taking the
+        place of ``instead_of``) with at most ``PER_NETWORK`` of a network:
+        promoted replacements too, or fresh ids from one network that answer
+        pings took an honest node's place each time one missed two replies.
+        Call with the bucket's lock held."""
+        group = self.diversity.group(address[0])
+        if group is None:
+            return True
+        same = sum(
+            self.diversity.group(c.address[0]) == group
+            for c in bucket.contacts.values()
+            if c is not instead_of
+        )
+        return same < PER_NETWORK
 
     def move(self, node_id: bytes, old: Address, new: Address, now: float) -> bool:
         """Move a contact whose ``old`` address failed a ping to ``new``,
@@ -300,7 +313,12 @@ class RoutingTable:
             if contact.failures < SUSPECT_AFTER_FAILURES:
                 return False
             replacement = next(
-                (c for c in reversed(bucket.replacements.values()) if c.verified), None
+                (
+                    c
+                    for c in reversed(bucket.replacements.values())
+                    if c.verified and self._fits(bucket, c.address, instead_of=contact)
+                ),
+                None,
             )
             if replacement is None:
                 if contact.failures == SUSPECT_AFTER_FAILURES:
