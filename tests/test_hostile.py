@@ -5,7 +5,8 @@
   reaches a node is counted (as a drop by reason, a fragment held, or an
   event handled), no thread dies, and the nodes still answer at once.
 * A flood of well-formed requests from forged sender ids leaves a node's
-  routing table and lookup latency as they were.
+  routing table and lookup latency as they were (the median latency after
+  the flood against the median before, measured in the same test).
 * A flood of never-completed first fragments keeps reassembly memory within
   its caps while a legitimate fragmented exchange still completes.
 
@@ -23,6 +24,7 @@ import math
 import os
 import select
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -465,6 +467,16 @@ CLUSTER = 30
 FINDS = 200
 KEYS = 20
 FORGED_TIMEOUT = 0.5
+LATENCY_FACTOR = 3
+LATENCY_SLACK = 0.005
+"""The median latency of the finds after the flood must be at most
+``LATENCY_FACTOR`` times the median before plus ``LATENCY_SLACK`` seconds: a
+relative comparison within the test (medians of a few ms), generous enough
+for a loaded 2-core machine."""
+AFTER_RUNS = 3
+"""A slowdown the flood left persists; noise from other processes passes:
+so the finds after the flood are run again, up to this many runs in all,
+while their median is over the limit."""
 
 
 @pytest.mark.timeout(420)  # within it: flood 240 s, drains 60 + 30 s, finds
@@ -496,6 +508,9 @@ def test_forged_senders_do_not_displace_contacts_or_break_lookups() -> None:
             return latencies
 
         initial = contacts()
+        # A full collection before each run of finds: a cyclic GC pause (tens
+        # of ms, longer with what the flood stored) is not what is compared.
+        gc.collect()
         before = finds()
         table_before = contacts()
         assert table_before.items() <= legit.items()
@@ -522,9 +537,16 @@ def test_forged_senders_do_not_displace_contacts_or_break_lookups() -> None:
         stats_after = x.stats()
         table_after = contacts()
         # Every find after the flood still returns its value (finds() checks
-        # each). Their latencies are printed for information only: timing
-        # targets belong in bench/, not in tests.
-        after = finds()
+        # each), and as fast as before: the median after is compared with
+        # the median before, measured here (no absolute timing target).
+        limit = LATENCY_FACTOR * statistics.median(before) + LATENCY_SLACK
+        runs: list[list[float]] = []
+        while len(runs) < AFTER_RUNS:
+            gc.collect()
+            runs.append(finds())
+            if statistics.median(runs[-1]) <= limit:
+                break
+        after = runs[-1]
         table_final = contacts()
         changed = delta(stats_after, stats_before)
         print(
@@ -544,11 +566,18 @@ def test_forged_senders_do_not_displace_contacts_or_break_lookups() -> None:
             f"forged: {FINDS} finds through X, p50/p99/max ms before "
             f"{sorted(before)[FINDS // 2] * 1000:.1f}/{p99(before) * 1000:.1f}/"
             f"{max(before) * 1000:.1f}, after {sorted(after)[FINDS // 2] * 1000:.1f}/"
-            f"{p99(after) * 1000:.1f}/{max(after) * 1000:.1f}"
+            f"{p99(after) * 1000:.1f}/{max(after) * 1000:.1f}; median limit "
+            f"{limit * 1000:.1f} ms; medians of the runs after: "
+            f"{[round(statistics.median(run) * 1000, 1) for run in runs]} ms"
         )
         assert drained, f"{x.stats()['pending-requests']} requests still pending"
         assert table_after == table_before, "the flood changed X's routing table"
         assert table_final.items() <= legit.items(), "a forged id or address entered X's table"
+        assert statistics.median(after) <= limit, (
+            f"finds through X got slower after the flood: median "
+            f"{statistics.median(before) * 1000:.1f} ms before, "
+            f"{[round(statistics.median(run) * 1000, 1) for run in runs]} ms after"
+        )
         dead = [thread.name for thread in x.threads() if not thread.is_alive()]
         assert not dead, f"threads of X died: {dead}"
         # Every value stored before the flood is still found: through X (the
