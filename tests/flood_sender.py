@@ -16,6 +16,9 @@ Modes (``spec["mode"]``):
 * ``forged``: well-formed PING, FIND_NODE and STORE requests from many
   random sender ids (and some impersonating real nodes) at one target.
 * ``fragments``: first fragments of never-completed large events.
+* ``caps``: bursts of never-completed events that fill each reassembly cap
+  of one listener (records and bytes, of one source and overall), in cycles
+  until the test closes the sender's standard input.
 
 Pacing: the sender never lets a target's socket queue (``rx_queue`` in
 ``/proc/net/udp``, found by inode) grow past a quarter of its receive buffer,
@@ -42,6 +45,7 @@ from dht.errors import ProtocolError
 from dht.wire import (
     HEADER_SIZE,
     MAX_CHUNK,
+    MAX_EVENT_SIZE,
     Event,
     EventType,
     FindNode,
@@ -704,7 +708,53 @@ def run_fragments(spec: dict[str, Any], sender: Sender) -> dict[str, Any]:
     return {"claimed_event_bytes": held_claimed}
 
 
-MODES = {"fuzz": run_fuzz, "forged": run_forged, "fragments": run_fragments}
+# ---------------------------------------------------------------------------
+# Caps mode
+
+
+def stop_requested() -> bool:
+    """Whether the test closed our standard input, its way to say stop."""
+    return bool(select.select([sys.stdin], [], [], 0)[0])
+
+
+def run_caps(spec: dict[str, Any], sender: Sender) -> dict[str, Any]:
+    """Cycles of two kinds of bursts at one target, every chunk a full 1448
+    bytes and no event ever completed, until ``stop_requested`` (or
+    ``max_seconds``):
+
+    * from each of the first ``record_sources`` sockets in turn,
+      ``records_per_burst`` first fragments of distinct events: past the
+      per-source record cap, and all together past the overall one;
+    * from each other socket in turn, ``events_per_source`` events of 46
+      parts, parts 1 to 45 each: past the per-source byte cap, and all
+      together past the overall one.
+    """
+    rng = random.Random(spec["seed"])
+    chunk = rng.randbytes(MAX_CHUNK)
+    [address] = sender.targets
+    split = spec["record_sources"]
+    record_socks, byte_socks = sender.socks[:split], sender.socks[split:]
+    size = MAX_EVENT_SIZE
+    total = -(-size // MAX_CHUNK)  # 46 parts
+    deadline = time.monotonic() + spec["max_seconds"]
+    cycles = 0
+    while not stop_requested() and time.monotonic() < deadline:
+        for sock in record_socks:
+            for _ in range(spec["records_per_burst"]):
+                sender.categories["record-burst"] += 1
+                sender.send(sock, HEADER.pack(rng.randbytes(20), 1, total, size) + chunk, address)
+        for sock in byte_socks:
+            for _ in range(spec["events_per_source"]):
+                event_id = rng.randbytes(20)
+                for part in range(1, total):
+                    sender.categories["byte-burst"] += 1
+                    sender.send(sock, HEADER.pack(event_id, part, total, size) + chunk, address)
+        cycles += 1
+    sender.drain()
+    return {"cycles": cycles, "stopped": stop_requested()}
+
+
+MODES = {"fuzz": run_fuzz, "forged": run_forged, "fragments": run_fragments, "caps": run_caps}
 
 
 def main() -> None:

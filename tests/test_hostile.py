@@ -8,7 +8,9 @@
   routing table and lookup latency as they were (the median latency after
   the flood against the median before, measured in the same test).
 * A flood of never-completed first fragments keeps reassembly memory within
-  its caps while a legitimate fragmented exchange still completes.
+  its caps while a legitimate fragmented exchange still completes; a
+  shorter flood fills each reassembly cap (records and bytes, of one source
+  and in all): each peak reaches its cap and never passes it.
 
 The floods come from ``flood_sender.py`` (a subprocess, so it does not take
 the GIL from the nodes), bound to other loopback addresses (127.0.0.2 and
@@ -50,7 +52,16 @@ import dht
 from dht.core.storage import MemoryStorage
 from dht.errors import ProtocolError
 from dht.keys import random_id
-from dht.wire import HEADER_SIZE, Event, EventType, decode, encode, fragment, parse_header
+from dht.wire import (
+    HEADER_SIZE,
+    MAX_CHUNK,
+    Event,
+    EventType,
+    decode,
+    encode,
+    fragment,
+    parse_header,
+)
 from dht.wire.events import Address
 
 SENDER = Path(__file__).with_name("flood_sender.py")
@@ -232,13 +243,18 @@ def sender_spec(
 
 
 @contextmanager
-def flood(spec: dict[str, Any]) -> Iterator[Callable[[float], dict[str, Any]]]:
+def flood(
+    spec: dict[str, Any], *, until_stopped: bool = False
+) -> Iterator[Callable[[float], dict[str, Any]]]:
     """Start ``flood_sender.py`` with ``spec``; yields ``finish(timeout)``,
     which waits for it and returns its report. The process is killed on exit
-    if it is still running."""
+    if it is still running. With ``until_stopped`` (the ``caps`` mode), the
+    sender gets a pipe as its standard input and runs until ``finish``
+    closes it."""
     assert spec["targets"] and all(t["inode"] for t in spec["targets"])
     process = subprocess.Popen(
         [sys.executable, str(SENDER), json.dumps(spec)],
+        stdin=subprocess.PIPE if until_stopped else None,
         stdout=subprocess.PIPE,
         text=True,
         cwd=SENDER.parent,
@@ -601,6 +617,26 @@ RSS_LIMIT = 64 * 2**20
 LEGIT_ROUNDS = 200
 
 
+def fragmented_exchange(a: dht.DHT, y: dht.DHT, client: dht.DHT, fetched: bytes) -> None:
+    """A 30,000-byte value stored into Y (a 21-datagram STORE for Y to
+    reassemble), then a 30,000-byte value that Y does not keep, under
+    ``fetched``, fetched by Y from A (a 21-datagram answer)."""
+    stored = random_id()
+    value = os.urandom(LEGIT_VALUE)
+    assert a.Store(stored, value, TTL).result(timeout=RESULT) is None
+    assert wait_until(lambda: stored_values(y, stored) == {value}, RESULT), (
+        "the fragmented STORE never reached Y's storage"
+    )
+    assert client.Find(stored).result(timeout=RESULT) == [value]
+    other = os.urandom(LEGIT_VALUE)
+    # Y and the client refuse the key, so only A keeps it: 1 of 3.
+    with pytest.raises(dht.StoreError) as refused:
+        a.Store(fetched, other, TTL).result(timeout=RESULT)
+    assert (refused.value.acknowledged, refused.value.refused) == (1, {"refused": 2})
+    assert not stored_values(y, fetched)
+    assert y.Find(fetched).result(timeout=RESULT) == [other]
+
+
 class Sampler:
     """Samples RSS and the target's reassembly state every few ms, in a
     thread that ``stop`` joins."""
@@ -666,21 +702,7 @@ def test_fragment_flood_stays_within_memory_caps() -> None:
         evicted_before = reassembler.evicted + reassembler.expired
 
         def exchange(key_index: int) -> None:
-            """A 30,000-byte value stored into Y, then fetched by Y."""
-            stored, fetched = random_id(), excluded[key_index]
-            value = os.urandom(LEGIT_VALUE)
-            assert a.Store(stored, value, TTL).result(timeout=RESULT) is None
-            assert wait_until(lambda: stored_values(y, stored) == {value}, RESULT), (
-                "the fragmented STORE never reached Y's storage"
-            )
-            assert client.Find(stored).result(timeout=RESULT) == [value]
-            other = os.urandom(LEGIT_VALUE)
-            # Y and the client refuse the key, so only A keeps it: 1 of 3.
-            with pytest.raises(dht.StoreError) as refused:
-                a.Store(fetched, other, TTL).result(timeout=RESULT)
-            assert (refused.value.acknowledged, refused.value.refused) == (1, {"refused": 2})
-            assert not stored_values(y, fetched)
-            assert y.Find(fetched).result(timeout=RESULT) == [other]
+            fragmented_exchange(a, y, client, excluded[key_index])
 
         rss_before = vm_rss()
         during = 0
@@ -737,15 +759,166 @@ def test_fragment_flood_stays_within_memory_caps() -> None:
         assert not drops(changed), "a well-formed fragment was dropped"
         assert evicted >= FRAGMENTS - cfg.reassembly_max_records
         assert during >= 1, "no legitimate exchange ran during the flood"
+        # Memory does not grow with the flood: the 200,000 chunks would take
+        # 290 MB if evicted records were kept (tried: +343 MiB).
         assert rss_growth < RSS_LIMIT
-        assert sampler.held_bytes <= cfg.reassembly_max_bytes
+        # This flood reaches the record cap (it waited for it above), not the
+        # byte caps nor the per-source ones (50 sources share the records):
+        # those are asserted, reached, by the next test.
         assert sampler.records <= cfg.reassembly_max_records
-        assert sampler.source_bytes <= cfg.reassembly_max_bytes_per_source
-        assert sampler.source_records <= cfg.reassembly_max_records_per_source
         for node in nodes:
-            for listener in node._listeners:
-                assert listener.reassembler.held_bytes <= cfg.reassembly_max_bytes
             assert all(thread.is_alive() for thread in node.threads())
+    finally:
+        close_all(nodes)
+    snapshot.assert_no_leaks()
+
+
+CAPS = {
+    "reassembly_max_records": 512,
+    "reassembly_max_records_per_source": 32,
+    "reassembly_max_bytes": 1024 * MAX_CHUNK - 1,
+    "reassembly_max_bytes_per_source": 64 * MAX_CHUNK - 1,
+}
+"""Lower caps than the defaults (1024, 64, 16 MiB, 1 MiB), so that the flood
+filling them is short. The byte caps are one byte short of a whole number
+of 1448-byte chunks, and every chunk of the flood is full: the bytes held
+stay one chunk below a cap, and a cap check off by even one byte lets one
+more chunk in, over the cap."""
+CAP_RECORD_SOURCES = [f"127.0.0.{i}" for i in range(80, 100)]
+"""Each sends first fragments, 8 more than the per-source record cap: 20 x 32
+records are more than the overall record cap."""
+CAP_BYTE_SOURCES = [f"127.0.0.{i}" for i in range(100, 120)]
+"""Each sends 2 events of 45 full chunks: 90 chunks from a source are more than
+its byte cap (63 chunks), and 20 x 63 more than the overall one (1023)."""
+REACHED = 0.9
+"""A cap counts as reached when a peak is at least this share of it."""
+
+
+CAP_FIELDS = {
+    "records": "reassembly_max_records",
+    "bytes": "reassembly_max_bytes",
+    "source_records": "reassembly_max_records_per_source",
+    "source_bytes": "reassembly_max_bytes_per_source",
+}
+"""The peaks ``CapPeaks`` keeps, and the ``Config`` field of each one's cap."""
+
+
+class CapPeaks:
+    """The highest reassembly state of a node's listeners after any
+    datagram: the records and bytes a listener holds, and those of one
+    source address. Wraps ``Reassembler.feed`` (observation only; its
+    thread writes, the test reads), so no peak falls between two samples:
+    a reassembler changes only in ``feed``, which evicts before it adds."""
+
+    def __init__(self, node: dht.DHT) -> None:
+        self.peaks = dict.fromkeys(CAP_FIELDS, 0)
+        self.caps = {name: getattr(node.config, field) for name, field in CAP_FIELDS.items()}
+        for listener in node._listeners:
+            reassembler = listener.reassembler
+            feed = reassembler.feed
+
+            def peaked_feed(
+                datagram: Any,
+                source: Address,
+                now: float,
+                feed: Callable[..., Any] = feed,
+                reassembler: Any = reassembler,
+            ) -> Any:
+                try:
+                    return feed(datagram, source, now)
+                finally:
+                    peaks = self.peaks
+                    peaks["records"] = max(peaks["records"], reassembler.records)
+                    peaks["bytes"] = max(peaks["bytes"], reassembler.held_bytes)
+                    own = len(reassembler._by_source.get(source, ()))
+                    peaks["source_records"] = max(peaks["source_records"], own)
+                    held = reassembler._source_bytes.get(source, 0)
+                    peaks["source_bytes"] = max(peaks["source_bytes"], held)
+
+            reassembler.feed = peaked_feed
+
+    def unreached(self) -> dict[str, tuple[int, int]]:
+        """``name -> (peak, cap)`` of the caps not reached yet."""
+        return {
+            name: (self.peaks[name], cap)
+            for name, cap in self.caps.items()
+            if self.peaks[name] < REACHED * cap
+        }
+
+    def exceeded(self) -> dict[str, tuple[int, int]]:
+        return {
+            name: (self.peaks[name], cap)
+            for name, cap in self.caps.items()
+            if self.peaks[name] > cap
+        }
+
+
+@pytest.mark.timeout(120)  # within it: waits of 30 + 60 + 30 s, one exchange
+def test_fragment_flood_reaches_each_reassembly_cap_and_never_passes_it() -> None:
+    """A flood of never-completed events from 40 addresses fills each
+    reassembly cap of Y's listener: records and bytes of one source, records
+    and bytes in all. Each peak reaches its cap and never passes it, and a
+    legitimate fragmented exchange completes while they bind."""
+    snapshot = ResourceSnapshot.take()
+    fetched = random_id()
+    nodes: list[dht.DHT] = []
+    try:
+        a = add_node(None)
+        nodes.append(a)
+        y = add_node(a, storage=ExceptKeys({fetched}), **CAPS)
+        nodes.append(y)
+        client = add_node(a, storage=RefusingStorage())
+        nodes.append(client)
+        cfg = y.config
+        sources = CAP_RECORD_SOURCES + CAP_BYTE_SOURCES
+        peaks = CapPeaks(y)
+        tally = Tally(y, set(sources))
+        stats_before = y.stats()
+        kernel_before = kernel_drops(y)
+        spec = sender_spec(
+            "caps",
+            [y],
+            sources,
+            record_sources=len(CAP_RECORD_SOURCES),
+            records_per_burst=cfg.reassembly_max_records_per_source + 8,
+            events_per_source=2,
+            max_seconds=60,
+            seed=4,
+        )
+        with flood(spec, until_stopped=True) as finish:
+            process = finish.process  # type: ignore[attr-defined]
+            reached = wait_until(lambda: not peaks.unreached(), 30)
+            assert reached, f"caps not reached (peak, cap): {peaks.unreached()}"
+            # The caps bind, and the flood goes on (until finish stops it).
+            assert process.poll() is None, "the flood ended before it was stopped"
+            fragmented_exchange(a, y, client, fetched)
+            assert process.poll() is None, "the flood ended before the exchange did"
+            report = finish(60)
+        assert report["stopped"], "the flood ran out of time instead of being stopped"
+        assert wait_until(
+            lambda: (
+                tally.held
+                + sum(delta(drops(y.stats()), stats_before).values())
+                + kernel_drops(y)
+                - kernel_before
+                >= report["sent"]
+            ),
+            30,
+        )
+        changed = delta(y.stats(), stats_before)
+        print(
+            f"\ncaps: {report['sent']:,} datagrams in {report['cycles']} cycles, "
+            f"{report['elapsed']:.1f} s ({report['rate']:,.0f}/s) from {len(sources)} "
+            f"addresses; held {tally.held:,}; peaks (peak, cap): "
+            f"{ {name: (peaks.peaks[name], cap) for name, cap in peaks.caps.items()} }; "
+            f"Y counter deltas: {changed}"
+        )
+        assert kernel_drops(y) == kernel_before
+        assert tally.held == report["sent"], "a flood fragment was not held (or not counted)"
+        assert not drops(changed), "a well-formed fragment was dropped"
+        assert not peaks.exceeded(), f"over a cap (peak, cap): {peaks.exceeded()}"
+        assert not peaks.unreached()
+        assert all(thread.is_alive() for node in nodes for thread in node.threads())
     finally:
         close_all(nodes)
     snapshot.assert_no_leaks()
