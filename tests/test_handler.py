@@ -55,8 +55,10 @@ class Harness:
         self.max_answer_bytes = max_answer_bytes
         self.counts: list[str] = []
 
-    def answer(self, event_type: EventType, payload: object = None) -> list[Event]:
-        request = Event(EVENT_ID, REQUESTER.id, event_type, False, payload)  # type: ignore[arg-type]
+    def answer(
+        self, event_type: EventType, payload: object = None, event_id: bytes = EVENT_ID
+    ) -> list[Event]:
+        request = Event(event_id, REQUESTER.id, event_type, False, payload)  # type: ignore[arg-type]
         return answer(
             request,
             REQUESTER,
@@ -309,16 +311,8 @@ def test_find_value_answer_is_split_within_the_framing_limit(count: int, size: i
 
 
 def answer_to(harness: Harness, event_id: bytes, key: bytes = KEY) -> list[Value]:
-    request = Event(event_id, REQUESTER.id, EventType.FIND_VALUE, False, FindValue(key=key))
-    responses = answer(
-        request,
-        REQUESTER,
-        harness.table,
-        harness.keeper,
-        harness.counts.append,
-        network="10.0.0",
-        max_answer_bytes=harness.max_answer_bytes,
-    )
+    """The values of the answer to a FIND_VALUE of ``key`` under ``event_id``."""
+    responses = harness.answer(EventType.FIND_VALUE, FindValue(key=key), event_id)
     values = [v for r in responses for v in r.payload.values]  # type: ignore[union-attr]
     for response in responses:
         assert response.payload.found == len(values)  # type: ignore[union-attr]

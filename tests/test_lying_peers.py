@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +33,7 @@ from cluster import close_all, wait_until
 
 import dht
 from dht.keys import random_id
+from dht.wire import Event, EventType, FindNode, decode, encode, fragment
 
 ATTACKER = Path(__file__).with_name("attacker.py")
 RESULT = 15.0
@@ -144,6 +146,15 @@ def attacking(spec: dict[str, Any]) -> Iterator[Attacker]:
 def honest_holders(nodes: list[dht.DHT], key: bytes, value: bytes) -> int:
     """How many honest nodes keep ``value`` under ``key``."""
     return sum(value in {v.value for v in node._engine.storage.Get(key)} for node in nodes)
+
+
+def stuff(node: dht.DHT, key: bytes | None, count: int, size: int) -> None:
+    """Put ``count`` values of ``size`` bytes into ``node``'s storage, under
+    ``key`` (or each under a key of its own), as if stored long ago."""
+    now = time.time_ns()
+    for i in range(count):
+        data = (i.to_bytes(4, "big") * (size // 4 + 1))[:size]
+        assert node._engine.storage.Set(key or random_id(), data, now, TTL * 10**9)
 
 
 def outcomes(futures: list[Any], timeout: float = RESULT) -> list[Exception | None]:
@@ -365,10 +376,7 @@ def test_fresh_ids_in_waves_get_no_more_than_the_key_transfer_budget() -> None:
     table and failed 30-60 % of its own Stores."""
     with internet_cluster(10) as nodes:
         target = nodes[0]
-        storage = target._engine.storage
-        now = time.time_ns()
-        for i in range(20_000):  # 20 MB of 1 KB values
-            assert storage.Set(random_id(), i.to_bytes(4, "big") * 256, now, TTL * 10**9)
+        stuff(target, None, 20_000, 1024)  # 20 MB
         spec = {
             "mode": "waves",
             "hosts": [f"127.5.{j}.1" for j in range(4)],
@@ -421,17 +429,12 @@ def cpu_seconds() -> float:
 def test_a_flood_of_large_finds_from_one_address_takes_a_bounded_share() -> None:
     """Before: FIND_VALUE at 200/s (36 KiB/s) from one proven address for a
     key stuffed to 2 MiB pinned the node at 1.0 CPU-s/s, and it answered no
-    PING within 1 s. The 50 ms p99 target is measured in bench/."""
-    import socket as socket_module
-
-    from dht.wire import Event, EventType, decode, encode, fragment
-
+    PING within 1 s. The PINGs' p99 (the issue's target: 50 ms) is printed,
+    not asserted: timing targets do not belong in tests; none may be lost."""
     with internet_cluster(2) as nodes:
         target = nodes[0]
         key = random_id()
-        now = time.time_ns()
-        for i in range(64):
-            assert target._engine.storage.Set(key, bytes([i]) * 32768, now, TTL * 10**9)
+        stuff(target, key, 64, 32768)  # 2 MiB
         host, port = target.address.split(":")
         rtts: list[float] = []
         lost = 0
@@ -439,7 +442,7 @@ def test_a_flood_of_large_finds_from_one_address_takes_a_bounded_share() -> None
 
         def pinger() -> None:
             nonlocal lost
-            with socket_module.socket(socket_module.AF_INET, socket_module.SOCK_DGRAM) as sock:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
                 sock.bind(("127.1.200.1", 0))
                 sock.settimeout(1.0)
                 while not stop.is_set():
@@ -505,9 +508,7 @@ def test_reflection_to_a_hundred_unproven_addresses_stays_within_the_global_budg
     with internet_cluster(25) as nodes:
         target = nodes[0]
         key = random_id()
-        now = time.time_ns()
-        for i in range(3):
-            assert target._engine.storage.Set(key, bytes([i]) * 20_000, now, TTL * 10**9)
+        stuff(target, key, 3, 20_000)
         spec = {
             "mode": "reflection",
             "hosts": [f"127.7.{j // 50}.{j % 50 + 1}" for j in range(100)],
@@ -540,11 +541,7 @@ def test_reflection_to_a_hundred_unproven_addresses_stays_within_the_global_budg
 def test_a_go_nodes_join_request_is_answered_in_full_before_it_is_proven() -> None:
     """A full FIND_NODE answer (20 nodes) is 7.8 times Go's request: the
     10-times rule must not hold back what a joining Go node needs first."""
-    import socket as socket_module
-
     from helpers import datagrams, load_vectors
-
-    from dht.wire import EventType, FindNode, decode
 
     vectors = load_vectors()
     if vectors is None:
@@ -553,7 +550,7 @@ def test_a_go_nodes_join_request_is_answered_in_full_before_it_is_proven() -> No
     [datagram] = datagrams(request)
     with (
         internet_cluster(25) as nodes,
-        socket_module.socket(socket_module.AF_INET, socket_module.SOCK_DGRAM) as go,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as go,
     ):
         go.bind(("127.8.0.1", 0))
         go.settimeout(5)
