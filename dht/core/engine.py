@@ -391,13 +391,14 @@ class Engine:
                 if not refused:
                     request = None
             drop = _mismatch(request, event, source)
-            if drop is None:
+            if drop is None or drop == "answer-wrong-node":
                 assert request is not None
                 del self._pending[request.event.id]
         if drop is not None:
             self.stats.incr(drop)
             if drop == "answer-wrong-node":
-                self._wrong_node(event, source)
+                assert request is not None
+                self._wrong_node(request, event.sender, source)
             return
         assert request is not None
         self.timers.cancel(request.timer)
@@ -456,19 +457,15 @@ class Engine:
         except ClosedError:
             done(False)
 
-    def _wrong_node(self, event: Event, source: Address) -> None:
+    def _wrong_node(self, request: _Request, answered: bytes, source: Address) -> None:
         """The node at a request's address answered under another id: the
         one we asked is not there (it moved, or never was: made up by
-        whoever listed it). Fail the request now rather than at its
+        whoever listed it). End the (claimed) request now rather than at its
         timeout; the answerer, whoever it is, is not believed."""
-        with self._lock:
-            request = self._pending.pop(event.id, None)
-        if request is None:
-            return
         self.timers.cancel(request.timer)
         assert request.node_id is not None
         self.table.failed(request.node_id, request.address)
-        call_safely(request.on_failure, WrongNode(source, request.node_id, event.sender))
+        call_safely(request.on_failure, WrongNode(source, request.node_id, answered))
 
     def _await_rest(self, request: _Request) -> None:
         """Pend again a request whose answer has more events to come: until
