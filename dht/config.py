@@ -99,11 +99,13 @@ class Config:
     ``found`` counts what the answer holds). A request costs its sender
     about 150 bytes: without a cap, one made us encode and send 2 MiB."""
     answer_rate: float = 4 * 1024 * 1024
-    """Bytes per second of answers one source gets, after a burst of twice
-    as much; its requests beyond that are dropped unanswered. A source is an
-    IP address (ports cost nothing), or one address of a local network while
-    ``trust_local_networks``. The request limit alone let 200 FIND_VALUEs a
-    second from one address (36 KiB/s) take a whole core to answer."""
+    """Bytes per second of FIND_VALUE answers one source gets, after a burst
+    of twice as much; its FIND_VALUEs beyond that are dropped unanswered. A
+    source is an IP address (ports cost nothing), or one address of a local
+    network while ``trust_local_networks``. The request limit alone let 200
+    FIND_VALUEs a second from one address (36 KiB/s) take a whole core to
+    answer. Other answers are at most a full FIND_NODE answer (about
+    1.2 KB), which ``request_rate`` bounds."""
     unproven_answer_rate: float = 256 * 1024
     """Bytes per second answered to all addresses that have never answered
     us, together, after a burst of 4 s of it. Such an address may be forged,

@@ -18,7 +18,6 @@ each, is making them up to capture the lookup.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable
 
 from ..keys import KEY_BITS
@@ -36,6 +35,8 @@ IMPLAUSIBLE_ALLOWED = 2
 one) before all it lists is rejected."""
 SMALLEST_ESTIMATE = 8
 """Below this many nodes the network's size says too little to judge."""
+GROUPS_CACHED = 4096
+"""Hosts whose network ``Diversity.group`` remembers (then it starts over)."""
 
 
 class Diversity:
@@ -44,23 +45,43 @@ class Diversity:
 
     def __init__(self, *, trust_local: bool) -> None:
         self.trust_local = trust_local
+        self._groups: dict[str, str | None] = {}  # every lookup asks for each candidate
+        self.limiting = False
+        """Whether a host the limits apply to was ever met. Until then (a
+        cluster on a trusted local network) every set is diverse enough:
+        ``pick`` has nothing to check. Every contact of a routing table
+        passes through ``group`` on its way in."""
 
     def group(self, host: str) -> str | None:
         """The /24 ``host`` counts against, or None when it is exempt."""
-        if self.trust_local and is_local(host):
-            return None
-        return network_of(host)
+        try:
+            return self._groups[host]
+        except KeyError:
+            pass
+        group = None if self.trust_local and is_local(host) else network_of(host)
+        if len(self._groups) >= GROUPS_CACHED:
+            self._groups.clear()
+        self._groups[host] = group
+        if group is not None:
+            self.limiting = True
+        return group
 
-    def pick(self, nodes: Iterable[Node], n: int) -> list[Node]:
-        """The first ``n`` of ``nodes`` with at most ``PER_NETWORK`` of one /24."""
+    def pick(self, nodes: list[Node], n: int) -> list[Node]:
+        """The first ``n`` of ``nodes`` (all met through ``group`` before)
+        with at most ``PER_NETWORK`` of one /24."""
+        if not self.limiting:
+            return nodes[:n]
         out: list[Node] = []
-        counts: Counter[str] = Counter()
+        counts: dict[str, int] = {}
+        groups = self._groups  # read inline: every answer we give picks
         for node in nodes:
-            group = self.group(node.address[0])
+            host = node.address[0]
+            group = groups[host] if host in groups else self.group(host)
             if group is not None:
-                if counts[group] >= PER_NETWORK:
+                seen = counts.get(group, 0)
+                if seen >= PER_NETWORK:
                     continue
-                counts[group] += 1
+                counts[group] = seen + 1
             out.append(node)
             if len(out) == n:
                 break
@@ -77,5 +98,9 @@ def implausible(nodes: Iterable[Node], target: bytes, network_size: int) -> bool
     bits = network_size.bit_length() + SLACK_BITS  # log2 N, rounded up, + slack
     limit = 1 << (KEY_BITS - bits)  # XOR distances below it share ``bits`` bits
     number = int.from_bytes(target, "big")
-    close = sum(1 for node in nodes if int.from_bytes(node.id, "big") ^ number < limit)
+    whole = target[: bits // 8]  # a shared prefix of whole bytes, checked first: cheap
+    near = [node.id for node in nodes if node.id.startswith(whole)]
+    if len(near) <= IMPLAUSIBLE_ALLOWED:
+        return False
+    close = sum(1 for node_id in near if int.from_bytes(node_id, "big") ^ number < limit)
     return close > IMPLAUSIBLE_ALLOWED

@@ -37,7 +37,7 @@ from .diversity import Diversity
 from .handler import answer
 from .keeper import Keeper
 from .limits import Limits
-from .networks import is_local, network_of
+from .networks import network_of
 from .operations import Bootstrap, FindOperation, Operation, StoreOperation
 from .ratelimit import TokenBuckets
 from .routing import Answered, RoutingTable
@@ -59,6 +59,8 @@ joined). Below half, nodes sharing an address (a host, a loopback
 cluster) are verified freely."""
 _RESPONSE_TYPE = {EventType.PING: EventType.PONG}
 DEFAULT_LIMITS = Limits()
+SIZE_ESTIMATE_AGE = 1.0
+"""Seconds a network-size estimate is used for before it is made again."""
 
 
 class Timers(Protocol):
@@ -183,6 +185,7 @@ class Engine:
         self._verifying: set[bytes] = set()
         self._verifying_hosts: Counter[str] = Counter()  # of _verifying, per IP address
         self._moving: set[tuple[bytes, Address]] = set()  # contacts whose old address we ping
+        self._network_size: tuple[float, int] | None = None  # (when, estimate)
         self.max_pending = max_pending
         self._new_node_level = logging.INFO if log_new_nodes else logging.DEBUG
         self.amplification = AmplificationGuard(
@@ -410,8 +413,6 @@ class Engine:
         held = self.amplification.prove(source, now)
         if held:
             self._send_events(held, source)
-            with self._answered_lock:
-                self._answered.charge(self._payer(source), sum(map(len, held)), now)
         verdict = self.table.answered(event.sender, source, now)
         if verdict is Answered.ELSEWHERE:
             self._confirm_move(event.sender, source)
@@ -487,18 +488,24 @@ class Engine:
     def _on_request(self, event: Event, source: Address, size: int) -> None:
         sender = event.sender
         now = self.clock()
-        payer = self._payer(source)
-        with self._answered_lock:
-            overdrawn = self._answered.available(payer, now) <= 0
+        # Only a FIND_VALUE answer can be large (the others are at most a
+        # full FIND_NODE answer, bounded by the request rate), so only it
+        # spends from the source's budget of answer bytes.
+        account = None
+        if event.type is EventType.FIND_VALUE:
+            with self._answered_lock:
+                account = self._answered.account(self._payer(source), now)
         # Neither is worth any work: answering costs far more than asking.
-        if overdrawn:
+        if account is not None and account[0] <= 0:
             self.stats.incr("drop-answer-rate")
         elif self.amplification.spent(source, now):
             self.stats.incr("drop-amplification")
         else:
             sent = self._answer(event, source, FACTOR * size)
-            with self._answered_lock:
-                self._answered.charge(payer, sent, now)
+            if account is not None:
+                # Without the lock: two listeners of this node racing on one
+                # source's account lose an update at worst, a blur of it.
+                account[0] -= sent
         # Answer first, then meet the sender: a joining node asks us and we
         # ping it back; with our answer already on its way, it knows us when
         # our ping arrives and need not ping us in turn.
@@ -511,26 +518,39 @@ class Engine:
 
     def _payer(self, source: Address) -> object:
         """Whose budget of answer bytes a request from ``source`` spends: its
-        IP address (ports cost nothing), or, on a trusted local network,
-        the address itself (a cluster on one machine shares one IP)."""
+        IP address (ports cost nothing), or, where the diversity limits spare
+        it (a trusted local network, whose cluster shares one IP), the
+        address itself."""
         host = source[0]
-        return source if self.limits.trust_local_networks and is_local(host) else host
+        return source if self.diversity.group(host) is None else host
+
+    def network_size(self) -> int:
+        """About how many nodes the network has (``RoutingTable.size_estimate``),
+        estimated again at most every ``SIZE_ESTIMATE_AGE`` seconds: every
+        lookup asks for it."""
+        now = self.clock()
+        estimate = self._network_size
+        if estimate is None or now - estimate[0] >= SIZE_ESTIMATE_AGE:
+            estimate = self._network_size = (now, self.table.size_estimate())
+        return estimate[1]
 
     def _answer(self, event: Event, source: Address, allowance: int) -> int:
         """Answer ``event``; the bytes sent. An answer to an unproven source
         beyond ``allowance`` bytes waits for the source's proof."""
         sender = event.sender
         requester = Node(sender, source)
-        # Values are charged to the sender's network once its address is
-        # proven; before that, anyone could be forging it (shares).
-        proven = self.amplification.is_proven(source)
+        # A STORE's values are charged to the sender's network once its
+        # address is proven; before that, anyone could be forging it (shares).
+        network = UNPROVEN
+        if event.type is EventType.STORE and self.amplification.is_proven(source):
+            network = network_of(source[0])
         responses = answer(
             event,
             requester,
             self.table,
             self.keeper,
             self.stats.incr,
-            network=network_of(source[0]) if proven else UNPROVEN,
+            network=network,
             max_answer_bytes=self.limits.max_answer_bytes,
         )
         sent = 0

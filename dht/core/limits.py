@@ -28,9 +28,9 @@ class Limits:
     max_answer_bytes: int = 256 * 1024
     """Bytes of values one FIND_VALUE answer carries at most."""
     answer_rate: float = 4 * 1024 * 1024
-    """Bytes per second answered to one source (an IP address, or an
-    address of a local network when ``trust_local_networks``), after a
-    burst of twice as much."""
+    """Bytes per second of FIND_VALUE answers to one source (an IP address,
+    or an address of a local network when ``trust_local_networks``), after
+    a burst of twice as much."""
     unproven_answer_rate: float = 256 * 1024
     """Bytes per second answered to all addresses that never answered us."""
     max_find_values: int = 256

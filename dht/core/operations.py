@@ -105,7 +105,7 @@ class LookupOperation(Operation):
         self.target = target
         self.lookup = Lookup(engine.local_id, target, alpha=alpha, group=engine.diversity.group)
         self.completing = False
-        self.network_size = engine.table.size_estimate()
+        self.network_size = engine.network_size()
         """About how many nodes the network has, when the lookup began."""
 
     def payload(self) -> Payload:

@@ -48,6 +48,12 @@ class TokenBuckets:
         """Tokens ``key`` has now (negative while in debt)."""
         return self._bucket(key, now)[0]
 
+    def account(self, key: Hashable, now: float) -> list[float]:
+        """``key``'s bucket, refilled to ``now``: ``[tokens, when]``. Reading
+        and charging it (``account[0] -= cost``) costs one lookup where
+        ``available`` then ``charge`` cost two."""
+        return self._bucket(key, now)
+
     def take(self, key: Hashable, cost: float, now: float) -> bool:
         """Take ``cost`` tokens if ``key`` has them; False (nothing taken) if not."""
         bucket = self._bucket(key, now)

@@ -284,6 +284,7 @@ class RoutingTable:
             contact = bucket.contacts.get(node_id)
             if contact is None or contact.address != old:
                 return False
+            self.diversity.group(new[0])  # met, as every contact's host is
             contact.move(new)
             bucket.changed()
             bucket.seen(contact, now)
@@ -387,10 +388,10 @@ class RoutingTable:
         closest to ``target`` but the requester, at most ``PER_NETWORK`` of a
         network (looking further when the nearest are too alike)."""
         nodes = self.closest(target, n + 1)
-        picked = self.diversity.pick((x for x in nodes if x.id != requester), n)
+        picked = self.diversity.pick([x for x in nodes if x.id != requester], n)
         if len(picked) < n and len(nodes) == n + 1:
             nodes = self.closest(target, 4 * n)
-            picked = self.diversity.pick((x for x in nodes if x.id != requester), n)
+            picked = self.diversity.pick([x for x in nodes if x.id != requester], n)
         return picked
 
     def size_estimate(self) -> int:

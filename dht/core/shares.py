@@ -189,14 +189,13 @@ class StorageShares:
     def _make_room(self, network: str, cost: int, victims: list[_Victim]) -> bool:
         """Add to ``victims`` until ``cost`` more bytes fit for ``network``;
         False if they cannot without taking more than its fair share."""
+        if not victims and self._fits(network, cost, 0):
+            return True  # the usual case: room
         freed: Counter[str] = Counter()
         for _, _, held in victims:
             freed[held.network] += held.cost
         while True:
-            released = sum(freed.values())
-            if self.total - released + cost <= self.capacity and (
-                network == LOCAL or self.remote - released + cost <= self.remote_capacity
-            ):
+            if self._fits(network, cost, sum(freed.values())):
                 return True
             if not self.evict:
                 return False
@@ -212,6 +211,13 @@ class StorageShares:
                     victims.append((key, value, held))
                     freed[name] += held.cost
                     break
+
+    def _fits(self, network: str, cost: int, released: int) -> bool:
+        """Whether ``cost`` more bytes for ``network`` fit once ``released``
+        bytes (of remote networks) are taken off."""
+        return self.total - released + cost <= self.capacity and (
+            network == LOCAL or self.remote - released + cost <= self.remote_capacity
+        )
 
     def _heaviest(self, network: str, freed: Counter[str]) -> tuple[str, int] | None:
         """The remote network other than ``network`` holding most once
