@@ -172,3 +172,19 @@ def test_failed_contacts_are_not_replaced_by_a_third_of_one_network() -> None:
     held = [c.address[0] for c in table.contacts()]
     assert held.count("203.0.113.9") == PER_NETWORK
     assert len(held) == K  # the other suspects stay, as before
+
+
+def test_an_estimate_made_while_joining_is_not_kept() -> None:
+    """A node's first estimate comes from its join, when its table is empty
+    (too small to judge by). Kept for a second, it let the lookups right
+    after the join take made-up ids next to their targets."""
+    net = build_network(40, seed=11)
+    node = net.add_node()
+    assert node.engine.network_size() < 8  # empty: nothing to judge by
+    joined = Outcome()
+    node.engine.bootstrap([next(iter(net.nodes))], joined.store_done)
+    assert net.run_until(lambda: joined.ended)
+    assert node.engine.network_size() >= 20  # at once, not a second later
+    first = node.engine.network_size()
+    node.engine.table.add_verified(random_id(), ("198.51.100.1", 1), net.clock.now)
+    assert node.engine.network_size() == first  # a good estimate is kept for a while

@@ -33,7 +33,7 @@ from ..wire.framing import fragment, wire_size
 from ..wire.refusal import reasons, refusal_id
 from .amplification import FACTOR, AmplificationGuard
 from .callbacks import call_safely, ignore
-from .diversity import Diversity
+from .diversity import SMALLEST_ESTIMATE, Diversity
 from .handler import answer
 from .keeper import Keeper
 from .limits import Limits
@@ -527,11 +527,15 @@ class Engine:
     def network_size(self) -> int:
         """About how many nodes the network has (``RoutingTable.size_estimate``),
         estimated again at most every ``SIZE_ESTIMATE_AGE`` seconds: every
-        lookup asks for it."""
+        lookup asks for it. An estimate too small to judge answers by (one
+        made while this node joined) is not kept: kept, it let the lookups of
+        the next second take made-up ids next to their targets."""
         now = self.clock()
         estimate = self._network_size
         if estimate is None or now - estimate[0] >= SIZE_ESTIMATE_AGE:
-            estimate = self._network_size = (now, self.table.size_estimate())
+            estimate = (now, self.table.size_estimate())
+            if estimate[1] >= SMALLEST_ESTIMATE:
+                self._network_size = estimate
         return estimate[1]
 
     def _answer(self, event: Event, source: Address, allowance: int) -> int:
