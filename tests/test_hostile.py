@@ -201,6 +201,14 @@ class Tally:
         return sum(counts[1] for counts in self._counts)
 
 
+def accounted(tally: Tally, node: dht.DHT, stats_before: dict[str, int], kernel_before: int) -> int:
+    """Datagrams of a fragment flood that ``node`` has dealt with since the
+    counters ``stats_before`` and ``kernel_before``: held as fragments,
+    dropped by reason, or dropped by the kernel."""
+    dropped = sum(delta(drops(node.stats()), stats_before).values())
+    return tally.held + dropped + kernel_drops(node) - kernel_before
+
+
 class ExceptKeys(MemoryStorage):
     """The default storage, refusing ``excluded`` keys: a node using it holds
     everything else, but always looks those keys up through the network."""
@@ -720,13 +728,7 @@ def test_fragment_flood_stays_within_memory_caps() -> None:
                     during += 1  # it ended while the flood still ran
             report = finish(180)
             assert wait_until(
-                lambda: (
-                    tally.held
-                    + sum(delta(drops(y.stats()), stats_before).values())
-                    + kernel_drops(y)
-                    - kernel_before
-                    >= report["sent"]
-                ),
+                lambda: accounted(tally, y, stats_before, kernel_before) >= report["sent"],
                 60,
             )
             exchange(LEGIT_ROUNDS)  # and after it
@@ -896,13 +898,7 @@ def test_fragment_flood_reaches_each_reassembly_cap_and_never_passes_it() -> Non
             report = finish(60)
         assert report["stopped"], "the flood ran out of time instead of being stopped"
         assert wait_until(
-            lambda: (
-                tally.held
-                + sum(delta(drops(y.stats()), stats_before).values())
-                + kernel_drops(y)
-                - kernel_before
-                >= report["sent"]
-            ),
+            lambda: accounted(tally, y, stats_before, kernel_before) >= report["sent"],
             30,
         )
         changed = delta(y.stats(), stats_before)
