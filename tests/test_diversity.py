@@ -188,3 +188,28 @@ def test_an_estimate_made_while_joining_is_not_kept() -> None:
     first = node.engine.network_size()
     node.engine.table.add_verified(random_id(), ("198.51.100.1", 1), net.clock.now)
     assert node.engine.network_size() == first  # a good estimate is kept for a while
+
+
+def test_a_lookup_no_node_answered_asks_the_contacts_behind_them() -> None:
+    """The closest contacts can all be an attacker's ids that answer pings
+    and nothing else (a store flood's sources outnumbered the honest nodes
+    in every table): the lookup asked those 20, none answered, and the
+    Store failed with the honest contacts just behind them never asked."""
+    net = build_network(30, seed=12)
+    members = list(net.nodes.values())
+    asker = net.add_node()
+    key = random_id()
+    rng = random.Random(5)
+    for i in range(K):  # the key's bucket: verified once, silent since
+        silent = near(key, 16, rng)
+        assert asker.engine.table.add_verified(silent, (f"127.0.9.{i + 1}", 4000), net.clock.now)
+    for member in members:  # the honest nodes, all farther from the key
+        asker.engine.table.add_verified(member.id, member.address, net.clock.now)
+    seeds = asker.engine.table.closest(key, K)
+    assert all(node.address[0].startswith("127.0.9.") for node in seeds)
+    outcome = Outcome()
+    asker.engine.store(key, b"v", 3600 * 10**9, outcome.store_done)
+    assert net.run_until(lambda: outcome.ended)
+    assert outcome.ends == [None]
+    holders = [node for node in members if node.storage.Get(key)]
+    assert len(holders) >= K // 2

@@ -85,9 +85,9 @@ class Lookup:
         # every candidate for these on each response.
         self._counts = [0] * len(State)
 
-    def add(self, nodes: Iterable[Node], state: State = State.UNQUERIED) -> None:
+    def add(self, nodes: Iterable[Node], state: State = State.UNQUERIED) -> int:
         """Add nodes learned from the routing table or from a response.
-        Known ids and the local id are ignored."""
+        Known ids and the local id are ignored; how many were new."""
         by_id = self._by_id
         target = self._target
         fresh = []
@@ -113,6 +113,7 @@ class Lookup:
             self._ordered.sort(key=_distance_of)
         elif fresh:
             bisect.insort(self._ordered, fresh[0], key=_distance_of)
+        return len(fresh)
 
     def _window(self) -> list[Candidate]:
         """The k closest candidates still in the running (not failed or
@@ -188,11 +189,12 @@ class Lookup:
         out: list[Node] = []
         if limit <= 0:
             return out
-        counts: Counter[str] = Counter()
+        counts: Counter[str] | None = None
         for candidate in self._ordered:
             if candidate.state is State.ANSWERED:
                 group = candidate.group
                 if group is not None:
+                    counts = counts if counts is not None else Counter()
                     if counts[group] >= PER_NETWORK:
                         continue
                     counts[group] += 1

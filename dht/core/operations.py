@@ -35,6 +35,8 @@ from .lookup import Lookup, State
 if TYPE_CHECKING:
     from .engine import Engine
 
+RESEEDS = 2
+"""Times a lookup no node answered asks the routing table for more."""
 BOOTSTRAP_RETRIES = 2
 """Resends of the FIND_NODE to each bootstrap address (one lost datagram
 must not make New fail)."""
@@ -107,14 +109,18 @@ class LookupOperation(Operation):
         self.completing = False
         self.network_size = engine.network_size()
         """About how many nodes the network has, when the lookup began."""
+        self._reseeds = 0
 
     def payload(self) -> Payload:
         return FindNode(key=self.target)
 
     def seed(self) -> None:
-        """Start from the K closest nodes of the routing table."""
+        """Start from the K closest nodes of the routing table (2K where the
+        diversity limits apply: the window then fills from other networks
+        while one network's many candidates wait their turn)."""
+        n = 2 * K if self.engine.diversity.limiting else K
         with self.lock:
-            self.lookup.add(self.engine.table.closest(self.target, K))
+            self.lookup.add(self.engine.table.closest(self.target, n))
 
     def drive(self) -> None:
         with self.lock:
@@ -124,6 +130,9 @@ class LookupOperation(Operation):
             # first spares the check of done while there is work to hand out.
             to_query = self.lookup.next()
             done = not to_query and self.lookup.done and self.ready()
+            if done and self._reseed():
+                to_query = self.lookup.next()
+                done = not to_query
             self.completing = done  # only one thread may complete
         if done:
             self.complete()
@@ -134,6 +143,20 @@ class LookupOperation(Operation):
     def ready(self) -> bool:
         """Whether the lookup may end now (subclasses wait for more)."""
         return True
+
+    def _reseed(self) -> bool:
+        """A lookup that no node answered asks the routing table's next
+        closest contacts, up to ``RESEEDS`` times: the closest can all be
+        one attacker's ids that answer pings and nothing else (a flood's
+        sources outnumbered the honest contacts), and the honest ones just
+        behind them went unasked. Call with the lock held; whether any
+        candidate was added."""
+        lookup = self.lookup
+        if self._reseeds == RESEEDS or lookup.closest(1):
+            return False
+        self._reseeds += 1
+        known = lookup.queried + 2 * K
+        return lookup.add(self.engine.table.closest(self.target, known)) > 0
 
     def query(self, node: Node) -> None:
         def on_response(event: Event, source: Address) -> bool:
