@@ -494,7 +494,7 @@ class Engine:
         account = None
         if event.type is EventType.FIND_VALUE:
             with self._answered_lock:
-                account = self._answered.account(self._payer(source), now)
+                account = self._answered.account(self.payer(source), now)
         # Neither is worth any work: answering costs far more than asking.
         if account is not None and account[0] <= 0:
             self.stats.incr("drop-answer-rate")
@@ -516,10 +516,10 @@ class Engine:
             else:
                 self.table.add_candidate(sender, source, now)
 
-    def _payer(self, source: Address) -> object:
-        """Whose budget of answer bytes a request from ``source`` spends: its
-        IP address (ports cost nothing), or, where the diversity limits spare
-        it (a trusted local network, whose cluster shares one IP), the
+    def payer(self, source: Address) -> object:
+        """Whose budget a source spends (answer bytes, key transfer's share):
+        its IP address (ports cost nothing), or, where the diversity limits
+        spare it (a trusted local network, whose cluster shares one IP), the
         address itself."""
         host = source[0]
         return source if self.diversity.group(host) is None else host

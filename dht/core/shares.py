@@ -104,11 +104,6 @@ class StorageShares:
         with self._lock:
             return {value: held.network for value, held in self._held.get(key, {}).items()}
 
-    def __len__(self) -> int:
-        """Values charged."""
-        with self._lock:
-            return sum(map(len, self._held.values()))
-
     # -- admission -------------------------------------------------------------
 
     def admit(

@@ -37,7 +37,6 @@ from ..errors import ClosedError, StoreRefused
 from ..keys import K
 from ..wire.events import Address, Event, EventType, Node, Store, Value
 from .handler import batch_values
-from .networks import is_local
 from .ratelimit import TokenBuckets
 
 if TYPE_CHECKING:
@@ -89,7 +88,6 @@ class KeyTransfer:
         """Seconds between two batches to one node, at least."""
         self.rate = rate
         """Bytes of values per second sent to all nodes together."""
-        self._trust_local = engine.limits.trust_local_networks
         # Guards the records below; never held while calling out.
         self._lock = threading.Lock()
         self._served: OrderedDict[bytes, float] = OrderedDict()  # node id -> when
@@ -227,14 +225,14 @@ class KeyTransfer:
             return len(self._active) + len(self._waiting)
 
     def _wait(self, session: _Session) -> None:
-        engine = self._engine()
         with self._lock:
             full = len(self._waiting) >= TRANSFER_QUEUE
-            if not full:
-                self._waiting[session.node.id] = session
-        if full and engine is not None:
-            with self._lock:
+            if full:
                 self._served.pop(session.node.id, None)  # the next refresh queues it again
+            else:
+                self._waiting[session.node.id] = session
+        engine = self._engine()
+        if full and engine is not None:
             engine.stats.incr("transfer-skipped")
 
     def _start_waiting(self) -> None:
@@ -258,10 +256,6 @@ class KeyTransfer:
             self._active.pop(session.node.id, None)
         self._start_waiting()
 
-    def _payer(self, address: Address) -> object:
-        host = address[0]
-        return address if self._trust_local and is_local(host) else host
-
     def _send_next(self, session: _Session) -> None:
         """Send the session's next batch once the budgets and the pending
         slots allow (retrying ``interval`` later until they do)."""
@@ -272,7 +266,7 @@ class KeyTransfer:
         size = sum(len(value.value) for value in batch)
         now = engine.clock()
         with self._lock:
-            payer = self._payer(session.node.address)
+            payer = engine.payer(session.node.address)
             go = (
                 engine.pending_requests < engine.max_pending // 2
                 and self._total.available(None, now) >= size
