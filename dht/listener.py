@@ -8,11 +8,10 @@ a ``select``, a ``recvfrom`` and a final empty read, saves thread switches.
 Sends (from any thread) use ``MSG_DONTWAIT``, so the blocking mode never
 holds up a send.
 
-Each datagram is read into a preallocated buffer, reassembled, decoded,
-checked against the per-source request rate limit and handed to the engine.
-The reassembler and the rate limiter are per listener: the kernel steers one
-source address to one SO_REUSEPORT socket. Malformed input is counted by
-reason and dropped; nothing a remote sends can end the loop. ``stop`` wakes
+Each datagram is read into a preallocated buffer and handed to the
+listener's ``Receiver`` (``dht.core.receiver``: reassembly, decoding, the
+rate limit, drop counting), the same door the simulator feeds; nothing a
+remote sends can end the loop. ``stop`` wakes
 a ``select`` through a pipe, and a blocked read by shutting the socket's
 receive side (Linux wakes the reader at once; elsewhere the read returns
 within ``QUIET_S``).
@@ -31,12 +30,7 @@ import time
 from collections.abc import Callable
 
 from .affinity import pin_current_thread
-from .core.engine import Stats
-from .core.ratelimit import RateLimiter
-from .errors import ProtocolError
-from .wire.codec import decode
-from .wire.events import Address, Event
-from .wire.framing import Reassembler, wire_size
+from .core.receiver import Receiver
 
 log = logging.getLogger("dht.listener")
 
@@ -51,31 +45,22 @@ side does not wake a read (not on Linux)."""
 
 
 class Listener:
-    """Receives on ``sock`` in its own thread; calls ``deliver(event, source,
-    size)`` (``size``: the bytes of the event's datagrams)."""
+    """Receives on ``sock`` in its own thread and feeds ``receiver``;
+    counts receive errors in ``count(name)``."""
 
     def __init__(
         self,
         sock: socket.socket,
-        deliver: Callable[[Event, Address, int], None],
-        stats: Stats,
+        receiver: Receiver,
+        count: Callable[[str], None],
         *,
-        reassembler: Reassembler,
-        limiter: RateLimiter,
         name: str,
         cpus: frozenset[int] | None = None,
     ) -> None:
         self.sock = sock
-        self._deliver = deliver
-        self._stats = stats
-        self.reassembler = reassembler
-        self.limiter = limiter
+        self.receiver = receiver
+        self._count = count
         self._cpus = cpus
-        # Written only by this listener's thread, so no lock: read for stats.
-        self.datagrams = 0
-        """Datagrams received."""
-        self.events = 0
-        """Events decoded and handed to the engine."""
         self._stop_requested = threading.Event()
         self._wake_lock = threading.Lock()
         self._wake_open = False
@@ -142,9 +127,7 @@ class Listener:
         a stop is requested (checked after every datagram, so a flood does
         not delay it)."""
         sock = self.sock
-        stats = self._stats
-        reassembler = self.reassembler
-        limiter = self.limiter
+        receive = self.receiver.receive_datagram
         stopping = self._stop_requested.is_set
         while not stopping():
             try:
@@ -152,31 +135,9 @@ class Listener:
             except BlockingIOError:  # quiet for QUIET_S
                 return
             except OSError as error:  # e.g. ICMP port unreachable reported late
-                stats.incr("receive-error")
+                self._count("receive-error")
                 log.debug("receive error: %s", error)
                 return
             if not size and stopping():  # the shutdown in stop() woke us
                 return
-            self.datagrams += 1
-            now = time.monotonic()
-            try:
-                data = reassembler.feed(view[:size], source, now)
-                if data is None:
-                    continue
-                event = decode(data)
-            except ProtocolError as error:
-                stats.incr("drop-" + error.reason)
-                continue
-            except Exception:  # e.g. MemoryError: drop the datagram, keep the loop
-                stats.incr("drop-internal-error")
-                log.exception("error reading a datagram from %s", source)
-                continue
-            if not event.response and not limiter.allow(source, now):
-                stats.incr("drop-rate-limited")
-                continue
-            self.events += 1
-            try:
-                self._deliver(event, source, wire_size(len(data)))
-            except Exception:  # a bug must not end the loop: log it and go on
-                stats.incr("handler-error")
-                log.exception("error handling %s from %s", event.type.name, source)
+            receive(view[:size], source, time.monotonic())

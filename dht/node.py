@@ -31,6 +31,7 @@ from .config import Config, resolve
 from .core.engine import Engine
 from .core.limits import Limits
 from .core.ratelimit import RateLimiter
+from .core.receiver import Receiver
 from .core.storage import MemoryStorage
 from .errors import ArgumentError, BootstrapError, TTLTooLong, ValueTooLarge
 from .keys import INT64_MAX, INT64_MIN, EventIds, check_id, random_id
@@ -125,16 +126,19 @@ class DHT:
             self._listeners = [
                 Listener(
                     sock,
-                    self._engine.receive,
-                    self._engine.stats,
-                    reassembler=Reassembler(
-                        max_records=cfg.reassembly_max_records,
-                        max_bytes=cfg.reassembly_max_bytes,
-                        max_records_per_source=cfg.reassembly_max_records_per_source,
-                        max_bytes_per_source=cfg.reassembly_max_bytes_per_source,
-                        awaited=self._engine.awaits,
+                    Receiver(
+                        self._engine.receive,
+                        self._engine.stats.incr,
+                        reassembler=Reassembler(
+                            max_records=cfg.reassembly_max_records,
+                            max_bytes=cfg.reassembly_max_bytes,
+                            max_records_per_source=cfg.reassembly_max_records_per_source,
+                            max_bytes_per_source=cfg.reassembly_max_bytes_per_source,
+                            awaited=self._engine.awaits,
+                        ),
+                        limiter=RateLimiter(cfg.request_rate, cfg.request_burst),
                     ),
-                    limiter=RateLimiter(cfg.request_rate, cfg.request_burst),
+                    self._engine.stats.incr,
                     name=f"dht-listener-{port}-{i}",
                     cpus=cpus,
                 )
@@ -169,10 +173,10 @@ class DHT:
         counts = self._engine.stats.snapshot()
         counts["routing-table-size"] = len(self._engine.table)
         counts["pending-requests"] = self._engine.pending_requests
-        listeners = self._listeners
-        counts["datagrams-received"] = sum(listener.datagrams for listener in listeners)
-        counts["events-received"] = sum(listener.events for listener in listeners)
-        counts["fragments-held"] = sum(listener.reassembler.records for listener in listeners)
+        receivers = [listener.receiver for listener in self._listeners]
+        counts["datagrams-received"] = sum(receiver.datagrams for receiver in receivers)
+        counts["events-received"] = sum(receiver.events for receiver in receivers)
+        counts["fragments-held"] = sum(receiver.reassembler.records for receiver in receivers)
         return counts
 
     def threads(self) -> list[threading.Thread]:

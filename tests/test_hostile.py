@@ -155,7 +155,7 @@ class Tally:
     With these, every datagram a listener reads ends in exactly one place:
     a listener drop counter, ``held`` or ``delivered``.
 
-    Wraps ``Listener._deliver`` and ``Reassembler.feed`` of each listener
+    Wraps ``Receiver._deliver`` and ``Reassembler.feed`` of each listener
     (observation only; one counter per listener, written by its thread)."""
 
     def __init__(self, node: dht.DHT, hosts: set[str]) -> None:
@@ -163,8 +163,8 @@ class Tally:
         for listener in node._listeners:
             counts = [0, 0]  # delivered, held
             self._counts.append(counts)
-            deliver = listener._deliver
-            feed = listener.reassembler.feed
+            deliver = listener.receiver._deliver
+            feed = listener.receiver.reassembler.feed
 
             def counted_deliver(
                 event: Event,
@@ -189,8 +189,8 @@ class Tally:
                     counts[1] += 1
                 return result
 
-            listener._deliver = counted_deliver
-            listener.reassembler.feed = counted_feed  # type: ignore[method-assign]
+            listener.receiver._deliver = counted_deliver
+            listener.receiver.reassembler.feed = counted_feed  # type: ignore[method-assign]
 
     @property
     def delivered(self) -> int:
@@ -675,7 +675,7 @@ class Sampler:
     def sample(self) -> None:
         self.rss = max(self.rss, vm_rss())
         for listener in self._node._listeners:
-            reassembler = listener.reassembler
+            reassembler = listener.receiver.reassembler
             self.held_bytes = max(self.held_bytes, reassembler.held_bytes)
             self.records = max(self.records, reassembler.records)
             # Copies made in C, under the GIL: the listener cannot change
@@ -706,7 +706,7 @@ def test_fragment_flood_stays_within_memory_caps() -> None:
         tally = Tally(y, flood_hosts)
         stats_before = y.stats()
         kernel_before = kernel_drops(y)
-        reassembler = y._listeners[0].reassembler
+        reassembler = y._listeners[0].receiver.reassembler
         evicted_before = reassembler.evicted + reassembler.expired
 
         def exchange(key_index: int) -> None:
@@ -816,7 +816,7 @@ class CapPeaks:
         self.peaks = dict.fromkeys(CAP_FIELDS, 0)
         self.caps = {name: getattr(node.config, field) for name, field in CAP_FIELDS.items()}
         for listener in node._listeners:
-            reassembler = listener.reassembler
+            reassembler = listener.receiver.reassembler
             feed = reassembler.feed
 
             def peaked_feed(
@@ -944,7 +944,7 @@ def test_an_unexpected_error_on_one_datagram_does_not_stop_the_listener() -> Non
     node = dht.New(dht.Config(listen_address="127.0.0.1:0"))
     try:
         [listener] = node._listeners
-        listener.reassembler = _FailingOnce(listener.reassembler, MemoryError())
+        listener.receiver.reassembler = _FailingOnce(listener.receiver.reassembler, MemoryError())
         assert ping_rtts(node, 1, timeout=0.5) == [math.inf]  # that datagram was dropped
         assert math.isfinite(ping_rtts(node, 1)[0])
         assert node.stats()["drop-internal-error"] == 1
