@@ -113,7 +113,7 @@ def describe_pending(ops: list[Op], nodes: list[dht.DHT]) -> str:
             f"  node {index}: closed={engine.closed} pending={engine.pending_requests} "
             f"stats={nodes[index].stats()}"
         )
-        for operation in list(getattr(engine, "_operations", ())):
+        for operation in list(engine.running._operations):
             lookup = getattr(operation, "lookup", None)
             states = Counter(c.state.name for c in lookup._ordered) if lookup else None
             fields = {

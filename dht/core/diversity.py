@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ..keys import KEY_BITS
-from ..wire.events import Node
+from ..wire.events import Address, Node
 from .networks import is_local, network_of
 
 PER_NETWORK = 2
@@ -65,6 +65,14 @@ class Diversity:
         if group is not None:
             self.limiting = True
         return group
+
+    def payer(self, source: Address) -> object:
+        """Whose budget a source spends (answer bytes, key transfer's share):
+        its IP address (ports cost nothing), or, where the limits spare it
+        (a trusted local network, whose cluster shares one IP), the address
+        itself."""
+        host = source[0]
+        return source if self.group(host) is None else host
 
     def pick(self, nodes: list[Node], n: int) -> list[Node]:
         """The first ``n`` of ``nodes`` (all met through ``group`` before)
