@@ -36,7 +36,7 @@ one) before all it lists is rejected."""
 SMALLEST_ESTIMATE = 8
 """Below this many nodes the network's size says too little to judge."""
 GROUPS_CACHED = 4096
-"""Hosts whose network ``Diversity.group`` remembers (then it starts over)."""
+"""Hosts whose network ``Diversity.group`` remembers (the oldest goes first)."""
 
 
 class Diversity:
@@ -60,7 +60,7 @@ class Diversity:
             pass
         group = None if self.trust_local and is_local(host) else network_of(host)
         if len(self._groups) >= GROUPS_CACHED:
-            self._groups.clear()
+            del self._groups[next(iter(self._groups))]  # the oldest
         self._groups[host] = group
         if group is not None:
             self.limiting = True
