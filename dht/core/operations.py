@@ -225,7 +225,7 @@ class LookupOperation(Operation):
 
 def usable_nodes(nodes: Iterable[Node], sender: bytes, source: Address) -> list[Node]:
     """Nodes from a response, with the reference's 0.0.0.0 self-entry repaired
-    from the datagram's source and other 0.0.0.0 entries dropped (5.3, D16).
+    from the datagram's source and other 0.0.0.0 entries dropped (PROTOCOL.md 5.3, D16).
     At most K: an honest node sends no more, and a hostile one must not fill
     a lookup with hundreds of made-up nodes to wait for."""
     out: list[Node] = []

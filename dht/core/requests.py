@@ -5,7 +5,7 @@ out (after ``retries`` resends), or the node closes. One table serves every
 listener of a node: a reply may arrive on any of its sockets. An answer is
 taken only from the address asked and, when the asked node's id is known,
 with that sender id (D14); a STORE refusal comes under the complement of the
-request's id (PROTOCOL.md 11). Each answer to a request sent once is a
+request's id (PROTOCOL.md 11.1). Each answer to a request sent once is a
 round-trip sample for the smoothed round trip (RFC 6298's 1/8 gain; Karn:
 no sample from a resent request).
 

@@ -11,7 +11,7 @@ Differences from the reference, on purpose:
   cache and are promoted when a contact fails (D18).
 * A contact that fails to answer is never just dropped: it is *suspect*,
   replaced by the first verified node that can take its place, and until
-  then kept (Kademlia, section 4.1). A node whose own thread or link stalls
+  then kept (the Kademlia paper, section 4.1). A node whose own thread or link stalls
   for a few timeouts must not void its table: emptied, it could neither
   find nor store, and stores would succeed on its own copy alone.
   ``closest`` offers suspects only when no contact is live: that is this
