@@ -32,7 +32,9 @@ class Running:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._operations: set[Endable] = set()
+        # A dict, not a set: Close ends them in the order they began, the
+        # same in every run (a simulation's seed must replay it exactly).
+        self._operations: dict[Endable, None] = {}
         self.closed = False
 
     def __len__(self) -> int:
@@ -44,12 +46,12 @@ class Running:
         with self._lock:
             if self.closed:
                 return False
-            self._operations.add(operation)
+            self._operations[operation] = None
             return True
 
     def discard(self, operation: Endable) -> None:
         with self._lock:
-            self._operations.discard(operation)
+            self._operations.pop(operation, None)
 
     def close(self, error: Exception) -> None:
         """End every running operation with ``error``, on the calling thread."""
