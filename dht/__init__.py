@@ -9,6 +9,7 @@ with dht.New(dht.Config(bootstrap_addresses=["127.0.0.1:9000"])) as node:
 from .config import Config
 from .core.storage import MemoryStorage, Storage
 from .errors import (
+    AddressInUse,
     ArgumentError,
     BootstrapError,
     ClosedError,
@@ -37,6 +38,7 @@ __all__ = [
     "DHT",
     "KEY_BITS",
     "KEY_BYTES",
+    "AddressInUse",
     "ArgumentError",
     "BootstrapError",
     "ClosedError",

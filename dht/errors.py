@@ -8,6 +8,8 @@ the bottom of this module.
 
 from __future__ import annotations
 
+import errno
+
 
 class DHTError(Exception):
     """Base class of every error raised by this library."""
@@ -91,6 +93,20 @@ class WrongNode(DHTError):
 
 class BootstrapError(DHTError):
     """No bootstrap address answered, so the node could not join a network."""
+
+
+class AddressInUse(DHTError, OSError):
+    """``New`` could not bind ``Config.listen_address``: another socket holds
+    its UDP port (another node, in this process or another, or another
+    program). ``address`` is the ``host:port`` it tried; ``errno`` is
+    ``EADDRINUSE``."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(errno.EADDRINUSE, f"{address} is already in use (another socket holds it)")
+        self.address = address
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 class TTLTooLong(ArgumentError):

@@ -33,7 +33,7 @@ from .core.limits import Limits
 from .core.ratelimit import RateLimiter
 from .core.receiver import Receiver
 from .core.storage import MemoryStorage
-from .errors import ArgumentError, BootstrapError, TTLTooLong, ValueTooLarge
+from .errors import AddressInUse, ArgumentError, BootstrapError, TTLTooLong, ValueTooLarge
 from .keys import INT64_MAX, INT64_MIN, EventIds, check_id, random_id
 from .listener import Listener
 from .timer import release_timer, shared_timer
@@ -346,7 +346,8 @@ def New(cfg: Config | None = None) -> DHT:
     and, when bootstrap addresses are given, a FIND_NODE lookup of its own id
     through them has finished. Raises ``BootstrapError`` if none of them
     answered, and ``ConfigError`` for an unresolvable address or a field
-    changed to an invalid value after ``cfg`` was built; on any error no
+    changed to an invalid value after ``cfg`` was built, and ``AddressInUse``
+    when another socket holds the listen address's port; on any error no
     thread or socket is left behind. The node keeps a checked copy of
     ``cfg``: changing ``cfg`` later does not affect it.
     """
@@ -400,51 +401,73 @@ _bind_lock = threading.Lock()
 
 
 def _bind(cfg: Config) -> list[socket.socket]:
-    """Bind ``cfg.listeners`` sockets to the listen address (SO_REUSEADDR and
-    SO_REUSEPORT, so they share it).
+    """Bind ``cfg.listeners`` sockets to the listen address, which no other
+    socket may hold; raises ``AddressInUse`` naming it if one does.
 
-    Port 0 needs care: with SO_REUSEPORT set, Linux may pick a port that
-    another reuse socket of the same user already holds, and two nodes would
-    then share one port. So a probe socket without those options picks a
-    port nobody holds, and the listeners bind that; if something takes it in
-    between, the bind fails and another port is tried. The lock keeps two
-    nodes of this process from probing the same port at once.
+    One listener binds a plain socket (no reuse option): Linux refuses the
+    bind while any socket holds the port, and any later bind to it but one
+    with SO_REUSEADDR on both sides, which ours never sets. Port 0 then
+    gets a port that no socket holds.
+
+    Several listeners share the port through SO_REUSEPORT, which any other
+    socket of this user setting it could join (another node, in this
+    process or another: the kernel would split the traffic between them).
+    So a probe without reuse options binds the address first: that fails
+    while any socket holds the port, SO_REUSEPORT or not. The probe is
+    closed and the listeners bind in its place with SO_REUSEPORT alone
+    (SO_REUSEADDR would let any UDP socket setting it share the port).
+    Once they hold it, the probe or plain bind of a later node fails. The
+    lock keeps nodes of this process from slipping in between a probe and
+    its binds; a node of another process probing in that instant could
+    still share the port. Port 0: the probe lets the kernel pick a port no
+    socket holds (with SO_REUSEPORT set, Linux may pick one that another
+    reuse socket of the same user holds); if something takes it before the
+    listeners bind, another port is tried.
     """
     host, port = resolve(cfg.listen_address, "listen_address")
-    if port:
-        return _bind_all(cfg, host, port)
+    if cfg.listeners == 1:
+        return _bind_all(cfg, host, port, reuse_port=False)
     with _bind_lock:
         for _ in range(BIND_ATTEMPTS):
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-                probe.bind((host, 0))
-                port = probe.getsockname()[1]
+                _bind_to(probe, host, port)
+                chosen = probe.getsockname()[1]
             try:
-                return _bind_all(cfg, host, port)
-            except OSError as error:
-                if error.errno != errno.EADDRINUSE:
+                return _bind_all(cfg, host, chosen, reuse_port=True)
+            except AddressInUse:
+                if port:
                     raise
     raise OSError(errno.EADDRINUSE, f"no free UDP port on {host} after {BIND_ATTEMPTS} tries")
 
 
-def _bind_all(cfg: Config, host: str, port: int) -> list[socket.socket]:
+def _bind_all(cfg: Config, host: str, port: int, *, reuse_port: bool) -> list[socket.socket]:
     sockets: list[socket.socket] = []
     try:
         for _ in range(cfg.listeners):
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
                 try:
                     sock.setsockopt(socket.SOL_SOCKET, option, cfg.socket_buffer_size)
                 except OSError:  # the kernel caps it; a smaller buffer still works
                     pass
-            sock.bind((host, port))
+            _bind_to(sock, host, port)
     except BaseException:
         for sock in sockets:
             sock.close()
         raise
     return sockets
+
+
+def _bind_to(sock: socket.socket, host: str, port: int) -> None:
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            raise AddressInUse(f"{host}:{port}") from None
+        raise
 
 
 def _ttl_ns(ttl: float | timedelta) -> int:

@@ -8,6 +8,7 @@ callback count is asserted; every node is closed by a fixture or a ``with``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import logging
 import math
@@ -742,6 +743,77 @@ def test_three_listeners_share_one_port() -> None:
         for node in nodes:
             assert find_all(node, key) == [b"three listeners"]
         assert_not_found(nodes[3], new_key())
+
+
+# ---------------------------------------------------------------------------
+# A port in use
+
+
+def hold_port_elsewhere() -> tuple[subprocess.Popen[str], str]:
+    """Another process holding a UDP port with SO_REUSEADDR and SO_REUSEPORT
+    (as a Go node does): returns it and the ``127.0.0.1:port`` it holds; it
+    exits when its stdin closes."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import socket, sys\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+            "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)\n"
+            "s.bind(('127.0.0.1', 0))\n"
+            "print(s.getsockname()[1], flush=True)\n"
+            "sys.stdin.read()\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None
+    return holder, f"127.0.0.1:{holder.stdout.readline().strip()}"
+
+
+def assert_address_in_use(address: str, listeners: int) -> None:
+    snapshot = ResourceSnapshot.take()
+    with pytest.raises(dht.AddressInUse) as raised:
+        dht.New(config(listen_address=address, listeners=listeners))
+    assert raised.value.address == address and address in str(raised.value)
+    assert raised.value.errno == errno.EADDRINUSE and isinstance(raised.value, OSError)
+    snapshot.assert_no_leaks()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("first", "second"), [(1, 1), (1, 3), (3, 1), (3, 3)])
+def test_a_port_held_by_another_node_is_refused(first: int, second: int) -> None:
+    """SO_REUSEPORT must not let a second node onto a node's port, whatever
+    ``listeners`` each has; the first node keeps working."""
+    with running_cluster(2, listeners=first) as nodes:
+        assert_address_in_use(nodes[0].address, second)
+        assert len(nodes[0]._sockets) == first
+        key = new_key()
+        store(nodes[1], key, b"still here")
+        assert find_all(nodes[0], key) == [b"still here"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("listeners", [1, 3])
+def test_a_port_held_by_another_process_is_refused(listeners: int) -> None:
+    holder, address = hold_port_elsewhere()
+    try:
+        assert_address_in_use(address, listeners)
+    finally:
+        holder.communicate(timeout=10)
+    with dht.New(config(listen_address=address, listeners=listeners)) as node:
+        assert node.address == address  # free again once the holder is gone
+
+
+@pytest.mark.timeout(60)
+def test_a_port_held_by_a_plain_socket_is_refused() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{sock.getsockname()[1]}"
+        for listeners in (1, 3):
+            assert_address_in_use(address, listeners)
 
 
 # ---------------------------------------------------------------------------
