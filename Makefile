@@ -1,3 +1,4 @@
+# make demo      create .venv if needed, install dht, run a local network (dht demo; DEMO_ARGS=--nodes 50)
 # make test      create .venv if needed, install dht[test], run the whole suite
 # make lint      ruff and mypy --strict
 # make generate  regenerate dht/wire/fb from schema/kademlia.fbs with flatc
@@ -7,21 +8,29 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
-.PHONY: test lint generate bench clean
+.PHONY: demo test lint generate bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # Stamps re-run the install when the package metadata changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
 $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
-	touch $@
+	touch $@ $(VENV)/.installed
 
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $@ $(VENV)/.test-installed
+	touch $@ $(VENV)/.test-installed $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(BIN)/dht demo $(DEMO_ARGS)
 
 test: $(VENV)/.test-installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
