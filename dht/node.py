@@ -1,7 +1,8 @@
 """The public node: ``New(cfg)`` starts one; ``Store``, ``Find``, ``Close``.
 
 Threads of a node: ``listeners`` listener threads (one UDP socket each, all
-bound to the same address with SO_REUSEPORT), and a timer thread and a
+bound to the same address, with SO_REUSEPORT when there are several; no
+other node may bind it: see ``_bind``), and a timer thread and a
 worker thread (scans of the storage), which the nodes of a process share
 (see ``dht.timer`` and ``dht.worker``). User callbacks run on a listener
 or the timer thread, or on the calling thread when the answer is immediate
