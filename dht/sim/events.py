@@ -70,7 +70,7 @@ class EventQueue:
 
     # -- deliveries ---------------------------------------------------------------
 
-    def post(self, due: float, function: Callable[..., None], *args: object) -> None:
+    def post(self, due: float, function: Callable[..., object], *args: object) -> None:
         """Run ``function(*args)`` at virtual time ``due`` (no context, no handle)."""
         self._seq += 1
         heapq.heappush(self._heap, [due, self._seq, function, args, None])
