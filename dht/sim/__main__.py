@@ -77,7 +77,7 @@ def parser() -> argparse.ArgumentParser:
         "--join-time",
         type=_duration,
         default=None,
-        help="time over which the nodes join (default: nodes / 50 s, at least 30 s)",
+        help="time over which the nodes join (default: nodes / 100 s, at least 30 s)",
     )
     add(
         "--store-time",

@@ -84,8 +84,12 @@ class Network:
         target = self.nodes.get(destination)
         due = 0.0
         if target is not None:
+            numbers = self._numbers
+            a = numbers.get(source)
+            b = numbers.get(destination)
             due = self.clock.now + self.latency_model.one_way(
-                self.number(source), self.number(destination)
+                self.number(source) if a is None else a,
+                self.number(destination) if b is None else b,
             )
         loss = self.loss
         for datagram in datagrams:

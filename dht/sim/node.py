@@ -74,7 +74,7 @@ class SimNode:
         self.online = True
         """False once it left (``crash``), or while a test silences it: it
         then neither sends nor receives."""
-        clock = network.clock
+        clock = self._clock = network.clock
         if storage is None:
             storage = MemoryStorage(
                 clock_ns=clock.wall_ns,
@@ -118,7 +118,7 @@ class SimNode:
     def datagram(self, data: bytes, source: Address) -> None:
         """A datagram arrives from ``source`` (the network calls this)."""
         if self.online:
-            self.receiver.receive_datagram(data, source, self.network.clock.now)
+            self.receiver.receive_datagram(data, source, self._clock.now)
 
     def _deliver(self, event: Event, source: Address, size: int) -> None:
         # Looked up at each call: tests replace engine.receive on the instance.
