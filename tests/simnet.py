@@ -26,7 +26,7 @@ from dht.sim.node import SimNode, engine_options
 __all__ = ["Outcome", "SimNetwork", "SimNode", "build_network"]
 
 
-class SimNetwork(Network):
+class SimNetwork(Network[SimNode]):
     """The event queue, the clock, the nodes (by address) and ``rng``, which
     draws node ids, event ids and losses, and which tests draw keys from."""
 

@@ -167,7 +167,7 @@ def test_addresses_are_distinct_loopback_hosts_over_many_networks() -> None:
     assert address_number(("127.1.2.3", 4000)) == (0x7F010203 << 16) | 4000
 
 
-def _network(loss: float, seed: int = 1) -> Network:
+def _network(loss: float, seed: int = 1) -> Network[SimNode]:
     queue = EventQueue(VirtualClock())
     return Network(queue, latency=ConstantLatency(0.01), loss=loss, rng=random.Random(seed))
 

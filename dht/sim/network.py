@@ -4,7 +4,7 @@ and loss, on virtual time. No sockets.
 ``transmit`` is what a node's engine sends through (its ``transport``): each
 datagram is lost with probability ``loss``, else delivered to the node at
 the destination address after the pair's one-way delay (``latency``),
-through that node's ``Receiver`` (``node``). A datagram to an address where
+to that node (``node.SimNode`` hands it to its ``Receiver``). A datagram to an address where
 no node is attached, or whose node has left by the time it arrives, is
 dropped as a real network would drop it.
 """
@@ -12,26 +12,28 @@ dropped as a real network would drop it.
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING
+from typing import Generic, Protocol, TypeVar
 
-from ..wire.events import Address, Event
+from ..wire.events import Address
 from .events import EventQueue
 from .latency import Latency, address_number
 
-if TYPE_CHECKING:
-    from .node import SimNode
+
+class Host(Protocol):
+    """What the network needs of a node (``node.SimNode``)."""
+
+    @property
+    def address(self) -> Address: ...
+
+    def datagram(self, data: bytes, source: Address) -> None:
+        """A datagram from ``source`` arrives."""
+        ...
 
 
-class Observer:
-    """Sees every event a node's ``Receiver`` decodes, and hands it to the
-    engine (``deliver`` must call ``node.engine.receive``). The base class
-    only hands it on; ``trace.Tracer`` counts and follows lookups."""
-
-    def deliver(self, node: SimNode, event: Event, source: Address, size: int) -> None:
-        node.engine.receive(event, source, size)
+H = TypeVar("H", bound=Host)
 
 
-class Network:
+class Network(Generic[H]):
     """Addresses to nodes, and the datagrams in flight between them."""
 
     def __init__(
@@ -51,9 +53,7 @@ class Network:
         """Probability that a datagram is lost, each independently."""
         self.rng = rng
         """Draws the losses."""
-        self.nodes: dict[Address, SimNode] = {}
-        self.observer: Observer | None = None
-        """Sees every decoded event before its engine does (None: nobody)."""
+        self.nodes: dict[Address, H] = {}
         self._numbers: dict[Address, int] = {}
         self.sent = 0
         """Datagrams sent, lost ones included."""
@@ -64,7 +64,7 @@ class Network:
         self.undeliverable = 0
         """Datagrams not lost but sent where no node is attached."""
 
-    def attach(self, node: SimNode) -> None:
+    def attach(self, node: H) -> None:
         """Make ``node`` reachable at its address."""
         self.nodes[node.address] = node
 

@@ -28,6 +28,15 @@ if TYPE_CHECKING:
 DEFAULT_CONFIG = Config()
 
 
+class Observer:
+    """Sees every event a node's ``Receiver`` decodes, and hands it to the
+    engine (``deliver`` must call ``node.engine.receive``). The base class
+    only hands it on; ``trace.Tracer`` counts and follows lookups."""
+
+    def deliver(self, node: SimNode, event: Event, source: Address, size: int) -> None:
+        node.engine.receive(event, source, size)
+
+
 def engine_options(config: Config = DEFAULT_CONFIG, **overrides: Any) -> dict[str, Any]:
     """The ``Engine`` keyword arguments a real node takes from ``config``
     (as ``dht.node.DHT`` passes them), then ``overrides``."""
@@ -60,7 +69,7 @@ class SimNode:
 
     def __init__(
         self,
-        network: Network,
+        network: Network[SimNode],
         node_id: bytes,
         address: Address,
         *,
@@ -68,9 +77,12 @@ class SimNode:
         options: Mapping[str, Any],
         config: Config = DEFAULT_CONFIG,
         storage: MemoryStorage | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.network = network
         self.address = address
+        self.observer = observer
+        """Sees every decoded event before the engine does (None: nobody)."""
         self.online = True
         """False once it left (``crash``), or while a test silences it: it
         then neither sends nor receives."""
@@ -122,7 +134,7 @@ class SimNode:
 
     def _deliver(self, event: Event, source: Address, size: int) -> None:
         # Looked up at each call: tests replace engine.receive on the instance.
-        observer = self.network.observer
+        observer = self.observer
         if observer is None:
             self.engine.receive(event, source, size)
         else:

@@ -31,7 +31,7 @@ class Population:
 
     def __init__(
         self,
-        network: Network,
+        network: Network[SimNode],
         *,
         addresses: AddressPool,
         node_ids: random.Random,

@@ -183,11 +183,10 @@ class Simulation:
         self.clock = VirtualClock()
         self.queue = EventQueue(self.clock)
         self.latency = LogNormalLatency(scenario.median_rtt, scenario.rtt_sigma, seed=seed)
-        self.network = Network(
+        self.network: Network[SimNode] = Network(
             self.queue, latency=self.latency, loss=scenario.loss, rng=stream("loss")
         )
         self.tracer = Tracer(self.queue)
-        self.network.observer = self.tracer
         self._event_ids = stream("event-ids")
         self._options = engine_options(
             DEFAULT_CONFIG,
@@ -222,6 +221,7 @@ class Simulation:
             address,
             new_id=self.tracer.id_source(address, lambda: randbytes(20)),
             options=self._options,
+            observer=self.tracer,
         )
 
     def _on_leave(self, node: SimNode) -> None:

@@ -24,14 +24,10 @@ It also counts every decoded event by type, for the traffic figures.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from ..wire.events import Address, Event, EventType, FindValue
 from .events import EventQueue
-from .network import Observer
-
-if TYPE_CHECKING:
-    from .node import SimNode
+from .node import Observer, SimNode
 
 CLOSEST = "closest"
 """A Find that asks the K closest nodes (the default)."""
