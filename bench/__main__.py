@@ -27,10 +27,18 @@ RESULTS = Path(__file__).resolve().parent / "results"
 PEERS = {"kademlia": "kademlia", "opendht": "opendht"}  # impl -> module that must import
 
 
-def _run(module: str, workload: str, params: dict[str, int], timeout: float) -> dict[str, object]:
+def _run(
+    module: str,
+    workload: str,
+    params: dict[str, int],
+    timeout: float,
+    cwd: str | None = None,
+) -> dict[str, object]:
+    """Run a driver in a fresh process; in ``cwd``, it imports that tree's
+    ``bench`` and ``dht`` (the script's directory comes first on the path)."""
     command = [sys.executable, "-m", module, workload, json.dumps(params)]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=cwd)
     except subprocess.TimeoutExpired:
         return {"workload": workload, "error": f"timed out after {timeout:.0f} s"}
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
@@ -48,11 +56,19 @@ def main() -> int:
     parser.add_argument("--stores", type=int, default=500)
     parser.add_argument("--finds", type=int, default=2000)
     parser.add_argument("--quick", action="store_true", help="small sizes, one repetition")
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="a checkout of an earlier revision (git worktree add DIR REV): its dht runs "
+        "beside ours as dht-before, in this same invocation",
+    )
+    parser.add_argument("--no-peers", action="store_true", help="run dht alone (and --baseline)")
     args = parser.parse_args()
     if args.quick:
         args.repeat, args.nodes, args.stores, args.finds = 1, 20, 50, 200
-    impls = ["dht"] + [name for name, mod in PEERS.items() if importlib.util.find_spec(mod)]
-    missing = sorted(set(PEERS) - set(impls))
+    peers = {} if args.no_peers else PEERS
+    impls = ["dht"] + [name for name, mod in peers.items() if importlib.util.find_spec(mod)]
+    missing = sorted(set(peers) - set(impls))
     if missing:
         print(f"peers not installed, skipped: {missing} (pip install -e '.[compare]')")
     RESULTS.mkdir(exist_ok=True)
@@ -78,12 +94,17 @@ def main() -> int:
         print(json.dumps(brief), flush=True)
 
     # dht runs twice: with defaults, and with every node pinned to one CPU.
-    variants = [("dht", {"pin": True})] + [(impl, {}) for impl in impls]
+    variants = [("dht", "dht-pinned", {"pin": True}, None)]
+    variants += [(impl, impl, {}, None) for impl in impls]
+    if args.baseline:
+        variants += [
+            ("dht", "dht-before", {}, args.baseline),
+            ("dht", "dht-before-pinned", {"pin": True}, args.baseline),
+        ]
     for repetition in range(1, args.repeat + 1):
         for c in (1, 32):
-            for impl, extra in variants:
+            for impl, name, extra, cwd in variants:
                 module = f"bench.drivers.{impl}_driver"
-                name = f"{impl}-pinned" if extra else impl
                 cluster = {
                     "nodes": args.nodes,
                     "stores": args.stores,
@@ -91,9 +112,9 @@ def main() -> int:
                     "concurrency": c,
                     **extra,
                 }
-                row = _run(module, "cluster", cluster, timeout=600)
+                row = _run(module, "cluster", cluster, timeout=600, cwd=cwd)
                 record({**row, "impl": name, "concurrency": c}, repetition)
-                row = _run(module, "micro", {"concurrency": c, **extra}, timeout=300)
+                row = _run(module, "micro", {"concurrency": c, **extra}, timeout=300, cwd=cwd)
                 record({**row, "impl": name, "concurrency": c}, repetition)
             for pin in (False, True):
                 name = "udp-echo-pinned" if pin else "udp-echo"

@@ -9,6 +9,8 @@ from typing import Any
 
 Row = dict[str, Any]
 OURS = ("dht", "dht-pinned")
+BEFORE = ("dht-before", "dht-before-pinned")
+"""An earlier revision of dht (``--baseline``): compared with ours, not a peer."""
 ECHOES = ("udp-echo", "udp-echo-pinned")
 
 
@@ -65,6 +67,7 @@ def markdown(rows: list[Row], machine: dict[str, Any]) -> str:
             f"| {_median(group, 'peak_rss_mb'):.0f} | {_median(group, 'threads'):.0f} |"
         )
     out += _ratios(cluster, [("store", "ops_per_s"), ("find", "ops_per_s")])
+    out += _against_before(cluster, [("store", "ops_per_s"), ("find", "ops_per_s")])
     out += [
         "",
         "## Micro workload",
@@ -91,6 +94,7 @@ def markdown(rows: list[Row], machine: dict[str, Any]) -> str:
             f"| {share:.1f} |"
         )
     out += _ratios(micro, [("ops_per_s",)], exclude=ECHOES)
+    out += _against_before(micro, [("ops_per_s",)])
     shapes = [row for row in rows if row.get("workload") == "shapes"]
     if shapes:
         out += [
@@ -124,7 +128,7 @@ def _ratios(
             peers = [
                 (impl, _median(group, *metric))
                 for (impl, cc), group in groups.items()
-                if cc == c and impl not in OURS and impl not in exclude
+                if cc == c and impl not in OURS + BEFORE and impl not in exclude
             ]
             if not peers:
                 continue
@@ -138,6 +142,23 @@ def _ratios(
                     f"- C={c} {'.'.join(metric)}, {name}: {ratio:.2f} (best peer: {best_impl})"
                 )
     return lines
+
+
+def _against_before(
+    groups: dict[tuple[str, int], list[Row]], metrics: list[tuple[str, ...]]
+) -> list[str]:
+    """Ours against the earlier revision (``--baseline``), like for like."""
+    lines = ["", "Ratio of dht to the earlier revision (> 1.00: now faster):", ""]
+    for c in sorted({c for _, c in groups}):
+        for metric in metrics:
+            for ours, before in zip(OURS, BEFORE, strict=True):
+                now, then = groups.get((ours, c)), groups.get((before, c))
+                if not now or not then:
+                    continue
+                base = _median(then, *metric)
+                ratio = _median(now, *metric) / base if base else float("nan")
+                lines.append(f"- C={c} {'.'.join(metric)}, {ours}: {ratio:.2f}")
+    return lines if len(lines) > 3 else []
 
 
 def chart(rows: list[Row], path: Path) -> None:

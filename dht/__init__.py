@@ -29,6 +29,7 @@ from .errors import (
 )
 from .keys import ALPHA, KEY_BITS, KEY_BYTES, K, Key
 from .node import DHT, FirstValue, New, ValuesFrom
+from .sqlite_storage import SQLiteStorage
 from .wire.events import Value
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "ProtocolError",
     "ReassemblyFull",
     "RequestTimeout",
+    "SQLiteStorage",
     "Storage",
     "StoreError",
     "StoreRefused",

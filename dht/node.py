@@ -104,14 +104,18 @@ class DHT:
             host, port = self._sockets[0].getsockname()[:2]
             self._address: Address = (host, port)
             self._send_from = itertools.cycle(self._sockets)
+            wall_clock_ns = time.time_ns  # the engine's and the default storage's
+            storage = cfg.storage
+            if storage is None:
+                storage = _default_storage(cfg, wall_clock_ns)
             self._engine = Engine(
                 self._id,
-                storage=cfg.storage if cfg.storage is not None else _default_storage(cfg),
+                storage=storage,
                 transport=self._transmit,
                 timers=self._timers,
                 background=self._worker.submit,
                 clock=time.monotonic,
-                wall_clock_ns=time.time_ns,
+                wall_clock_ns=wall_clock_ns,
                 new_id=EventIds(),
                 timeout=cfg.timeout,
                 refresh_interval=cfg.refresh_interval,
@@ -381,8 +385,10 @@ def limits_of(cfg: Config) -> Limits:
     )
 
 
-def _default_storage(cfg: Config) -> MemoryStorage:
+def _default_storage(cfg: Config, clock_ns: Callable[[], int]) -> MemoryStorage:
+    """The storage of a node given none, on the node's own wall clock."""
     return MemoryStorage(
+        clock_ns=clock_ns,
         max_values_per_key=cfg.max_values_per_key,
         max_bytes=cfg.max_store_bytes,
         max_ttl_ns=int(cfg.max_ttl * NS_PER_SECOND),

@@ -278,7 +278,7 @@ def test_a_split_answer_cut_short_by_an_answer_without_values_still_ends_the_fin
     asker.engine.find(key, 0, outcome.value, outcome.find_done)
     assert net.run_until(lambda: outcome.ended, limit=30.0)
     assert outcome.ends == [None] and outcome.values == [b"part-1"]
-    assert not asker.engine._operations
+    assert not len(asker.engine.running)
 
 
 def test_values_under_another_key_are_not_delivered():
@@ -423,12 +423,12 @@ def test_a_timeout_while_the_response_is_handled_does_not_end_the_request_again(
     ends: list[str] = []
 
     def on_response(event, source) -> bool:
-        a.engine._expired(request)  # what the timer thread can do meanwhile
+        a.engine.requests._expired(request)  # what the timer thread can do meanwhile
         ends.append("response")
         return True
 
     ping(a, b, on_response, lambda error: ends.append(type(error).__name__))
-    request = next(r for r in a.engine._pending.values() if r.on_response is on_response)
+    request = next(r for r in a.engine.requests._pending.values() if r.on_response is on_response)
     net.run_until(lambda: False, limit=5.0)  # past the timeout
     assert ends == ["response"]
     assert a.engine.pending_requests == 0
@@ -558,13 +558,13 @@ def test_a_joining_node_is_pinged_by_those_it_asks_and_pings_none_back():
     first = next(iter(net.nodes.values()))
     joiner = net.add_node()
     asked: list[tuple[EventType, bytes | None]] = []
-    request = joiner.engine.request
+    request = joiner.engine.requests.request
 
     def recording(address, node_id, kind, *args, **kwargs):  # type: ignore[no-untyped-def]
         asked.append((kind, node_id))
         return request(address, node_id, kind, *args, **kwargs)
 
-    joiner.engine.request = recording  # type: ignore[method-assign]
+    joiner.engine.requests.request = recording  # type: ignore[method-assign]
     joined = Outcome()
     joiner.engine.bootstrap([first.address], joined.store_done)
     net.run_until(lambda: False, limit=5.0)  # the join, then every ping it causes
@@ -655,11 +655,11 @@ def test_expiry_sweeps_queue_once_and_none_runs_after_close() -> None:
     jobs: list[Callable[[], None]] = []
     node.engine.background = jobs.append  # a busy worker, run by hand
     for _ in range(3):
-        node.engine._refresh()
+        node.engine.maintenance.run()
     assert len(jobs) == 1
     jobs.pop()()
     assert sweeps == 1
-    node.engine._refresh()
+    node.engine.maintenance.run()
     node.engine.close()
     jobs.pop()()
     assert sweeps == 1 and not jobs

@@ -113,7 +113,7 @@ def describe_pending(ops: list[Op], nodes: list[dht.DHT]) -> str:
             f"  node {index}: closed={engine.closed} pending={engine.pending_requests} "
             f"stats={nodes[index].stats()}"
         )
-        for operation in list(getattr(engine, "_operations", ())):
+        for operation in list(engine.running._operations):
             lookup = getattr(operation, "lookup", None)
             states = Counter(c.state.name for c in lookup._ordered) if lookup else None
             fields = {
@@ -401,7 +401,7 @@ def test_close_while_calls_are_in_flight() -> None:
 @pytest.mark.timeout(60)
 def test_request_to_a_silent_address_times_out_on_time() -> None:
     # slack: how late a timeout may fire on a loaded machine and still be
-    # correct; far below the 60 s the reference waited (D24), far above the
+    # correct; far below the 60 s the reference waited (D21), far above the
     # scheduling noise of a shared machine.
     timeout, tick, slack = 0.3, 0.01, 2.0
     node = add_node(None, timeout=timeout, timer_tick=tick)

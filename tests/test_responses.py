@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from simnet import Outcome, SimNetwork, SimNode
 
-import dht.core.engine as engine_module
 import dht.core.operations as operations_module
+import dht.core.verification as verification_module
 from dht.errors import ClosedError, WrongNode
 from dht.keys import K, random_id
 from dht.wire import Event, EventType, Node
@@ -29,7 +29,7 @@ def _silent_peer_request(seed: int) -> tuple[SimNetwork, SimNode, SimNode, list[
         lambda event, source: ends.append(event) or True,
         ends.append,
     )
-    [request_id] = asker.engine._pending
+    [request_id] = asker.engine.requests._pending
     return net, asker, peer, ends, request_id
 
 
@@ -62,7 +62,7 @@ def test_a_response_that_cannot_answer_the_request_is_dropped(case: str) -> None
     asker.engine.receive(event, source)
     assert ends == []
     assert asker.engine.stats.snapshot()[counter] == 1
-    assert request_id in asker.engine._pending  # still waiting for the real one
+    assert request_id in asker.engine.requests._pending  # still waiting for the real one
     right = Event(request_id, peer.id, EventType.PONG, True)
     asker.engine.receive(right, peer.address)
     assert ends == [right]
@@ -83,7 +83,7 @@ def test_an_answer_from_the_address_under_another_id_fails_the_request_at_once()
     assert isinstance(error, WrongNode)
     assert (error.address, error.expected, error.answered) == (peer.address, peer.id, other)
     assert asker.engine.stats.snapshot()["answer-wrong-node"] == 1
-    assert request_id not in asker.engine._pending
+    assert request_id not in asker.engine.requests._pending
     [contact] = asker.engine.table.contacts()
     assert contact.failures == 1
     asker.engine.receive(Event(request_id, peer.id, EventType.PONG, True), peer.address)
@@ -138,13 +138,13 @@ def test_bootstrap_resends_its_first_request_when_it_is_lost() -> None:
 def test_verification_pings_are_bounded_under_a_flood_of_unknown_senders(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(engine_module, "MAX_VERIFYING", 5)
+    monkeypatch.setattr(verification_module, "MAX_VERIFYING", 5)
     net = SimNetwork(seed=34)
     node = net.add_node()
     for i in range(50):  # unknown ids from addresses where nothing answers
         ping = Event(random_id(), random_id(), EventType.PING)
         node.engine.receive(ping, (f"127.0.1.{i + 1}", 4000))
-    assert len(node.engine._verifying) == 5
+    assert len(node.engine.verifier.verifying) == 5
     assert node.engine.pending_requests == 5
 
 
@@ -156,7 +156,7 @@ def test_new_ids_flooding_from_one_address_leave_verification_to_others() -> Non
     for i in range(500):
         ping = Event(random_id(), random_id(), EventType.PING)
         node.engine.receive(ping, ("127.0.4.4", 3000 + i))
-    assert len(node.engine._verifying) == engine_module.MAX_VERIFYING // 2
+    assert len(node.engine.verifier.verifying) == verification_module.MAX_VERIFYING // 2
     newcomer = net.add_node()
     node.engine.receive(Event(random_id(), newcomer.id, EventType.PING), newcomer.address)
     assert net.run_until(lambda: newcomer.id in node.engine.table, limit=5.0)

@@ -311,20 +311,20 @@ def test_a_node_acknowledging_every_batch_gets_everything_one_batch_at_a_time() 
     net, holder = _holder_with(200, 1000, seed=42)
     newcomer = net.add_node()
     in_flight = []
-    request = holder.engine.request
+    request = holder.engine.requests.request
 
     def counting(address, node_id, kind, payload, on_response, on_failure, **kw):  # type: ignore[no-untyped-def]
         if kind is EventType.STORE:
             in_flight.append(
                 sum(
                     1
-                    for r in holder.engine._pending.values()
+                    for r in holder.engine.requests._pending.values()
                     if r.event.type is EventType.STORE and r.address == address
                 )
             )
         return request(address, node_id, kind, payload, on_response, on_failure, **kw)
 
-    holder.engine.request = counting  # type: ignore[method-assign]
+    holder.engine.requests.request = counting  # type: ignore[method-assign]
     holder.engine.transfer.offer(Node(newcomer.id, newcomer.address))
     net.run_until(lambda: len(newcomer.storage) == 200, limit=30.0)  # type: ignore[arg-type]
     assert len(newcomer.storage) == 200  # type: ignore[arg-type]

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ..keys import KEY_BITS
-from ..wire.events import Node
+from ..wire.events import Address, Node
 from .networks import is_local, network_of
 
 PER_NETWORK = 2
@@ -36,7 +36,7 @@ one) before all it lists is rejected."""
 SMALLEST_ESTIMATE = 8
 """Below this many nodes the network's size says too little to judge."""
 GROUPS_CACHED = 4096
-"""Hosts whose network ``Diversity.group`` remembers (then it starts over)."""
+"""Hosts whose network ``Diversity.group`` remembers (the oldest goes first)."""
 
 
 class Diversity:
@@ -60,11 +60,19 @@ class Diversity:
             pass
         group = None if self.trust_local and is_local(host) else network_of(host)
         if len(self._groups) >= GROUPS_CACHED:
-            self._groups.clear()
+            del self._groups[next(iter(self._groups))]  # the oldest
         self._groups[host] = group
         if group is not None:
             self.limiting = True
         return group
+
+    def payer(self, source: Address) -> object:
+        """Whose budget a source spends (answer bytes, key transfer's share):
+        its IP address (ports cost nothing), or, where the limits spare it
+        (a trusted local network, whose cluster shares one IP), the address
+        itself."""
+        host = source[0]
+        return source if self.group(host) is None else host
 
     def pick(self, nodes: list[Node], n: int) -> list[Node]:
         """The first ``n`` of ``nodes`` (all met through ``group`` before)

@@ -9,7 +9,7 @@ acknowledged only when every value was kept (``dht.wire.refusal``), so a
 
 ``values`` gives a key's values with their networks interleaved, the network
 holding fewest first, each network's values in an order that turns with the
-request: an answer cut short (``handler``) then carries every network's
+request: an answer cut short (``answers``) then carries every network's
 values in turn, a key squatted by a few networks still shows its owner's
 value first, and the holders of a key that does not fit in one answer each
 send a different part of it.

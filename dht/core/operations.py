@@ -1,9 +1,10 @@
 """Store, Find and bootstrap: the operations a node runs over the network.
 
-Each drives a ``Lookup`` (the state machine, no I/O) through the engine's
-requests, and ends exactly once: Close ends it with ``ClosedError`` through
-``Engine.close``. User callbacks run through a serial outbox (``Operation``),
-never under a lock, on whichever thread moved the operation on: a listener
+Each drives a ``Lookup`` (the state machine, no I/O) through the node's
+pending requests (``context.Context``: the parts of the node it uses), and
+ends exactly once: Close ends it with ``ClosedError`` through
+``Running.close``. User callbacks run through a serial outbox
+(``Operation``), never under a lock, on whichever thread moved the operation on: a listener
 thread (a response), the timer thread (a timeout) or the caller's (start).
 """
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
 
 from ..errors import BootstrapError, ClosedError, NotFoundError, StoreError, StoreRefused
 from ..keys import ALPHA, K, distance
@@ -29,11 +29,10 @@ from ..wire.events import (
     Value,
 )
 from .callbacks import call_safely
+from .context import Context
 from .diversity import implausible
 from .lookup import Lookup, State
-
-if TYPE_CHECKING:
-    from .engine import Engine
+from .shares import LOCAL
 
 RESEEDS = 2
 """Times a lookup no node answered asks the routing table for more."""
@@ -50,8 +49,8 @@ class Operation:
     so a Find's values always come before its end and never concurrently.
     """
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, context: Context) -> None:
+        self.context = context
         self.lock = threading.Lock()
         self.finished = False
         self._outbox: list[Callable[[], None]] = []
@@ -76,9 +75,9 @@ class Operation:
                 call_safely(fn)
 
     def register(self) -> bool:
-        """Join the engine's running operations (so Close ends it); if the
-        engine is already closed, end at once with ClosedError."""
-        if self.engine.register_operation(self):
+        """Join the node's running operations (so Close ends it); if the
+        node is already closed, end at once with ClosedError."""
+        if self.context.running.add(self):
             return True
         self.finish(ClosedError("the node was closed"))
         return False
@@ -90,7 +89,7 @@ class Operation:
                 return
             self.finished = True
             self.post(lambda: self.report(error))
-        self.engine.unregister_operation(self)
+        self.context.running.discard(self)
         self.flush()
 
     def report(self, error: Exception | None) -> None:
@@ -102,12 +101,12 @@ class LookupOperation(Operation):
 
     kind = EventType.FIND_NODE
 
-    def __init__(self, engine: Engine, target: bytes, *, alpha: int = ALPHA) -> None:
-        super().__init__(engine)
+    def __init__(self, context: Context, target: bytes, *, alpha: int = ALPHA) -> None:
+        super().__init__(context)
         self.target = target
-        self.lookup = Lookup(engine.local_id, target, alpha=alpha, group=engine.diversity.group)
+        self.lookup = Lookup(context.local_id, target, alpha=alpha, group=context.diversity.group)
         self.completing = False
-        self.network_size = engine.network_size()
+        self.network_size = context.network_size()
         """About how many nodes the network has, when the lookup began."""
         self._reseeds = 0
 
@@ -118,9 +117,9 @@ class LookupOperation(Operation):
         """Start from the K closest nodes of the routing table (2K where the
         diversity limits apply: the window then fills from other networks
         while one network's many candidates wait their turn)."""
-        n = 2 * K if self.engine.diversity.limiting else K
+        n = 2 * K if self.context.diversity.limiting else K
         with self.lock:
-            self.lookup.add(self.engine.table.closest(self.target, n))
+            self.lookup.add(self.context.table.closest(self.target, n))
 
     def drive(self) -> None:
         with self.lock:
@@ -156,7 +155,7 @@ class LookupOperation(Operation):
             return False
         self._reseeds += 1
         known = lookup.queried + 2 * K
-        return lookup.add(self.engine.table.closest(self.target, known)) > 0
+        return lookup.add(self.context.table.closest(self.target, known)) > 0
 
     def query(self, node: Node) -> None:
         def on_response(event: Event, source: Address) -> bool:
@@ -180,7 +179,7 @@ class LookupOperation(Operation):
         """Send this lookup's request to ``node``, and mark it stalled if it
         has not answered after ``stall_after`` seconds."""
         try:
-            self.engine.request(
+            self.context.requests.request(
                 node.address,
                 node.id,
                 self.kind,
@@ -206,7 +205,7 @@ class LookupOperation(Operation):
                 self.lookup.answered(node.id)
                 self.lookup.add(listed)
         if listed is None:
-            self.engine.table.failed(node.id, node.address)
+            self.context.table.failed(node.id, node.address)
         return True
 
     def listed(self, event: Event, source: Address) -> list[Node] | None:
@@ -216,7 +215,7 @@ class LookupOperation(Operation):
         nodes = payload.nodes if isinstance(payload, FindNode | FindValue) else ()
         listed = usable_nodes(nodes, event.sender, source)
         if implausible(listed, self.target, self.network_size):
-            self.engine.stats.incr("drop-implausible-answer")
+            self.context.stats.incr("drop-implausible-answer")
             return None
         return listed
 
@@ -226,7 +225,7 @@ class LookupOperation(Operation):
 
 def usable_nodes(nodes: Iterable[Node], sender: bytes, source: Address) -> list[Node]:
     """Nodes from a response, with the reference's 0.0.0.0 self-entry repaired
-    from the datagram's source and other 0.0.0.0 entries dropped (5.3, D16).
+    from the datagram's source and other 0.0.0.0 entries dropped (PROTOCOL.md 5.3, D16).
     At most K: an honest node sends no more, and a hostile one must not fill
     a lookup with hundreds of made-up nodes to wait for."""
     out: list[Node] = []
@@ -245,13 +244,13 @@ def usable_nodes(nodes: Iterable[Node], sender: bytes, source: Address) -> list[
 class Bootstrap(LookupOperation):
     def __init__(
         self,
-        engine: Engine,
+        context: Context,
         addresses: list[Address],
         on_done: Callable[[Exception | None], None],
     ) -> None:
         # New() waits for this lookup, so it asks all K candidates of a round
         # at once: the same requests as alpha = 3, in a third of the rounds.
-        super().__init__(engine, engine.local_id, alpha=K)
+        super().__init__(context, context.local_id, alpha=K)
         self.addresses = addresses
         self.on_done = on_done
         self.answered = 0
@@ -265,7 +264,7 @@ class Bootstrap(LookupOperation):
             return
         for address in self.addresses:
             try:
-                self.engine.request(
+                self.context.requests.request(
                     address,
                     None,
                     EventType.FIND_NODE,
@@ -310,7 +309,7 @@ class FindOperation(LookupOperation):
 
     def __init__(
         self,
-        engine: Engine,
+        context: Context,
         key: bytes,
         from_ns: int,
         on_value: Callable[[bytes], None],
@@ -320,9 +319,9 @@ class FindOperation(LookupOperation):
         # A first-value lookup asks one node first: the closest known node
         # usually holds the key, and the other alpha - 1 answers would come
         # too late to matter. It asks alpha at once after a miss, a failure,
-        # or no answer within the hedge delay (Engine.hedge_delay).
-        hedge = engine.hedge_delay() if first_only else None
-        super().__init__(engine, key, alpha=1 if hedge is not None else ALPHA)
+        # or no answer within the hedge delay (``PendingRequests.hedge_delay``).
+        hedge = context.requests.hedge_delay() if first_only else None
+        super().__init__(context, key, alpha=1 if hedge is not None else ALPHA)
         self._hedge = hedge
         self._hedge_timer: object = None
         self.first_only = first_only
@@ -341,7 +340,7 @@ class FindOperation(LookupOperation):
     def start(self) -> None:
         if not self.register():
             return
-        local = self.engine.local_values(self.target, self.from_ns)
+        local = self.context.keeper.values(self.target, self.from_ns)
         if local:
             with self.lock:
                 self._deliver(value.value for value in local)
@@ -353,7 +352,7 @@ class FindOperation(LookupOperation):
             self.flush()
         self.seed()
         if self._hedge is not None:
-            self._hedge_timer = self.engine.timers.schedule(self._hedge, self._hedge_expired)
+            self._hedge_timer = self.context.timers.schedule(self._hedge, self._hedge_expired)
         self.drive()
 
     def _widen(self) -> None:
@@ -374,7 +373,7 @@ class FindOperation(LookupOperation):
         after the end (answers still in flight) are dropped."""
         if self.finished or self._full:
             return
-        limits = self.engine.limits
+        limits = self.context.limits
         for data in values:
             if data not in self._seen:
                 if (
@@ -382,7 +381,7 @@ class FindOperation(LookupOperation):
                     or self._bytes + len(data) > limits.max_find_bytes
                 ):
                     self._full = True
-                    self.engine.stats.incr("find-full")
+                    self.context.stats.incr("find-full")
                     return
                 self._seen.add(data)
                 self.values.append(data)
@@ -394,18 +393,18 @@ class FindOperation(LookupOperation):
         asked for, of a valid size and ttl, alive, and as new as
         ``ValuesFrom`` asked (Go's answers carry no ``created``, D13: those
         are taken on trust for the last two)."""
-        now = self.engine.wall_clock_ns()
+        now = self.context.wall_clock_ns()
         good = []
         for value in values:
             created = value.created_ns
             if value.key != self.target:
-                self.engine.stats.incr("drop-wrong-key")
+                self.context.stats.incr("drop-wrong-key")
             elif (
                 value.ttl_ns <= 0
                 or len(value.value) > MAX_VALUE_SIZE
                 or (created > 0 and (created + value.ttl_ns <= now or created < self.from_ns))
             ):
-                self.engine.stats.incr("drop-invalid-value")
+                self.context.stats.incr("drop-invalid-value")
             else:
                 good.append(value)
         return good
@@ -469,7 +468,7 @@ class FindOperation(LookupOperation):
 
     def report(self, error: Exception | None) -> None:
         if self._hedge_timer is not None:
-            self.engine.timers.cancel(self._hedge_timer)
+            self.context.timers.cancel(self._hedge_timer)
         if error is None and not self.values:
             error = NotFoundError(self.target, self.lookup.queried)
         self.on_done(error, list(self.values))
@@ -481,9 +480,9 @@ class StoreOperation(LookupOperation):
     not at all did not keep it."""
 
     def __init__(
-        self, engine: Engine, value: Value, on_done: Callable[[Exception | None], None]
+        self, context: Context, value: Value, on_done: Callable[[Exception | None], None]
     ) -> None:
-        super().__init__(engine, value.key)
+        super().__init__(context, value.key)
         self.value = value
         self.on_done = on_done
         self.tried = 0
@@ -501,15 +500,15 @@ class StoreOperation(LookupOperation):
     def complete(self) -> None:
         """The lookup is done: store on the K closest (this node included if
         it is one of them) and wait for a majority to keep it."""
-        engine = self.engine
+        context = self.context
         key = self.target
         with self.lock:  # late answers may still be adding to the lookup
             targets = self.lookup.closest(K)
-        local = len(targets) < K or distance(engine.local_id, key) < distance(targets[-1].id, key)
+        local = len(targets) < K or distance(context.local_id, key) < distance(targets[-1].id, key)
         if local:
             targets = targets[: K - 1]
         value = self.value
-        refusal = engine.store_locally(value) if local else None
+        refusal = context.keeper.keep(value, LOCAL) if local else None
         with self.lock:
             self.tried = len(targets) + local
             if not targets and self.lookup.queried:
@@ -526,7 +525,7 @@ class StoreOperation(LookupOperation):
         payload = Store((value,))
         for node in targets:
             try:
-                engine.request(
+                context.requests.request(
                     node.address,
                     node.id,
                     EventType.STORE,

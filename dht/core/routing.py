@@ -11,7 +11,7 @@ Differences from the reference, on purpose:
   cache and are promoted when a contact fails (D18).
 * A contact that fails to answer is never just dropped: it is *suspect*,
   replaced by the first verified node that can take its place, and until
-  then kept (Kademlia, section 4.1). A node whose own thread or link stalls
+  then kept (the Kademlia paper, section 4.1). A node whose own thread or link stalls
   for a few timeouts must not void its table: emptied, it could neither
   find nor store, and stores would succeed on its own copy alone.
   ``closest`` offers suspects only when no contact is live: that is this
@@ -33,7 +33,7 @@ from operator import attrgetter, itemgetter
 
 from ..keys import KEY_BITS, K, common_prefix_length
 from ..wire.events import Address, Node
-from .diversity import PER_NETWORK, Diversity
+from .diversity import PER_NETWORK, SMALLEST_ESTIMATE, Diversity
 
 
 class Answered(enum.Enum):
@@ -49,6 +49,8 @@ class Answered(enum.Enum):
     """No room (a replacement, perhaps), or its network's share is taken."""
 
 
+SIZE_ESTIMATE_AGE = 1.0
+"""Seconds a network-size estimate is used for before it is made again."""
 SUSPECT_AFTER_FAILURES = 2
 """Consecutive unanswered requests after which a contact is suspect."""
 
@@ -164,6 +166,7 @@ class RoutingTable:
         self._buckets: list[Bucket | None] = [None] * KEY_BITS
         self._created: list[tuple[int, Bucket]] = []  # replaced whole, never mutated
         self._create_lock = threading.Lock()
+        self._network_size: tuple[float, int] | None = None  # (when, estimate)
 
     def bucket_index(self, node_id: bytes) -> int:
         """``159 - cpl(local, node)``: bucket 159 holds the farthest half."""
@@ -408,6 +411,19 @@ class RoutingTable:
             for i, node in enumerate(nearest, 1)
         )
         return max(len(nearest) + 1, guesses[len(guesses) // 2])
+
+    def network_size(self, now: float) -> int:
+        """``size_estimate``, made again at most every ``SIZE_ESTIMATE_AGE``
+        seconds (``now``: the node's clock): every lookup asks for it. An
+        estimate too small to judge answers by (one made while this node
+        joined) is not kept: kept, it let the lookups of the next second
+        take made-up ids next to their targets."""
+        estimate = self._network_size
+        if estimate is None or now - estimate[0] >= SIZE_ESTIMATE_AGE:
+            estimate = (now, self.size_estimate())
+            if estimate[1] >= SMALLEST_ESTIMATE:
+                self._network_size = estimate  # a race only makes one twice
+        return estimate[1]
 
     def stale(self, now: float, age: float) -> list[Contact]:
         """Contacts not heard from for ``age`` seconds (the liveness check's

@@ -178,8 +178,9 @@ class MemoryStorage:
     ``Delete`` removes one value (the node's storage shares use it to make
     room fairly, ``dht.core.shares``).
 
-    ``clock_ns`` returns the current time in nanoseconds (``time.time_ns`` by
-    default; tests pass a fake one).
+    ``clock_ns`` returns the current time in nanoseconds since the Unix
+    epoch: a node passes the wall clock it gives its engine, the simulator
+    its virtual one (``time.time_ns`` when none is given, for use alone).
     """
 
     def __init__(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Protocol
 
 
 def _spent() -> None:
@@ -119,3 +120,13 @@ class TimerWheel:
 
 def _due_tick(timer: Timer) -> int:
     return timer.due_tick
+
+
+class Timers(Protocol):
+    """What the core needs of a timer service: the shell's timer thread
+    (``dht.timer``) or the simulator's virtual clock. ``schedule`` runs
+    ``callback`` after ``delay`` seconds; ``cancel`` takes its handle."""
+
+    def schedule(self, delay: float, callback: Callable[[], None]) -> object: ...
+
+    def cancel(self, handle: object) -> None: ...

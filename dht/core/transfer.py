@@ -7,7 +7,7 @@ a contact that is evicted and seen again under packet loss is not sent
 everything again.
 
 Newly seen nodes are queued, and the store is scanned once for all nodes
-queued within ``TRANSFER_DELAY``, in a job on the engine's ``background``
+queued within ``TRANSFER_DELAY``, in a job on the node's ``background``
 thread (the worker): it iterates the user's storage, which may take seconds. A scan ran
 on the listener thread for each newly seen node (1 s per node with 100,000
 values), so fresh node ids made a node deaf; then on the shared timer
@@ -31,16 +31,13 @@ import threading
 import weakref
 from collections import Counter, OrderedDict
 from functools import partial
-from typing import TYPE_CHECKING
 
 from ..errors import ClosedError, StoreRefused
 from ..keys import K
 from ..wire.events import Address, Event, EventType, Node, Store, Value
-from .handler import batch_values
+from ..wire.sizes import batch_values
+from .context import Context
 from .ratelimit import TokenBuckets
-
-if TYPE_CHECKING:
-    from .engine import Engine
 
 log = logging.getLogger("dht.engine")
 
@@ -75,13 +72,22 @@ class _Session:
 
 
 class KeyTransfer:
-    """One engine's key transfer: ``offer`` a newly seen node (any thread)."""
+    """One node's key transfer: ``offer`` a newly seen node (any thread)."""
 
-    def __init__(self, engine: Engine, *, batch_bytes: int, interval: float, rate: float) -> None:
-        # Weak: the engine holds this object, and a cycle would keep a
-        # closed node's engine for the garbage collector. Once the engine is
-        # gone, callbacks still scheduled do nothing.
-        self._engine = weakref.ref(engine)
+    def __init__(
+        self,
+        context: Context,
+        *,
+        serve_every: float,
+        batch_bytes: int,
+        interval: float,
+        rate: float,
+    ) -> None:
+        # Weak: the node's engine holds both, and callbacks still scheduled
+        # once it is gone must not keep its parts alive; they do nothing.
+        self._context = weakref.ref(context)
+        self.serve_every = serve_every
+        """Seconds before a node served may be served again."""
         self.batch_bytes = batch_bytes
         """Largest STORE batch sent to a node (bytes of values)."""
         self.interval = interval
@@ -117,13 +123,13 @@ class KeyTransfer:
     def offer(self, node: Node) -> None:
         """Queue ``node`` for the values it should hold, unless it was served
         within ``refresh_interval`` or the queue is full."""
-        engine = self._engine()
-        if engine is None:
+        context = self._context()
+        if context is None:
             return
-        now = engine.clock()
+        now = context.clock()
         with self._lock:
             last = self._served.get(node.id)
-            if last is not None and now - last < engine.refresh_interval:
+            if last is not None and now - last < self.serve_every:
                 return
             queue = self._queue
             if len(queue) >= TRANSFER_QUEUE:
@@ -148,34 +154,34 @@ class KeyTransfer:
                 start = not self._scanning
                 self._scanning = True
         if skipped:
-            engine.stats.incr("transfer-skipped")
+            context.stats.incr("transfer-skipped")
         elif start:
-            engine.timers.schedule(TRANSFER_DELAY, partial(engine.background, self._scan))
+            context.timers.schedule(TRANSFER_DELAY, partial(context.background, self._scan))
 
     def _scan(self) -> None:
         """Background thread: scan the store for the queued nodes, then
         submit the scan for those queued meanwhile, if any, behind the other
         nodes' jobs (the worker is shared). A scan that raises is counted
         and logged, and the next one goes on."""
-        engine = self._engine()
+        context = self._context()
         with self._lock:
             nodes = list(self._queue.values())
             self._queue.clear()
-            if engine is None or engine.closed or not nodes:
+            if context is None or context.requests.closed or not nodes:
                 self._scanning = False
                 return
         try:
-            self._serve(engine, nodes)
+            self._serve(context, nodes)
         except Exception:
-            engine.stats.incr("transfer-error")
+            context.stats.incr("transfer-error")
             log.exception("key transfer failed")
         with self._lock:
             if not self._queue:
                 self._scanning = False
                 return
-        engine.background(self._scan)
+        context.background(self._scan)
 
-    def _serve(self, engine: Engine, nodes: list[Node]) -> None:
+    def _serve(self, context: Context, nodes: list[Node]) -> None:
         """Select from the store the values each of ``nodes`` should hold,
         and schedule their sending in batches. The values are collected
         first and chosen after ``Iterate`` returns: a user's storage may
@@ -185,15 +191,15 @@ class KeyTransfer:
 
         def collect(value: Value) -> bool:
             stored.append(value)
-            return not engine.closed
+            return not context.requests.closed
 
-        engine.guarded_storage.Iterate(collect)
+        context.storage.Iterate(collect)
         chosen: dict[bytes, list[Value]] = {node.id: [] for node in nodes}
-        if len(engine.table) < K:  # a small network: every value, to every node
+        if len(context.table) < K:  # a small network: every value, to every node
             for node in nodes:
                 chosen[node.id] = stored
         else:
-            local = int.from_bytes(engine.local_id, "big")
+            local = int.from_bytes(context.local_id, "big")
             ids = [(node.id, int.from_bytes(node.id, "big")) for node in nodes]
             closest: dict[bytes, set[bytes]] = {}  # per key: the K closest we know
             for value in stored:
@@ -207,7 +213,7 @@ class KeyTransfer:
                     if near is None:
                         if len(closest) >= CLOSEST_CACHED:
                             closest.clear()
-                        near = closest[key] = {n.id for n in engine.table.closest(key, K)}
+                        near = closest[key] = {n.id for n in context.table.closest(key, K)}
                     if node_id in near:
                         chosen[node_id].append(value)
         for node in nodes:
@@ -231,9 +237,9 @@ class KeyTransfer:
                 self._served.pop(session.node.id, None)  # the next refresh queues it again
             else:
                 self._waiting[session.node.id] = session
-        engine = self._engine()
-        if full and engine is not None:
-            engine.stats.incr("transfer-skipped")
+        context = self._context()
+        if full and context is not None:
+            context.stats.incr("transfer-skipped")
 
     def _start_waiting(self) -> None:
         """Start waiting sessions while fewer than ``ACTIVE`` run, each time
@@ -259,24 +265,24 @@ class KeyTransfer:
     def _send_next(self, session: _Session) -> None:
         """Send the session's next batch once the budgets and the pending
         slots allow (retrying ``interval`` later until they do)."""
-        engine = self._engine()
-        if engine is None or engine.closed:
+        context = self._context()
+        if context is None or context.requests.closed:
             return
         batch = session.batches[session.next]
         size = sum(len(value.value) for value in batch)
-        now = engine.clock()
+        now = context.clock()
         with self._lock:
-            payer = engine.payer(session.node.address)
+            payer = context.diversity.payer(session.node.address)
             go = (
-                engine.pending_requests < engine.max_pending // 2
+                len(context.requests) < context.requests.max_pending // 2
                 and self._total.available(None, now) >= size
                 and self._per_host.take(payer, size, now)
             )
             if go:
                 self._total.charge(None, size, now)
         if not go:
-            engine.stats.incr("transfer-paced")
-            engine.timers.schedule(self.interval, partial(self._send_next, session))
+            context.stats.incr("transfer-paced")
+            context.timers.schedule(self.interval, partial(self._send_next, session))
             return
 
         def acknowledged(event: Event, source: Address) -> bool:
@@ -287,7 +293,7 @@ class KeyTransfer:
             self._sent(session, 0, error)
 
         try:
-            engine.request(
+            context.requests.request(
                 session.node.address,
                 session.node.id,
                 EventType.STORE,
@@ -301,17 +307,17 @@ class KeyTransfer:
     def _sent(self, session: _Session, kept: int, error: Exception | None) -> None:
         """A batch was answered: go on with the next, or end the transfer
         when the node has no room for us or did not answer."""
-        engine = self._engine()
-        if engine is None:
+        context = self._context()
+        if context is None:
             return
         if kept:
-            engine.stats.incr("values-transferred", kept)
+            context.stats.incr("values-transferred", kept)
         refusal = error if isinstance(error, StoreRefused) else None
         stop = error is not None and (refusal is None or "full" in refusal.reasons)
         session.next += 1
         if stop or session.next == len(session.batches):
             if stop:
-                engine.stats.incr("transfer-stopped")
+                context.stats.incr("transfer-stopped")
             self._end(session)
             return
-        engine.timers.schedule(self.interval, partial(self._send_next, session))
+        context.timers.schedule(self.interval, partial(self._send_next, session))

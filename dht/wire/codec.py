@@ -29,7 +29,7 @@ from .events import (
     Store,
     Value,
 )
-from .ourshapes import (
+from .layouts import (
     BARE_EVENT,
     BARE_SHAPE,
     EVENT_HEAD,
@@ -39,7 +39,7 @@ from .ourshapes import (
     HOSTS_MAX,
     PAYLOAD_FIELD,
     VALUE_VTABLE,
-    decode_ours,
+    decode_our_layouts,
     host_name,
     node_layout,
 )
@@ -204,7 +204,7 @@ _HOSTS: dict[str, bytes] = {}
 def _write_nodes(buf: bytearray, field: int, nodes: Sequence[Node]) -> None:
     """The vector of ``nodes``, packed at once: slots, one shared vtable,
     then each Node table (soffset, uoffsets to its id and address) with
-    both vectors inline (``ourshapes.node_layout``)."""
+    both vectors inline (``layouts.node_layout``)."""
     _link(buf, field)
     count = len(nodes)
     whole, shape = node_layout(count)
@@ -232,7 +232,7 @@ def _pack_host(host: str) -> bytes:
     except (OSError, TypeError, ValueError):  # ValueError: an embedded NUL
         raise ArgumentError(f"node address {host!r} is not a dotted IPv4 address") from None
     if len(_HOSTS) >= HOSTS_MAX:
-        _HOSTS.clear()
+        del _HOSTS[next(iter(_HOSTS))]
     _HOSTS[host] = packed
     return packed
 
@@ -327,11 +327,11 @@ def decode(buffer: Buffer) -> Event:
 
     Raises ``DecodeError`` for anything malformed (see ``decode_general``).
     The layouts our own encoder gives the hot events are recognised and read
-    first (``ourshapes``), at a third of the cost; everything else, including
+    first (``layouts``), at a third of the cost; everything else, including
     every Go encoding, is read by ``decode_general``. The returned event owns
     its bytes; ``buffer`` may be reused afterwards.
     """
-    event = decode_ours(buffer)
+    event = decode_our_layouts(buffer)
     return decode_general(buffer) if event is None else event
 
 

@@ -102,7 +102,7 @@ PAYLOAD_CLASS: dict[EventType, type[Payload]] = {
     EventType.FIND_NODE: FindNode,
     EventType.FIND_VALUE: FindValue,
 }
-"""The payload table each event type carries (decoders dispatch on this, 4.4)."""
+"""The payload table each event type carries (decoders dispatch on this, PROTOCOL.md 4.4)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""The fast reader of our own encoder's layouts (dht.wire.ourshapes).
+"""The fast reader of our own encoder's layouts (dht.wire.layouts).
 
 It must take the hot shapes, and whatever it accepts must be exactly what the
 general reader makes of the same bytes: every byte of every shape is mutated,
@@ -17,7 +17,7 @@ from test_codec import PROPERTY_SETTINGS, valid_events
 from dht import DecodeError
 from dht.wire import Event, EventType, FindNode, FindValue, Node, Store, Value, decode, encode
 from dht.wire.codec import decode_general
-from dht.wire.ourshapes import HOSTS_MAX, NODES, decode_ours
+from dht.wire.layouts import HOSTS_MAX, NODES, decode_our_layouts
 
 _rng = random.Random(20261124)
 
@@ -86,7 +86,7 @@ HOT = {
 @pytest.mark.parametrize("name", HOT)
 def test_our_hot_shapes_are_read_by_the_fast_reader(name: str) -> None:
     event = HOT[name]
-    assert decode_ours(encode(event)) == event
+    assert decode_our_layouts(encode(event)) == event
     assert decode(encode(event)) == event
 
 
@@ -107,7 +107,7 @@ OTHER = {
 @pytest.mark.parametrize("name", OTHER)
 def test_other_shapes_are_left_to_the_general_reader(name: str) -> None:
     event = OTHER[name]
-    assert decode_ours(encode(event)) is None
+    assert decode_our_layouts(encode(event)) is None
     assert decode(encode(event)) == event
 
 
@@ -116,13 +116,13 @@ def test_go_encodings_are_left_to_the_general_reader() -> None:
     if vectors is None:
         pytest.skip("Go reference vectors not found")
     for vector in vectors:
-        assert decode_ours(event_bytes(vector)) is None, vector["name"]
+        assert decode_our_layouts(event_bytes(vector)) is None, vector["name"]
 
 
 def _agrees_with_the_general_reader(buffer: bytes) -> bool:
     """False if the fast reader accepts ``buffer`` but the general reader
     rejects it or reads another event; True otherwise."""
-    fast = decode_ours(buffer)
+    fast = decode_our_layouts(buffer)
     if fast is None:
         return True
     try:
@@ -150,7 +150,7 @@ def test_cut_and_extended_encodings_are_read_as_the_general_reader_reads_them(
 ) -> None:
     encoded = encode(HOT[name])
     for cut in range(len(encoded)):
-        assert decode_ours(encoded[:cut]) is None
+        assert decode_our_layouts(encoded[:cut]) is None
     for extra in range(1, 60):
         assert _agrees_with_the_general_reader(encoded + bytes(extra))
 
@@ -159,7 +159,7 @@ def test_cut_and_extended_encodings_are_read_as_the_general_reader_reads_them(
 @given(valid_events)
 def test_any_valid_event_is_read_right_or_left_to_the_general_reader(event: Event) -> None:
     encoded = encode(event)
-    assert decode_ours(encoded) in (None, event)
+    assert decode_our_layouts(encoded) in (None, event)
     # Flip one structural-looking byte at random: still never a different event.
     mutated = bytearray(encoded)
     position = _rng.randrange(len(mutated))
@@ -177,8 +177,10 @@ def test_decoded_nodes_are_remembered_within_a_bound_and_by_their_address() -> N
             True,
             FindNode(nodes=(Node(node_id, ("127.0.0.1", port)),)),
         )
-        assert decode_ours(encode(answer)) == answer  # the same id at another port is not mixed up
+        assert (
+            decode_our_layouts(encode(answer)) == answer
+        )  # the same id at another port is not mixed up
     for _ in range(HOSTS_MAX // 20 + 2):
         answer = Event(_id(), _id(), EventType.FIND_NODE, True, FindNode(nodes=_nodes(20)))
-        assert decode_ours(encode(answer)) == answer
+        assert decode_our_layouts(encode(answer)) == answer
         assert len(NODES) <= HOSTS_MAX

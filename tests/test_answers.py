@@ -1,4 +1,4 @@
-"""Answers to incoming requests (dht.core.handler; PROTOCOL.md 6, D8, D12, D40).
+"""Answers to requests (dht.core.answers, dht.wire.sizes; PROTOCOL.md 6, D8, D12, D40).
 
 ``answer`` runs against a real ``RoutingTable`` and a ``MemoryStorage`` with
 a fake clock. Split FIND_VALUE answers are checked by their real encoded size
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dht.core.handler import answer, batch_values
+from dht.core.answers import answer
 from dht.core.keeper import Keeper
 from dht.core.routing import RoutingTable
 from dht.core.storage import GuardedStorage, MemoryStorage
@@ -32,6 +32,7 @@ from dht.wire.events import (
 )
 from dht.wire.framing import MAX_EVENT_SIZE, fragment
 from dht.wire.refusal import reasons, refusal_id
+from dht.wire.sizes import batch_values
 
 T0 = 1_700_000_000 * 10**9
 HOUR = 3600 * 10**9

@@ -1,9 +1,9 @@
-"""Decoding of the event shapes our own encoder writes, in a few struct calls.
+"""Our encoder's fixed event layouts, and reading them in a few struct calls.
 
 ``codec.encode`` lays every event out front to back at fixed positions, so
 the hot events between two of our nodes (PING, PONG, STORE requests and
 acks, FIND_NODE and FIND_VALUE requests, and their answers carrying nodes or
-values) have one exact layout each. ``decode_ours`` checks every structural
+values) have one exact layout each. ``decode_our_layouts`` checks every structural
 byte of that layout (root offset, vtables, soffsets, uoffsets, vector
 lengths and the total length) and reads the fields with one ``struct`` call
 per table. It returns None for anything else, including every shape it does
@@ -56,7 +56,7 @@ _FIND_VALUE_TYPE = EventType.FIND_VALUE
 _FIND_NODE_TYPE = EventType.FIND_NODE
 
 
-def decode_ours(buffer: Buffer) -> Event | None:
+def decode_our_layouts(buffer: Buffer) -> Event | None:
     """The event in ``buffer`` if it has one of our encoder's hot layouts,
     else None (the caller then uses the general reader)."""
     end = len(buffer)
@@ -199,16 +199,16 @@ def _nodes(
             node_id, packed, port = wire
             node = known[wire] = Node(node_id, (HOST_NAMES.get(packed) or host_name(packed), port))
         nodes.append(node)
-    if len(known) > HOSTS_MAX:
-        known.clear()
+    while len(known) > HOSTS_MAX:
+        del known[next(iter(known))]
     return tuple(nodes)
 
 
 NODES: dict[tuple[bytes, bytes, int], Node] = {}
 """Nodes already decoded, by id, packed IPv4 address and port: answers
 repeat the same nodes (a lookup's last answers all come from around its
-target), and building one costs more than finding it. Bounded: cleared
-once over ``HOSTS_MAX``."""
+target), and building one costs more than finding it. Bounded: over
+``HOSTS_MAX``, the oldest entries go."""
 
 
 def _values(buffer: Buffer, end: int, vector: int) -> tuple[tuple[Value, ...] | None, int]:
@@ -285,8 +285,10 @@ def node_layout(count: int) -> _Layout:
     return layout
 
 
-HOSTS_MAX = 4096
-"""Entries kept in each address cache (cleared when full)."""
+HOSTS_MAX = 65536
+"""Entries kept in each address cache; when full, the oldest goes. (A cache
+emptied when full missed on every address for a while after: a process
+simulating 10,000 nodes emptied it every few lookups.)"""
 HOST_NAMES: dict[bytes, str] = {}
 """Dotted strings by packed IPv4 address."""
 
@@ -294,6 +296,6 @@ HOST_NAMES: dict[bytes, str] = {}
 def host_name(packed: bytes) -> str:
     """``socket.inet_ntoa``, cached in ``HOST_NAMES``."""
     if len(HOST_NAMES) >= HOSTS_MAX:
-        HOST_NAMES.clear()
+        del HOST_NAMES[next(iter(HOST_NAMES))]
     host = HOST_NAMES[packed] = socket.inet_ntoa(packed)
     return host

@@ -1,4 +1,4 @@
-"""Answers to incoming requests: event in, response events out (PROTOCOL.md 6).
+"""Answers to requests: a request event in, response events out (PROTOCOL.md 6).
 
 PING gets a PONG; STORE gets an empty STORE response when every value was
 kept (``keeper``), else a refusal saying why (``dht.wire.refusal``), which
@@ -16,17 +16,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..keys import K
-from ..wire.events import Event, EventType, FindNode, FindValue, Node, Payload, Store, Value
-from ..wire.framing import MAX_EVENT_SIZE
+from ..wire.events import Event, EventType, FindNode, FindValue, Node, Payload, Store
 from ..wire.refusal import refusal
+from ..wire.sizes import batch_values, cut
 from .keeper import Keeper
 from .routing import RoutingTable
-
-# Upper bound of what one value adds to an encoded FindValue/Store event beyond
-# its bytes: the Value table and vtable, key and value vectors with padding,
-# and the vector slot. Checked against real encodings in the tests.
-VALUE_OVERHEAD = 96
-EVENT_OVERHEAD = 160
 
 
 def answer(
@@ -87,30 +81,3 @@ def _responder(request: Event, local_id: bytes) -> Callable[[EventType, Payload 
 
 def _closest(table: RoutingTable, key: bytes, requester: bytes) -> tuple[Node, ...]:
     return tuple(table.answer(key, K, requester))
-
-
-def cut(values: list[Value], budget: int) -> list[Value]:
-    """The first of ``values`` that fit in ``budget`` bytes (at least one)."""
-    size = 0
-    for index, value in enumerate(values):
-        size += len(value.value) + VALUE_OVERHEAD
-        if size > budget and index:
-            return values[:index]
-    return values
-
-
-def batch_values(values: list[Value], budget: int = MAX_EVENT_SIZE) -> list[tuple[Value, ...]]:
-    """Split values into groups whose encoded event stays within ``budget`` bytes."""
-    batches: list[tuple[Value, ...]] = []
-    current: list[Value] = []
-    size = EVENT_OVERHEAD
-    for value in values:
-        cost = len(value.value) + VALUE_OVERHEAD
-        if current and size + cost > budget:
-            batches.append(tuple(current))
-            current, size = [], EVENT_OVERHEAD
-        current.append(value)
-        size += cost
-    if current:
-        batches.append(tuple(current))
-    return batches

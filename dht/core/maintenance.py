@@ -1,0 +1,103 @@
+"""Periodic maintenance: what a node does every ``interval`` seconds.
+
+Today: ping contacts not heard from for an interval, and candidates
+waiting for room (``verification``); queue key transfer for live contacts
+never served (the queue was full when they were new); sweep expired values
+out of the storage, on the background thread (a user's storage may be
+slow). The home of bucket refresh and republishing to come.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import weakref
+from collections.abc import Callable
+
+from ..errors import ClosedError
+from ..wire.events import EventType
+from .callbacks import ignore
+from .context import Context
+from .transfer import KeyTransfer
+from .verification import Verifier
+
+
+class Maintenance:
+    """One node's periodic work, on the timer thread."""
+
+    def __init__(
+        self,
+        context: Context,
+        *,
+        verifier: Verifier,
+        transfer: KeyTransfer,
+        interval: float,
+    ) -> None:
+        self._context = context
+        self._verifier = verifier
+        self._transfer = transfer
+        self.interval = interval
+        """Seconds between two rounds."""
+        self._lock = threading.Lock()  # guards the three below
+        self._timer: object = None
+        self._sweep_queued = False
+        self._stopped = False
+
+    def start(self) -> None:
+        with self._lock:
+            if not self._stopped:
+                self._timer = self._context.timers.schedule(self.interval, self.run)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            self._context.timers.cancel(timer)
+
+    def run(self) -> None:
+        """One round (the timer calls it; tests may too)."""
+        context = self._context
+        if context.requests.closed:
+            return
+        now = context.clock()
+        for contact in context.table.stale(now, self.interval):
+            self._ping(contact.id, contact.address)
+        for contact in context.table.candidates_to_verify():
+            self._verifier.prove(contact.id, contact.address)
+        served = self._transfer.served()
+        for contact in context.table.contacts():
+            if contact.id not in served and not contact.suspect:
+                self._transfer.offer(contact.node)
+        with self._lock:  # one sweep queued at a time, whatever the worker's backlog
+            sweep = not self._sweep_queued
+            self._sweep_queued = True
+        if sweep:
+            context.background(_weakly(self._sweep))
+        self.start()
+
+    def _sweep(self) -> None:
+        """Background thread: the storage's expiry sweep (a user's may be
+        slow; guarded: a raise must not end the maintenance)."""
+        with self._lock:
+            self._sweep_queued = False
+            if self._stopped:
+                return
+        self._context.storage.expire()
+
+    def _ping(self, node_id: bytes, address: tuple[str, int]) -> None:
+        with contextlib.suppress(ClosedError):
+            self._context.requests.request(address, node_id, EventType.PING, None, ignore, ignore)
+
+
+def _weakly(method: Callable[[], None]) -> Callable[[], None]:
+    """``method``, called only if its object still exists: a job waiting on
+    the worker must not keep a closed node alive."""
+    ref = weakref.WeakMethod(method)
+
+    def call() -> None:
+        bound = ref()
+        if bound is not None:
+            bound()
+
+    return call
