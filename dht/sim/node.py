@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import Config
 from ..core.engine import Engine
-from ..core.limits import Limits
 from ..core.ratelimit import RateLimiter
 from ..core.receiver import Receiver
 from ..core.storage import MemoryStorage
+from ..node import limits_of
 from ..wire.events import NS_PER_SECOND, Address, Event
 from ..wire.framing import Reassembler
 
@@ -47,18 +47,7 @@ def engine_options(config: Config = DEFAULT_CONFIG, **overrides: Any) -> dict[st
         "amplification_limit": config.amplification_limit,
         "transfer_batch_bytes": config.transfer_batch_bytes,
         "transfer_interval": config.transfer_interval,
-        "limits": Limits(
-            max_store_bytes=config.max_store_bytes,
-            max_values_per_key=config.max_values_per_key,
-            max_ttl_ns=int(config.max_ttl * NS_PER_SECOND),
-            max_answer_bytes=config.max_answer_bytes,
-            answer_rate=config.answer_rate,
-            unproven_answer_rate=config.unproven_answer_rate,
-            max_find_values=config.max_find_values,
-            max_find_bytes=config.max_find_bytes,
-            trust_local_networks=config.trust_local_networks,
-            transfer_rate=config.transfer_rate,
-        ),
+        "limits": limits_of(config),
     }
     options.update(overrides)
     return options
