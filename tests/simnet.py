@@ -1,162 +1,105 @@
-"""An in-memory network of engines on virtual time (no sockets, no threads).
+"""An in-memory network of engines on virtual time, for the core's tests:
+a thin layer over ``dht.sim`` (no sockets, no threads).
 
-Every datagram goes through the real codec and framing; delivery takes
-``latency`` seconds and may be dropped with probability ``loss``. Timers and
-deliveries share one event queue, so a whole network runs deterministically in
-one thread: ``run_until(predicate)`` advances virtual time event by event.
+Every node has its own address (``dht.sim.addresses``; all on one, with
+``SimNetwork(one_host=True)``, for tests of a loopback cluster) and
+receives through the library's ``Receiver``, as a listener does. Delivery
+takes ``latency`` seconds and each datagram may be lost with probability
+``loss``. Timers and deliveries share one event queue, so a whole network
+runs deterministically in one thread: ``run_until(predicate)`` advances
+virtual time event by event.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import random
 from collections.abc import Callable
 
-from dht.core.engine import Engine
 from dht.core.storage import MemoryStorage
-from dht.errors import ProtocolError
-from dht.wire.codec import decode
-from dht.wire.events import Address
-from dht.wire.framing import Reassembler, wire_size
+from dht.sim.addresses import AddressPool
+from dht.sim.clock import VirtualClock
+from dht.sim.events import EventQueue
+from dht.sim.latency import ConstantLatency
+from dht.sim.network import Network
+from dht.sim.node import SimNode, engine_options
+
+__all__ = ["Outcome", "SimNetwork", "SimNode", "build_network"]
 
 
-class SimClock:
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
+class SimNetwork(Network[SimNode]):
+    """The event queue, the clock, the nodes (by address) and ``rng``, which
+    draws node ids, event ids and losses, and which tests draw keys from."""
 
-    def __call__(self) -> float:
-        return self.now
-
-    def wall_ns(self) -> int:
-        return int((1_700_000_000 + self.now) * 1e9)
-
-
-class _Handle:
-    __slots__ = ("cancelled",)
-
-    def __init__(self) -> None:
-        self.cancelled = False
-
-
-class SimNetwork:
-    """Holds the event queue, the clock and the nodes."""
-
-    def __init__(self, *, seed: int = 1, latency: float = 0.001, loss: float = 0.0) -> None:
-        self.clock = SimClock()
+    def __init__(
+        self,
+        *,
+        seed: int = 1,
+        latency: float = 0.001,
+        loss: float = 0.0,
+        one_host: bool = False,
+    ) -> None:
         self.rng = random.Random(seed)
-        self.latency = latency
-        self.loss = loss
-        self.nodes: dict[Address, SimNode] = {}
-        self._queue: list[tuple[float, int, Callable[[], None]]] = []
-        self._seq = itertools.count()
-        self.sent = 0
-        self.dropped = 0
+        super().__init__(
+            EventQueue(VirtualClock(1000.0)),
+            latency=ConstantLatency(latency),
+            loss=loss,
+            rng=self.rng,
+        )
+        self.one_host = one_host
+        self._addresses = AddressPool(random.Random(f"simnet-addresses-{seed}"))
+
+    @property
+    def latency(self) -> float:
+        """Seconds every datagram takes."""
+        model = self.latency_model
+        assert isinstance(model, ConstantLatency)
+        return model.seconds
+
+    @latency.setter
+    def latency(self, seconds: float) -> None:
+        self.latency_model = ConstantLatency(seconds)
 
     # timers, shared by every node (the engine only needs schedule/cancel)
     def schedule(self, delay: float, callback: Callable[[], None]) -> object:
-        handle = _Handle()
-
-        def fire() -> None:
-            if not handle.cancelled:
-                callback()
-
-        heapq.heappush(self._queue, (self.clock.now + delay, next(self._seq), fire))
-        return handle
+        return self.queue.schedule(delay, callback)
 
     def cancel(self, handle: object) -> None:
-        if isinstance(handle, _Handle):
-            handle.cancelled = True
+        self.queue.cancel(handle)
 
     def new_id(self) -> bytes:
         return self.rng.randbytes(20)
 
     def add_node(self, node_id: bytes | None = None, **engine_kwargs: object) -> SimNode:
-        address = ("127.0.0.1", 10000 + len(self.nodes))
-        node = SimNode(self, node_id or self.new_id(), address, **engine_kwargs)
-        self.nodes[address] = node
+        """A node with a fresh address; ``engine_kwargs`` override the Engine's
+        settings (``timeout`` is 1 s unless given)."""
+        if self.one_host:
+            address = ("127.0.0.1", 10000 + len(self.nodes))
+        else:
+            address = self._addresses.take()
+        node = SimNode(
+            self,
+            node_id or self.new_id(),
+            address,
+            new_id=self.new_id,
+            options=engine_options(**{"timeout": 1.0, **engine_kwargs}),
+            storage=MemoryStorage(clock_ns=self.clock.wall_ns),
+        )
+        self.attach(node)
         return node
 
-    def transmit(self, source: Address, datagrams: list[bytes], destination: Address) -> None:
-        for datagram in datagrams:
-            self.sent += 1
-            if self.loss and self.rng.random() < self.loss:
-                self.dropped += 1
-                continue
-            target = self.nodes.get(destination)
-            if target is None:
-                continue
-
-            def deliver(target: SimNode = target, datagram: bytes = datagram) -> None:
-                target.datagram(datagram, source)
-
-            heapq.heappush(self._queue, (self.clock.now + self.latency, next(self._seq), deliver))
-
     def step(self) -> bool:
-        if not self._queue:
-            return False
-        when, _, action = heapq.heappop(self._queue)
-        self.clock.now = max(self.clock.now, when)
-        action()
-        return True
+        return self.queue.step()
 
     def run_until(self, done: Callable[[], bool], *, limit: float = 600.0) -> bool:
         """Process events until ``done()`` or ``limit`` virtual seconds pass."""
         deadline = self.clock.now + limit
+        queue = self.queue
         while not done():
-            if not self._queue or self._queue[0][0] > deadline:
+            due = queue.next_due()
+            if due is None or due > deadline:
                 return done()
-            self.step()
+            queue.step()
         return True
-
-
-class SimNode:
-    def __init__(
-        self, net: SimNetwork, node_id: bytes, address: Address, **engine_kwargs: object
-    ) -> None:
-        self.net = net
-        self.address = address
-        self.online = True
-        self.reassembler = Reassembler()
-        self.dropped: dict[str, int] = {}
-        self.storage = MemoryStorage(clock_ns=net.clock.wall_ns)
-        self.engine = Engine(
-            node_id,
-            storage=self.storage,
-            transport=self._send,
-            timers=net,
-            clock=net.clock,
-            wall_clock_ns=net.clock.wall_ns,
-            new_id=net.new_id,
-            **{"timeout": 1.0, **engine_kwargs},  # type: ignore[arg-type]
-        )
-        self.engine.start()
-
-    @property
-    def id(self) -> bytes:
-        return self.engine.local_id
-
-    def _send(self, datagrams: list[bytes], destination: Address) -> None:
-        if self.online:
-            self.net.transmit(self.address, datagrams, destination)
-
-    def datagram(self, datagram: bytes, source: Address) -> None:
-        if not self.online:
-            return
-        try:
-            data = self.reassembler.feed(datagram, source, self.net.clock.now)
-            if data is None:
-                return
-            event = decode(data)
-        except ProtocolError as error:
-            self.dropped[error.reason] = self.dropped.get(error.reason, 0) + 1
-            return
-        self.engine.receive(event, source, wire_size(len(data)))
-
-    def crash(self) -> None:
-        """Leave abruptly: stop sending and receiving, say nothing."""
-        self.online = False
-        self.engine.close()
 
 
 class Outcome:
