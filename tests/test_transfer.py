@@ -371,3 +371,38 @@ def test_key_transfer_leaves_half_the_pending_slots_to_the_user() -> None:
     assert sent_late == []
     net.run_until(lambda: bool(sent_late), limit=30.0)
     assert sent_late
+
+
+def test_a_joining_node_hands_out_no_keys_until_it_has_joined() -> None:
+    """A node that holds values when it joins (a restart on a kept store)
+    sends none while its table is still filling: taking the network for a
+    small one, it sent every value to every node it met (dht.sim saw values
+    spread to hundreds of nodes under churn). Once joined, it sends each
+    node only values whose key that node is closer to than it is."""
+    from simnet import build_network
+
+    net = build_network(40, seed=47)
+    net.latency = 0.04  # a join of several round trips, as on the internet
+    first = next(iter(net.nodes.values()))
+    joiner = net.add_node()
+    for i in range(200):
+        assert joiner.storage.Set(random_id(), b"v%d" % i, net.clock.wall_ns(), 10**12)
+    sent: list[tuple[bool, bytes, tuple[Value, ...]]] = []  # (joined yet, to, values)
+    joined = Outcome()
+    request = joiner.engine.requests.request
+
+    def recording(address, node_id, kind, payload, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if kind is EventType.STORE:
+            sent.append((joined.ended, node_id, payload.values))
+        return request(address, node_id, kind, payload, *args, **kwargs)
+
+    joiner.engine.requests.request = recording  # type: ignore[method-assign]
+    joiner.engine.bootstrap([first.address], joined.store_done)
+    net.run_until(lambda: False, limit=10.0)
+    assert joined.ends == [None]
+    assert len(joiner.engine.table) >= K
+    assert sent, "the joiner handed out no keys at all"
+    assert all(after for after, _, _ in sent), "keys went out while the node was joining"
+    for _, node_id, values in sent:
+        for value in values:
+            assert distance(node_id, value.key) < distance(joiner.id, value.key)

@@ -285,8 +285,15 @@ class Engine:
         self, addresses: list[Address], on_done: Callable[[Exception | None], None]
     ) -> None:
         """Join through ``addresses`` by a FIND_NODE lookup of our own id.
-        ``on_done(None)`` on success, ``on_done(BootstrapError)`` if none answered."""
-        Bootstrap(self.context, addresses, on_done).start()
+        ``on_done(None)`` on success, ``on_done(BootstrapError)`` if none answered.
+        No key transfer while it runs (``KeyTransfer.pause``)."""
+        self.transfer.pause()
+
+        def joined(error: Exception | None) -> None:
+            self.transfer.resume()
+            on_done(error)
+
+        Bootstrap(self.context, addresses, joined).start()
 
     def store(
         self,
