@@ -27,12 +27,13 @@ import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import datetime, timedelta
+from typing import Any
 
 from .config import Config, resolve
 from .core.engine import Engine
 from .core.limits import Limits
 from .core.ratelimit import RateLimiter
-from .core.receiver import Receiver
+from .core.receiver import Deliver, Receiver
 from .core.storage import MemoryStorage
 from .errors import AddressInUse, ArgumentError, BootstrapError, TTLTooLong, ValueTooLarge
 from .keys import INT64_MAX, INT64_MIN, EventIds, check_id, random_id
@@ -108,7 +109,7 @@ class DHT:
             wall_clock_ns = time.time_ns  # the engine's and the default storage's
             storage = cfg.storage
             if storage is None:
-                storage = _default_storage(cfg, wall_clock_ns)
+                storage = default_storage(cfg, wall_clock_ns)
             self._engine = Engine(
                 self._id,
                 storage=storage,
@@ -118,31 +119,13 @@ class DHT:
                 clock=time.monotonic,
                 wall_clock_ns=wall_clock_ns,
                 new_id=EventIds(),
-                timeout=cfg.timeout,
-                refresh_interval=cfg.refresh_interval,
-                max_pending=cfg.max_pending_requests,
-                amplification_limit=cfg.amplification_limit,
-                transfer_batch_bytes=cfg.transfer_batch_bytes,
-                transfer_interval=cfg.transfer_interval,
-                log_new_nodes=cfg.logging,
-                limits=limits_of(cfg),
+                **engine_options(cfg),
             )
             undo.callback(self._engine.close)  # what started listeners set going
             self._listeners = [
                 Listener(
                     sock,
-                    Receiver(
-                        self._engine.receive,
-                        self._engine.stats.incr,
-                        reassembler=Reassembler(
-                            max_records=cfg.reassembly_max_records,
-                            max_bytes=cfg.reassembly_max_bytes,
-                            max_records_per_source=cfg.reassembly_max_records_per_source,
-                            max_bytes_per_source=cfg.reassembly_max_bytes_per_source,
-                            awaited=self._engine.awaits,
-                        ),
-                        limiter=RateLimiter(cfg.request_rate, cfg.request_burst),
-                    ),
+                    receiver_for(cfg, self._engine.receive, self._engine),
                     self._engine.stats.incr,
                     name=f"dht-listener-{port}-{i}",
                     cpus=cpus,
@@ -387,7 +370,40 @@ def limits_of(cfg: Config) -> Limits:
     )
 
 
-def _default_storage(cfg: Config, clock_ns: Callable[[], int]) -> MemoryStorage:
+def engine_options(cfg: Config) -> dict[str, Any]:
+    """The ``Engine`` settings a node takes from ``cfg`` (a simulated node
+    too, ``dht.sim``), beside its clocks, timers and transport."""
+    return {
+        "timeout": cfg.timeout,
+        "refresh_interval": cfg.refresh_interval,
+        "max_pending": cfg.max_pending_requests,
+        "amplification_limit": cfg.amplification_limit,
+        "transfer_batch_bytes": cfg.transfer_batch_bytes,
+        "transfer_interval": cfg.transfer_interval,
+        "log_new_nodes": cfg.logging,
+        "limits": limits_of(cfg),
+    }
+
+
+def receiver_for(cfg: Config, deliver: Deliver, engine: Engine) -> Receiver:
+    """The datagram door of one socket of ``engine``'s node (of a simulated
+    node: its one door), with the reassembly and rate limits of ``cfg``;
+    decoded events go to ``deliver``."""
+    return Receiver(
+        deliver,
+        engine.stats.incr,
+        reassembler=Reassembler(
+            max_records=cfg.reassembly_max_records,
+            max_bytes=cfg.reassembly_max_bytes,
+            max_records_per_source=cfg.reassembly_max_records_per_source,
+            max_bytes_per_source=cfg.reassembly_max_bytes_per_source,
+            awaited=engine.awaits,
+        ),
+        limiter=RateLimiter(cfg.request_rate, cfg.request_burst),
+    )
+
+
+def default_storage(cfg: Config, clock_ns: Callable[[], int]) -> MemoryStorage:
     """The storage of a node given none, on the node's own wall clock."""
     return MemoryStorage(
         clock_ns=clock_ns,

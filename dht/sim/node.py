@@ -15,12 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import Config
 from ..core.engine import Engine
-from ..core.ratelimit import RateLimiter
-from ..core.receiver import Receiver
 from ..core.storage import MemoryStorage
-from ..node import limits_of
-from ..wire.events import NS_PER_SECOND, Address, Event
-from ..wire.framing import Reassembler
+from ..node import default_storage, receiver_for
+from ..node import engine_options as node_engine_options
+from ..wire.events import Address, Event
 
 if TYPE_CHECKING:
     from .network import Network
@@ -38,19 +36,9 @@ class Observer:
 
 
 def engine_options(config: Config = DEFAULT_CONFIG, **overrides: Any) -> dict[str, Any]:
-    """The ``Engine`` keyword arguments a real node takes from ``config``
-    (as ``dht.node.DHT`` passes them), then ``overrides``."""
-    options: dict[str, Any] = {
-        "timeout": config.timeout,
-        "refresh_interval": config.refresh_interval,
-        "max_pending": config.max_pending_requests,
-        "amplification_limit": config.amplification_limit,
-        "transfer_batch_bytes": config.transfer_batch_bytes,
-        "transfer_interval": config.transfer_interval,
-        "limits": limits_of(config),
-    }
-    options.update(overrides)
-    return options
+    """The ``Engine`` settings a real node takes from ``config``
+    (``dht.node.engine_options``), then ``overrides``."""
+    return {**node_engine_options(config), **overrides}
 
 
 class SimNode:
@@ -77,12 +65,7 @@ class SimNode:
         then neither sends nor receives."""
         clock = self._clock = network.clock
         if storage is None:
-            storage = MemoryStorage(
-                clock_ns=clock.wall_ns,
-                max_values_per_key=config.max_values_per_key,
-                max_bytes=config.max_store_bytes,
-                max_ttl_ns=int(config.max_ttl * NS_PER_SECOND),
-            )
+            storage = default_storage(config, clock.wall_ns)
         self.storage = storage
         self.engine = Engine(
             node_id,
@@ -94,18 +77,7 @@ class SimNode:
             new_id=new_id,
             **options,
         )
-        self.receiver = Receiver(
-            self._deliver,
-            self.engine.stats.incr,
-            reassembler=Reassembler(
-                max_records=config.reassembly_max_records,
-                max_bytes=config.reassembly_max_bytes,
-                max_records_per_source=config.reassembly_max_records_per_source,
-                max_bytes_per_source=config.reassembly_max_bytes_per_source,
-                awaited=self.engine.awaits,
-            ),
-            limiter=RateLimiter(config.request_rate, config.request_burst),
-        )
+        self.receiver = receiver_for(config, self._deliver, self.engine)
         self.engine.start()
 
     @property
