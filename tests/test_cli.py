@@ -19,8 +19,8 @@ from cluster import free_udp_address, wait_until
 
 import dht
 from dht.cli import main
-from dht.cli.common import parse_key
-from dht.cli.options import OPTION_OF_FIELD, config_docs
+from dht.cli.common import OPTION_OF_FIELD, parse_key
+from dht.cli.options import config_docs
 
 DHT = Path(sys.executable).with_name("dht")
 """The console script pip installed beside this Python."""

@@ -13,7 +13,24 @@ from ..errors import AddressInUse, ArgumentError, BootstrapError, ConfigError
 from ..keys import KEY_BYTES, Key
 from ..node import DHT, New
 from ..sqlite_storage import StoragePathError
-from .options import OPTION_OF_FIELD, USAGE, problem_of
+
+USAGE = 2
+"""Exit status of a usage error (argparse's own)."""
+
+
+def problem_of(error: ConfigError) -> str:
+    """A ConfigError's message without its ``Config.<field>: `` prefix."""
+    return str(error).removeprefix(f"Config.{error.field}: ")
+
+
+OPTION_OF_FIELD = {
+    "listen_address": "--listen",
+    "bootstrap_addresses": "--bootstrap",
+    "listeners": "--listeners",
+    "timeout": "--timeout",
+}
+"""The option that sets each ``Config`` field the command line exposes."""
+
 
 FAILED = 1
 """Exit status of an operation that failed (not found, not stored, no

@@ -22,9 +22,7 @@ from ..config import Config, parse_address
 from ..errors import ConfigError
 from ..keys import KEY_BYTES
 from ..wire.events import MAX_VALUE_SIZE
-
-USAGE = 2
-"""Exit status of a usage error (argparse's own)."""
+from .common import USAGE, problem_of
 
 DEFAULT_TTL = 3600.0
 """Seconds a ``dht put`` value lives when no ``--ttl`` is given."""
@@ -114,20 +112,6 @@ def _number(*, integer: bool, zero: bool = False) -> Callable[[str], Any]:
 
     check.__name__ = "number"
     return check
-
-
-def problem_of(error: ConfigError) -> str:
-    """A ConfigError's message without its ``Config.<field>: `` prefix."""
-    return str(error).removeprefix(f"Config.{error.field}: ")
-
-
-OPTION_OF_FIELD = {
-    "listen_address": "--listen",
-    "bootstrap_addresses": "--bootstrap",
-    "listeners": "--listeners",
-    "timeout": "--timeout",
-}
-"""The option that sets each ``Config`` field the command line exposes."""
 
 
 def _listen(parser: argparse.ArgumentParser, *, required: bool) -> None:
