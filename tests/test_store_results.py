@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 
 import pytest
-from cluster import running_cluster
+from cluster import running_cluster, wait_until
 from simnet import Outcome, build_network
 
 import dht
@@ -137,6 +137,11 @@ def test_stores_through_the_public_api_report_how_many_kept() -> None:
     with running_cluster(3, max_values_per_key=1) as nodes:
         key = random_id()
         assert nodes[0].Store(key, b"first", 600).result(timeout=10) is None
+        # The Store ends once a majority kept it; the third copy may still be
+        # on its way, and a node without it would take the second value.
+        assert wait_until(
+            lambda: all(node._engine.storage.Get(key) for node in nodes), timeout=10
+        ), "the first value never reached every node"
         with pytest.raises(StoreError) as raised:
             nodes[1].Store(key, b"second", 600).result(timeout=10)
         error = raised.value
