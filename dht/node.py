@@ -34,6 +34,7 @@ from .core.engine import Engine
 from .core.limits import Limits
 from .core.ratelimit import RateLimiter
 from .core.receiver import Deliver, Receiver
+from .core.schedule import Schedule
 from .core.storage import MemoryStorage
 from .errors import AddressInUse, ArgumentError, BootstrapError, TTLTooLong, ValueTooLarge
 from .keys import INT64_MAX, INT64_MIN, EventIds, check_id, random_id
@@ -375,7 +376,16 @@ def engine_options(cfg: Config) -> dict[str, Any]:
     too, ``dht.sim``), beside its clocks, timers and transport."""
     return {
         "timeout": cfg.timeout,
-        "refresh_interval": cfg.refresh_interval,
+        "schedule": Schedule(
+            maintenance_interval=cfg.maintenance_interval,
+            liveness_interval=cfg.liveness_interval,
+            refresh_interval=cfg.refresh_interval,
+            refresh_lookups=cfg.refresh_lookups,
+            republish_interval=cfg.republish_interval,
+            replicate_interval=cfg.replicate_interval,
+            replicate_rate=cfg.replicate_rate,
+            latency_aware_routing=cfg.latency_aware_routing,
+        ),
         "max_pending": cfg.max_pending_requests,
         "amplification_limit": cfg.amplification_limit,
         "transfer_batch_bytes": cfg.transfer_batch_bytes,

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import pytest
 from simnet import Outcome, SimNetwork, build_network
 
+from dht.core.schedule import Schedule
 from dht.core.storage import MemoryStorage
 from dht.errors import ClosedError, NotFoundError, StoreError
 from dht.keys import K, distance
@@ -399,7 +400,7 @@ def test_requests_from_the_network_to_a_node_whose_storage_raises_are_still_hand
 
 
 def test_a_storage_whose_expire_raises_does_not_stop_the_periodic_refresh():
-    net = build_network(2, seed=22, refresh_interval=1.0)
+    net = build_network(2, seed=22, schedule=Schedule(maintenance_interval=1.0))
     node = list(net.nodes.values())[1]
 
     class BrokenSweep(FailingStorage):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from dht.core.schedule import Schedule
 from dht.sim.addresses import AddressPool
 from dht.sim.churn import ExponentialSessions, WeibullSessions, parse_duration
 from dht.sim.clock import VirtualClock
@@ -243,7 +244,7 @@ def test_churn_keeps_the_population_and_replaces_who_leaves() -> None:
             node_id,
             address,
             new_id=lambda: event_ids.randbytes(20),
-            options=engine_options(timeout=2.0, refresh_interval=3600.0),
+            options=engine_options(timeout=2.0, schedule=Schedule(maintenance_interval=3600.0)),
         ),
         sessions=ExponentialSessions(60.0),
         sessions_rng=random.Random(5),

@@ -10,10 +10,12 @@ from typing import TypeVar
 import pytest
 from simnet import Outcome, SimNetwork, SimNode
 
+import dht.core.shipping as shipping_module
 import dht.core.transfer as transfer_module
 from dht.core.callbacks import ignore
 from dht.core.limits import Limits
 from dht.core.routing import SUSPECT_AFTER_FAILURES
+from dht.core.schedule import Schedule
 from dht.core.storage import MemoryStorage, Storage
 from dht.keys import K, distance, random_id
 from dht.wire import EventType, Node, Value
@@ -21,7 +23,7 @@ from dht.wire import EventType, Node, Value
 
 def test_a_node_seen_twice_within_the_refresh_interval_is_sent_keys_once() -> None:
     net = SimNetwork(seed=35)
-    holder, newcomer = net.add_node(refresh_interval=60.0), net.add_node()
+    holder, newcomer = net.add_node(schedule=Schedule(maintenance_interval=60.0)), net.add_node()
     for i in range(3):
         assert holder.storage.Set(random_id(), b"v%d" % i, net.clock.wall_ns(), 10**12)
     for _ in range(2):
@@ -133,7 +135,7 @@ def test_a_scan_that_raises_is_counted_and_the_next_goes_on(
     holder = net.add_node()
     assert holder.storage.Set(random_id(), b"v", net.clock.wall_ns(), 10**12)
     calls = 0
-    batch_values = transfer_module.batch_values
+    batch_values = shipping_module.batch_values
 
     def batch_values_failing_once(values: list[Value], budget: int) -> list[tuple[Value, ...]]:
         nonlocal calls
@@ -142,7 +144,7 @@ def test_a_scan_that_raises_is_counted_and_the_next_goes_on(
             raise RuntimeError("a bug in the first scan")
         return batch_values(values, budget)
 
-    monkeypatch.setattr(transfer_module, "batch_values", batch_values_failing_once)
+    monkeypatch.setattr(shipping_module, "batch_values", batch_values_failing_once)
     holder.engine.transfer.offer(Node(random_id(), ("127.0.2.3", 1)))  # its scan raises
     assert net.run_until(lambda: not holder.engine.transfer.scanning, limit=5.0)
     newcomer = net.add_node()
@@ -173,7 +175,7 @@ def test_a_newcomer_skipped_by_a_full_transfer_queue_is_served_at_the_next_refre
     # is first seen.
     monkeypatch.setattr(transfer_module, "TRANSFER_QUEUE", 1)
     net = SimNetwork(seed=41)
-    holder = net.add_node(refresh_interval=10.0)
+    holder = net.add_node(schedule=Schedule(maintenance_interval=10.0))
     assert holder.storage.Set(random_id(), b"v", net.clock.wall_ns(), 10**12)
     holder.engine.transfer.offer(Node(random_id(), ("127.0.5.5", 1)))  # fills the queue
     newcomer = net.add_node()
@@ -189,7 +191,7 @@ def test_a_suspect_contact_is_sent_keys_only_once_it_answers_again() -> None:
     # A contact that stopped answering stays in the table (the stall may be
     # ours); sending it keys at every refresh would only time out.
     net = SimNetwork(seed=42)
-    holder = net.add_node(refresh_interval=10.0)
+    holder = net.add_node(schedule=Schedule(maintenance_interval=10.0))
     assert holder.storage.Set(random_id(), b"v", net.clock.wall_ns(), 10**12)
     gone = net.add_node()
     gone.online = False
@@ -301,7 +303,7 @@ def test_a_node_that_does_not_acknowledge_gets_one_batch() -> None:
     sent = _stores_to(net, silent)
     holder.engine.transfer.offer(Node(random_id(), silent))
     net.run_until(lambda: False, limit=10.0)
-    assert 0 < sum(sent) <= holder.engine.transfer.batch_bytes + 2000
+    assert 0 < sum(sent) <= holder.engine.transfer.shipper.batch_bytes + 2000
     stats = holder.engine.stats.snapshot()
     assert stats["transfer-stopped"] == 1 and "values-transferred" not in stats
     assert holder.engine.transfer.sending == 0

@@ -18,6 +18,7 @@ from .keeper import Keeper
 from .limits import Limits
 from .requests import PendingRequests
 from .routing import RoutingTable
+from .schedule import Schedule
 from .stats import Stats
 from .storage import GuardedStorage
 from .timerwheel import Timers
@@ -85,6 +86,10 @@ class Context:
     background: Callable[[Callable[[], None]], None]
     """Runs a job that may block for long (a scan of the user's storage)
     later, off the timer thread: the shell's worker thread."""
+    new_id: Callable[[], bytes]
+    """20 random bytes (the engine's id source: random ids to refresh with)."""
+    schedule: Schedule
+    """How often the node does its periodic work."""
 
     def network_size(self) -> int:
         """About how many nodes the network has (``RoutingTable.network_size``)."""

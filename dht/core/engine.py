@@ -10,7 +10,9 @@ and an id source. Datagrams come in through a ``Receiver``
 - ``requests``: the pending-request table (send, resend, timeout, round trips);
 - ``responder``: answering requests within their budgets (``answers`` says what);
 - ``verifier``: proving the addresses of senders and of moved contacts;
-- ``maintenance``: the periodic liveness pings and storage sweeps;
+- ``maintenance``: the periodic rounds: liveness pings, storage sweeps, and
+  the tasks with intervals of their own: ``refresh`` (buckets),
+  ``republish`` (what this node stored) and ``replication`` (what it holds);
 - ``transfer``: key transfer to newly seen nodes;
 - ``operations``: bootstrap, Store and Find, which see the node through a
   ``Context`` of its parts, not through the engine.
@@ -39,9 +41,13 @@ from .keeper import Keeper
 from .limits import Limits
 from .maintenance import Maintenance
 from .operations import Bootstrap, FindOperation, StoreOperation
+from .refresh import BucketRefresh
+from .replication import Replication
+from .republish import Publications, Republisher
 from .requests import PendingRequests
 from .responder import Responder
 from .routing import Answered, RoutingTable
+from .schedule import Schedule
 from .sender import Sender, Transport
 from .stats import Stats
 from .storage import GuardedStorage, Storage
@@ -52,6 +58,7 @@ from .verification import Verifier
 log = logging.getLogger("dht.engine")
 
 DEFAULT_LIMITS = Limits()
+DEFAULT_SCHEDULE = Schedule()
 
 
 class Engine:
@@ -70,7 +77,7 @@ class Engine:
         new_id: Callable[[], bytes],
         timeout: float,
         stall_after: float | None = None,
-        refresh_interval: float = 60.0,
+        schedule: Schedule = DEFAULT_SCHEDULE,
         max_pending: int = 8192,
         amplification_limit: int = 65536,
         transfer_batch_bytes: int = 16384,
@@ -95,6 +102,7 @@ class Engine:
             stall_after=stall_after,
             max_pending=max_pending,
             on_unanswered=self.table.failed,
+            rto_of=self.table.rto,
         )
         self.guarded_storage = GuardedStorage(storage, partial(self.stats.incr, "storage-error"))
         self.keeper = Keeper(
@@ -125,6 +133,8 @@ class Engine:
             # Without a worker thread (a simulation in one thread), slow
             # jobs run on the timer thread.
             background=background or on_the_timer_thread,
+            new_id=new_id,
+            schedule=schedule,
         )
         self.amplification = AmplificationGuard(
             amplification_limit, hold_for=timeout, global_rate=limits.unproven_answer_rate
@@ -143,13 +153,28 @@ class Engine:
         )
         self.transfer = KeyTransfer(
             self.context,
-            serve_every=refresh_interval,
+            serve_every=schedule.maintenance_interval,
             batch_bytes=transfer_batch_bytes,
             interval=transfer_interval,
             rate=limits.transfer_rate,
         )
+        self.refresh = BucketRefresh(self.context)
+        self.publications = Publications(schedule.republish_interval, limits.max_store_bytes)
+        self.republisher = Republisher(self.context, self.publications)
+        # The first round at a random point of the interval (see replication).
+        phase = int.from_bytes(new_id()[:4], "big") / 2**32
+        self.replication = Replication(
+            self.context,
+            batch_bytes=transfer_batch_bytes,
+            interval=transfer_interval,
+            first_round=clock() + phase * schedule.replicate_interval,
+        )
+        self.keeper.on_received = self.replication.received
         self.maintenance = Maintenance(
-            self.context, verifier=self.verifier, transfer=self.transfer, interval=refresh_interval
+            self.context,
+            verifier=self.verifier,
+            transfer=self.transfer,
+            tasks=(self.refresh.run, self.republisher.run, self.replication.run),
         )
         self.timers = timers
         self.clock = clock
@@ -172,6 +197,8 @@ class Engine:
         if self.running.closed:
             return
         self.maintenance.stop()
+        self.refresh.close()
+        self.republisher.close()
         self.running.close(ClosedError("the node was closed"))
         self.requests.close()
         self._sender.close()
@@ -257,7 +284,7 @@ class Engine:
         held = self.amplification.prove(source, now)
         if held:
             self.responder.send_events(held, source)
-        verdict = self.table.answered(event.sender, source, now)
+        verdict = self.table.answered(event.sender, source, now, request.rtt)
         if verdict is Answered.ELSEWHERE:
             self.verifier.confirm_move(event.sender, source)
         self.requests.answered(request, event, source)
@@ -302,9 +329,19 @@ class Engine:
         ttl_ns: int,
         on_done: Callable[[Exception | None], None],
     ) -> None:
-        """Find the K closest nodes to ``key`` and store the value on them."""
+        """Find the K closest nodes to ``key`` and store the value on them;
+        republish it every ``republish_interval`` until it expires."""
         created = self.wall_clock_ns()
-        StoreOperation(self.context, Value(key, value, ttl_ns, created), on_done).start()
+        stored = Value(key, value, ttl_ns, created)
+        StoreOperation(self.context, stored, on_done).start()
+        if not self.closed:
+            dropped = self.publications.add(stored, self.clock(), created)
+            if dropped:
+                self.stats.incr("publications-dropped", dropped)
+
+    def stop_republishing(self, key: bytes) -> int:
+        """Republish the values stored under ``key`` no more; how many there were."""
+        return self.publications.remove(key)
 
     def find(
         self,

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..wire.events import MAX_VALUE_SIZE, Value
-from .shares import Refusal, StorageShares
+from .shares import LOCAL, Refusal, StorageShares
 from .storage import GuardedStorage, expires_ns
 
 
@@ -40,6 +40,9 @@ class Keeper:
         self.shares = StorageShares(capacity, values_per_key, evict=storage.can_delete)
         self.max_ttl_ns = max_ttl_ns
         self._clock_ns = clock_ns
+        self.on_received: Callable[[Value], None] | None = None
+        """Called with each value kept for another node (replication's
+        ``received``), on the thread that kept it."""
 
     def keep(self, value: Value, network: str) -> Refusal | None:
         """Store ``value`` for ``network`` (``shares.LOCAL``: this node's
@@ -60,6 +63,8 @@ class Keeper:
         if not self.storage.Set(value.key, value.value, value.created_ns, value.ttl_ns):
             self.shares.cancel(value.key, value.value)
             return "refused"
+        if network != LOCAL and self.on_received is not None:
+            self.on_received(value)
         return None
 
     def values(self, key: bytes, from_ns: int, turn: int = 0) -> list[Value]:

@@ -10,6 +10,11 @@ nothing is left to ask (D30's convergence rule), or after ``max_queries``.
 That budget ends lookups that hostile nodes keep feeding ever closer ids:
 without it, a Find or Store never ended.
 
+Given ``round_trip`` (seconds, per node id), ``next`` asks among the
+candidates it may ask those of the closest distance prefix first (the
+bits shared with the target: what a query gains towards it), and among
+equals the faster first (latency-aware routing).
+
 Given ``group`` (``diversity.Diversity.group``), the window and ``closest``
 hold at most ``PER_NETWORK`` candidates of one network: the others wait
 behind them, as if farther away, so a few attacker addresses cannot fill
@@ -42,18 +47,26 @@ class State(enum.IntEnum):
 
 
 class Candidate:
-    __slots__ = ("distance", "group", "node", "state")
+    __slots__ = ("distance", "group", "node", "rtt", "state")
 
-    def __init__(self, node: Node, distance: int, state: State, group: str | None) -> None:
+    def __init__(
+        self, node: Node, distance: int, state: State, group: str | None, rtt: float
+    ) -> None:
         self.node = node
         self.distance = distance
         self.state = state
         self.group = group
         """The network it counts against (None: exempt)."""
+        self.rtt = rtt
+        """Its round trip in seconds, as known when it was added."""
 
 
 def _distance_of(candidate: Candidate) -> int:
     return candidate.distance
+
+
+def _progress_then_speed(candidate: Candidate) -> tuple[int, float]:
+    return candidate.distance.bit_length(), candidate.rtt
 
 
 class Lookup:
@@ -68,9 +81,11 @@ class Lookup:
         alpha: int = ALPHA,
         max_queries: int = MAX_QUERIES,
         group: Callable[[str], str | None] | None = None,
+        round_trip: Callable[[bytes], float] | None = None,
     ) -> None:
         self.local_id = local_id
         self._group = group
+        self._round_trip = round_trip
         self.target = target
         self.k = k
         self.alpha = alpha
@@ -102,7 +117,8 @@ class Lookup:
             if node_id == self.local_id:
                 continue
             group = self._group(node.address[0]) if self._group is not None else None
-            candidate = Candidate(node, int.from_bytes(node_id, "big") ^ target, state, group)
+            rtt = self._round_trip(node_id) if self._round_trip is not None else 0.0
+            candidate = Candidate(node, int.from_bytes(node_id, "big") ^ target, state, group, rtt)
             by_id[node_id] = candidate
             fresh.append(candidate)
         self._counts[state] += len(fresh)
@@ -134,20 +150,20 @@ class Lookup:
         return window
 
     def next(self) -> list[Node]:
-        """Nodes to query now (they become in flight), closest first; none
-        once ``done``."""
-        chosen: list[Node] = []
+        """Nodes to query now (they become in flight): the closest first or,
+        given ``round_trip``, the closest distance prefix first and the
+        faster first within it; none once ``done``."""
         room = min(self.alpha - self._counts[State.IN_FLIGHT], self.max_queries - self.queried)
         if room <= 0 or not self._counts[State.UNQUERIED]:
-            return chosen
-        for candidate in self._window():
-            if candidate.state is State.UNQUERIED:
-                self._move(candidate, State.IN_FLIGHT)
-                chosen.append(candidate.node)
-                if len(chosen) == room:
-                    break
+            return []
+        unqueried = [c for c in self._window() if c.state is State.UNQUERIED]
+        if self._round_trip is not None and len(unqueried) > room:
+            unqueried.sort(key=_progress_then_speed)  # stable: closest first among equals
+        chosen = unqueried[:room]
+        for candidate in chosen:
+            self._move(candidate, State.IN_FLIGHT)
         self.queried += len(chosen)
-        return chosen
+        return [candidate.node for candidate in chosen]
 
     def _move(self, candidate: Candidate, state: State) -> None:
         counts = self._counts

@@ -1,10 +1,12 @@
-"""Periodic maintenance: what a node does every ``interval`` seconds.
+"""Periodic maintenance: what a node does every ``maintenance_interval``.
 
-Today: ping contacts not heard from for an interval, and candidates
-waiting for room (``verification``); queue key transfer for live contacts
-never served (the queue was full when they were new); sweep expired values
-out of the storage, on the background thread (a user's storage may be
-slow). The home of bucket refresh and republishing to come.
+Each round: ping contacts not heard from for ``liveness_interval`` and the
+suspect ones (an answer makes them live again), and candidates waiting for
+room (``verification``); queue key transfer for live contacts never served
+(the queue was full when they were new); sweep expired values out of the
+storage, on the background thread (a user's storage may be slow); then the
+``tasks`` with their own intervals: bucket refresh (``refresh``),
+republishing (``republish``) and replication (``replication``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ..errors import ClosedError
 from ..wire.events import EventType
@@ -31,12 +33,14 @@ class Maintenance:
         *,
         verifier: Verifier,
         transfer: KeyTransfer,
-        interval: float,
+        tasks: Sequence[Callable[[float], None]] = (),
     ) -> None:
         self._context = context
         self._verifier = verifier
         self._transfer = transfer
-        self.interval = interval
+        self._tasks = tasks
+        """Run each round with the time; each keeps its own interval."""
+        self.interval = context.schedule.maintenance_interval
         """Seconds between two rounds."""
         self._lock = threading.Lock()  # guards the three below
         self._timer: object = None
@@ -61,8 +65,14 @@ class Maintenance:
         if context.requests.closed:
             return
         now = context.clock()
-        for contact in context.table.stale(now, self.interval):
+        table = context.table
+        stale = table.stale(now, context.schedule.liveness_interval)
+        for contact in stale:
             self._ping(contact.id, contact.address)
+        pinged = {contact.id for contact in stale}
+        for contact in table.suspects():
+            if contact.id not in pinged:
+                self._ping(contact.id, contact.address)
         for contact in context.table.candidates_to_verify():
             self._verifier.prove(contact.id, contact.address)
         served = self._transfer.served()
@@ -74,6 +84,8 @@ class Maintenance:
             self._sweep_queued = True
         if sweep:
             context.background(_weakly(self._sweep))
+        for task in self._tasks:
+            task(now)
         self.start()
 
     def _sweep(self) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
+from functools import partial
 
 from ..errors import BootstrapError, ClosedError, NotFoundError, StoreError, StoreRefused
 from ..keys import ALPHA, K, distance
@@ -104,10 +105,24 @@ class LookupOperation(Operation):
     def __init__(self, context: Context, target: bytes, *, alpha: int = ALPHA) -> None:
         super().__init__(context)
         self.target = target
-        self.lookup = Lookup(context.local_id, target, alpha=alpha, group=context.diversity.group)
+        self.lookup = Lookup(
+            context.local_id,
+            target,
+            alpha=alpha,
+            group=context.diversity.group,
+            # Not a bound method: the lookup must not hold its operation (a cycle).
+            round_trip=partial(round_trip, context)
+            if context.schedule.latency_aware_routing
+            else None,
+        )
         self.completing = False
+        context.table.looked_up(target, context.clock())
         self.network_size = context.network_size()
         """About how many nodes the network has, when the lookup began."""
+        self._skip_suspects = context.table.mostly_live(context.clock())
+        """Whether contacts that failed us lately are not asked again on
+        another node's word (after a crash, every answer still lists the
+        dead); not when most did (``RoutingTable.mostly_live``)."""
         self._reseeds = 0
 
     def payload(self) -> Payload:
@@ -214,6 +229,9 @@ class LookupOperation(Operation):
         payload = event.payload
         nodes = payload.nodes if isinstance(payload, FindNode | FindValue) else ()
         listed = usable_nodes(nodes, event.sender, source)
+        if self._skip_suspects:
+            suspect = self.context.table.is_suspect
+            listed = [node for node in listed if not suspect(node.id)]
         if implausible(listed, self.target, self.network_size):
             self.context.stats.incr("drop-implausible-answer")
             return None
@@ -221,6 +239,15 @@ class LookupOperation(Operation):
 
     def complete(self) -> None:
         raise NotImplementedError
+
+
+def round_trip(context: Context, node_id: bytes) -> float:
+    """A lookup candidate's round trip in seconds: its own if it is a
+    measured contact, else the node's average (a stranger is taken as typical)."""
+    rtt = context.table.round_trip(node_id)
+    if rtt is None:
+        rtt = context.requests.smoothed_rtt
+    return 0.0 if rtt is None else rtt
 
 
 def usable_nodes(nodes: Iterable[Node], sender: bytes, source: Address) -> list[Node]:
@@ -302,6 +329,26 @@ class Bootstrap(LookupOperation):
 
     def report(self, error: Exception | None) -> None:
         self.on_done(error)
+
+
+class RefreshLookup(LookupOperation):
+    """A FIND_NODE lookup of ``target`` for what it teaches the routing
+    table (bucket refresh, ``refresh``); ``on_done()`` when it ends."""
+
+    def __init__(self, context: Context, target: bytes, on_done: Callable[[], None]) -> None:
+        super().__init__(context, target)
+        self.on_done = on_done
+
+    def start(self) -> None:
+        if self.register():
+            self.seed()
+            self.drive()
+
+    def complete(self) -> None:
+        self.finish(None)
+
+    def report(self, error: Exception | None) -> None:
+        self.on_done()
 
 
 class FindOperation(LookupOperation):

@@ -6,8 +6,11 @@ listener of a node: a reply may arrive on any of its sockets. An answer is
 taken only from the address asked and, when the asked node's id is known,
 with that sender id (D14); a STORE refusal comes under the complement of the
 request's id (PROTOCOL.md 11.1). Each answer to a request sent once is a
-round-trip sample for the smoothed round trip (RFC 6298's 1/8 gain; Karn:
-no sample from a resent request).
+round-trip sample (Karn: none from a resent request) for the node's
+smoothed round trip and, through the routing table, the contact's own
+(``roundtrip``). A request to a contact with a measured round trip waits
+for that contact's retransmission timeout, at most ``timeout``, doubling
+on each resend (RFC 6298, 5.5); to anyone else, ``timeout``.
 
 Threading: ``request`` runs on any thread, answers on listener threads,
 timeouts on the timer thread. A request is claimed under the lock before
@@ -25,6 +28,7 @@ from ..errors import ClosedError, DHTError, RequestTimeout, StoreRefused, WrongN
 from ..wire.events import Address, Event, EventType, Payload
 from ..wire.refusal import reasons, refusal_id
 from .callbacks import call_safely
+from .roundtrip import RoundTrip
 from .sender import Sender
 from .stats import Stats
 from .timerwheel import Timers
@@ -52,8 +56,10 @@ class Request:
         "on_response",
         "on_stall",
         "retries",
+        "rtt",
         "sent",
         "timer",
+        "wait",
     )
 
     def __init__(
@@ -65,6 +71,7 @@ class Request:
         on_failure: OnFailure,
         retries: int,
         on_stall: Callable[[], object] | None,
+        wait: float,
     ) -> None:
         self.event = event
         self.kind = _RESPONSE_TYPE.get(event.type, event.type)
@@ -75,6 +82,10 @@ class Request:
         self.retries = retries
         self.on_stall = on_stall
         self.sent = 0.0  # the node's clock, seconds: the last send
+        self.wait = wait
+        """Seconds this send waits for its answer."""
+        self.rtt: float | None = None
+        """Seconds from send to answer, once answered, if a sample."""
         self.measurable = True
         """Whether an answer gives a round-trip sample: not after a resend,
         which it may answer either send of (Karn), nor for later parts."""
@@ -101,6 +112,7 @@ class PendingRequests:
         stall_after: float | None,
         max_pending: int,
         on_unanswered: Callable[[bytes, Address], object],
+        rto_of: Callable[[bytes, Address], float | None] | None = None,
     ) -> None:
         self.local_id = local_id
         self._sender = sender
@@ -114,11 +126,24 @@ class PendingRequests:
         """Seconds after which a request without an answer has stalled."""
         self.max_pending = max_pending
         self._on_unanswered = on_unanswered
+        self._rto_of = rto_of
+        """The retransmission timeout of a contact at an address, if measured
+        (the routing table's ``rto``)."""
         self._lock = threading.Lock()  # guards _pending and closed
         self._pending: dict[bytes, Request] = {}
         self.closed = False
-        self.smoothed_rtt: float | None = None
-        """Seconds from request to response, averaged (RFC 6298's 1/8 gain)."""
+        self.round_trip: RoundTrip | None = None
+        """Round trips to every peer together (the hedge delay's measure)."""
+
+    @property
+    def smoothed_rtt(self) -> float | None:
+        """Seconds from request to response, averaged over every peer."""
+        round_trip = self.round_trip
+        return None if round_trip is None else round_trip.srtt
+
+    @smoothed_rtt.setter
+    def smoothed_rtt(self, value: float | None) -> None:
+        self.round_trip = None if value is None else RoundTrip(value)
 
     def __len__(self) -> int:
         with self._lock:
@@ -169,9 +194,14 @@ class PendingRequests:
         ``stall_after`` seconds (the request still waits for its timeout).
         Raises ``ClosedError`` once the node is closed."""
         event = Event(self._new_id(), self.local_id, event_type, False, payload)
-        if self.stall_after >= self.timeout:
+        wait = self.timeout
+        if node_id is not None and self._rto_of is not None:
+            rto = self._rto_of(node_id, address)
+            if rto is not None:
+                wait = min(wait, rto)
+        if self.stall_after >= wait:
             on_stall = None
-        request = Request(event, address, node_id, on_response, on_failure, retries, on_stall)
+        request = Request(event, address, node_id, on_response, on_failure, retries, on_stall, wait)
         timers = self._timers
         with self._lock:
             if self.closed:
@@ -181,7 +211,7 @@ class PendingRequests:
                 self._pending[event.id] = request
                 # One timer per request: first the stall, then the timeout.
                 if on_stall is None:
-                    request.timer = timers.schedule(self.timeout, lambda: self._expired(request))
+                    request.timer = timers.schedule(wait, lambda: self._expired(request))
                 else:
                     request.timer = timers.schedule(
                         self.stall_after, lambda: self._stalled(request)
@@ -225,7 +255,7 @@ class PendingRequests:
             if self._pending.get(request.event.id) is not request:
                 return
             request.timer = self._timers.schedule(
-                self.timeout - self.stall_after, lambda: self._expired(request)
+                request.wait - self.stall_after, lambda: self._expired(request)
             )
         on_stall, request.on_stall = request.on_stall, None
         if on_stall is not None:
@@ -237,7 +267,8 @@ class PendingRequests:
                 return
             if request.retries > 0 and not self.closed:
                 request.retries -= 1
-                request.timer = self._timers.schedule(self.timeout, lambda: self._expired(request))
+                request.wait = min(2 * request.wait, self.timeout)  # RFC 6298, 5.5
+                request.timer = self._timers.schedule(request.wait, lambda: self._expired(request))
                 resend = True
             else:
                 del self._pending[request.event.id]
@@ -250,7 +281,7 @@ class PendingRequests:
         self._stats.incr("request-timeout")
         if request.node_id is not None and not request.answered:
             self._on_unanswered(request.node_id, request.address)
-        call_safely(request.on_failure, RequestTimeout(request.address, self.timeout))
+        call_safely(request.on_failure, RequestTimeout(request.address, request.wait))
 
     # -- answers ------------------------------------------------------------
 
@@ -279,9 +310,12 @@ class PendingRequests:
         assert request is not None
         self._timers.cancel(request.timer)
         if request.measurable:
-            rtt = now - request.sent
-            srtt = self.smoothed_rtt  # a race between listeners only blurs the average
-            self.smoothed_rtt = rtt if srtt is None else srtt + (rtt - srtt) / 8
+            request.rtt = rtt = now - request.sent
+            round_trip = self.round_trip  # a race between listeners only blurs the average
+            if round_trip is None:
+                self.round_trip = RoundTrip(rtt)
+            else:
+                round_trip.add(rtt)
         return request
 
     def answered(self, request: Request, event: Event, source: Address) -> None:

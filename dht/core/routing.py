@@ -34,6 +34,7 @@ from operator import attrgetter, itemgetter
 from ..keys import KEY_BITS, K, common_prefix_length
 from ..wire.events import Address, Node
 from .diversity import PER_NETWORK, SMALLEST_ESTIMATE, Diversity
+from .roundtrip import RoundTrip
 
 
 class Answered(enum.Enum):
@@ -61,7 +62,7 @@ class Contact:
     ``node`` (the wire form) and ``number`` (the id as an integer, for XOR
     distances) are kept ready: ``closest`` reads them for every answer."""
 
-    __slots__ = ("failures", "id", "last_seen", "node", "number", "verified")
+    __slots__ = ("failures", "id", "last_seen", "node", "number", "round_trip", "verified")
 
     def __init__(
         self, node_id: bytes, address: Address, last_seen: float, *, verified: bool = True
@@ -72,6 +73,16 @@ class Contact:
         self.last_seen = last_seen
         self.failures = 0
         self.verified = verified
+        self.round_trip: RoundTrip | None = None
+        """Its measured round trip (None until a request sent once is answered)."""
+
+    def measured(self, sample: float | None) -> None:
+        """Add a round-trip sample (seconds; None: the answer gave none)."""
+        if sample is not None:
+            if self.round_trip is None:
+                self.round_trip = RoundTrip(sample)
+            else:
+                self.round_trip.add(sample)
 
     @property
     def address(self) -> Address:
@@ -167,6 +178,9 @@ class RoutingTable:
         self._created: list[tuple[int, Bucket]] = []  # replaced whole, never mutated
         self._create_lock = threading.Lock()
         self._network_size: tuple[float, int] | None = None  # (when, estimate)
+        self._mostly_live: tuple[float, bool] | None = None  # (when, verdict)
+        # When a lookup last passed through each bucket's range (seconds).
+        self._looked_up: list[float | None] = [None] * KEY_BITS
 
     def bucket_index(self, node_id: bytes) -> int:
         """``159 - cpl(local, node)``: bucket 159 holds the farthest half."""
@@ -229,9 +243,12 @@ class RoutingTable:
         is newly in a bucket (the engine then hands it keys it should hold)."""
         return self.answered(node_id, address, now) is Answered.NEW
 
-    def answered(self, node_id: bytes, address: Address, now: float) -> Answered:
-        """A node answered a request of ours from ``address``: insert it, or
-        mark it seen. A known id answering from another address is not
+    def answered(
+        self, node_id: bytes, address: Address, now: float, rtt: float | None = None
+    ) -> Answered:
+        """A node answered a request of ours from ``address`` after ``rtt``
+        seconds (None: no sample, ``requests``): insert it, or mark it seen,
+        and add to its round trip. A known id answering from another address is not
         moved there (``ELSEWHERE``): anyone can list an id at their own
         address and answer as it. It moves (``move``) only once its old
         address fails a ping (D15)."""
@@ -245,11 +262,13 @@ class RoutingTable:
                 if contact.address != address:
                     return Answered.ELSEWHERE
                 bucket.seen(contact, now)
+                contact.measured(rtt)
                 return Answered.KNOWN
             if not self._fits(bucket, address):
                 return Answered.NOT_ADDED  # one network does not fill a bucket
             bucket.replacements.pop(node_id, None)
             fresh = Contact(node_id, address, now)
+            fresh.measured(rtt)
             if len(contacts) >= bucket.size:
                 # The contact that failed most in a row (a suspect first).
                 failed = max(contacts.values(), key=attrgetter("failures"))
@@ -380,10 +399,41 @@ class RoutingTable:
         order = sorted(range(len(distances)), key=distances.__getitem__)
         return [nodes[i] for i in order[:n]]
 
+    def _contact(self, node_id: bytes) -> Contact | None:
+        bucket = self._bucket(node_id)
+        return bucket.contacts.get(node_id) if bucket is not None else None
+
+    def rto(self, node_id: bytes, address: Address) -> float | None:
+        """Seconds a request to the contact ``node_id`` at ``address`` waits
+        for its answer (``RoundTrip.rto``); None if it is no contact there
+        or has no round trip measured. Any thread: reads one dict entry."""
+        contact = self._contact(node_id)
+        if contact is None or contact.address != address:
+            return None
+        round_trip = contact.round_trip
+        return None if round_trip is None else round_trip.rto()
+
+    def round_trip(self, node_id: bytes) -> float | None:
+        """The contact's smoothed round trip in seconds, if measured."""
+        contact = self._contact(node_id)
+        round_trip = contact.round_trip if contact is not None else None
+        return None if round_trip is None else round_trip.srtt
+
+    def is_suspect(self, node_id: bytes) -> bool:
+        """Whether ``node_id`` is a contact that failed to answer us lately
+        (``Contact.suspect``): a lookup does not ask it again on another
+        node's word."""
+        contact = self._contact(node_id)
+        return contact is not None and contact.suspect
+
+    def suspects(self) -> list[Contact]:
+        """The suspect contacts (maintenance pings them: one that answers is
+        live again)."""
+        return [c for c in self.contacts() if c.suspect]
+
     def address_of(self, node_id: bytes) -> Address | None:
         """Where the contact ``node_id`` is, if it is one."""
-        bucket = self._bucket(node_id)
-        contact = bucket.contacts.get(node_id) if bucket is not None else None
+        contact = self._contact(node_id)
         return contact.address if contact is not None else None
 
     def answer(self, target: bytes, n: int, requester: bytes) -> list[Node]:
@@ -424,6 +474,50 @@ class RoutingTable:
             if estimate[1] >= SMALLEST_ESTIMATE:
                 self._network_size = estimate  # a race only makes one twice
         return estimate[1]
+
+    def looked_up(self, target: bytes, now: float) -> None:
+        """A lookup of ``target`` began at ``now``: its bucket needs no
+        refresh for a while (the Kademlia paper, 2.3)."""
+        if target != self.local_id:
+            self._looked_up[self.bucket_index(target)] = now
+
+    def due_for_refresh(self, now: float, interval: float) -> list[int]:
+        """Indexes of the buckets no lookup passed through for ``interval``
+        seconds, the longest-idle first. A bucket first seen here is
+        counted from now: a node just joined has no bucket due."""
+        looked_up = self._looked_up
+        due: list[tuple[float, int]] = []
+        for index, _ in self._created:
+            last = looked_up[index]
+            if last is None:
+                looked_up[index] = now
+            elif now - last >= interval:
+                due.append((last, index))
+        return [index for _, index in sorted(due)]
+
+    def random_id_in(self, index: int, random_bytes: bytes) -> bytes:
+        """An id of bucket ``index``'s range (it shares exactly ``159 - index``
+        leading bits with the local id), the rest from ``random_bytes``."""
+        shared = KEY_BITS - 1 - index
+        below = KEY_BITS - 1 - shared  # bits after the first that differs
+        prefix = (self._local >> (below + 1)) << (below + 1)
+        differs = ~self._local & (1 << below)
+        rest = int.from_bytes(random_bytes, "big") & ((1 << below) - 1)
+        return (prefix | differs | rest).to_bytes(KEY_BITS // 8, "big")
+
+    def mostly_live(self, now: float) -> bool:
+        """Whether at most half the contacts are suspect, judged again at
+        most every ``SIZE_ESTIMATE_AGE`` seconds. When most failed us, the
+        fault is likely ours (a node whose link was down for a while): our
+        suspicion then says little about them."""
+        verdict = self._mostly_live
+        if verdict is None or now - verdict[0] >= SIZE_ESTIMATE_AGE:
+            suspect = total = 0
+            for contact in self.contacts():
+                total += 1
+                suspect += contact.suspect
+            verdict = self._mostly_live = (now, 2 * suspect <= total)
+        return verdict[1]
 
     def stale(self, now: float, age: float) -> list[Contact]:
         """Contacts not heard from for ``age`` seconds (the liveness check's

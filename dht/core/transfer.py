@@ -13,15 +13,8 @@ on the listener thread for each newly seen node (1 s per node with 100,000
 values), so fresh node ids made a node deaf; then on the shared timer
 thread, where it held up the timeouts of every node in the process.
 
-The chosen values go out to each node in batches, one at a time: the next
-batch only once the node acknowledged the last (a refusal of ``full`` or no
-answer ends the node's transfer), at most ``transfer_interval`` apart, and
-within budgets of bytes per second, in all and per IP address (per address
-on a trusted local network), for at most ``ACTIVE`` nodes at once and never
-with more than half the pending-request slots taken. Newcomers cost an
-attacker one FIND_NODE and one PONG each: 256 of them a wave made a node
-holding 20 MB send them 863 MiB, and fail its own Stores for want of
-pending-request slots.
+The chosen values go out to each node in paced batches within a budget of
+bytes per second (``shipping.Shipper``).
 """
 
 from __future__ import annotations
@@ -32,12 +25,10 @@ import weakref
 from collections import Counter, OrderedDict
 from functools import partial
 
-from ..errors import ClosedError, StoreRefused
 from ..keys import K
-from ..wire.events import Address, Event, EventType, Node, Store, Value
-from ..wire.sizes import batch_values
+from ..wire.events import Node, Value
 from .context import Context
-from .ratelimit import TokenBuckets
+from .shipping import Shipper
 
 log = logging.getLogger("dht.engine")
 
@@ -51,24 +42,8 @@ CLOSEST_CACHED = 1024
 """Keys whose K closest nodes a scan keeps at once (about 2 KB each; a
 store's values of one key usually come together)."""
 TRANSFER_QUEUE = 64
-"""Newly seen nodes waiting for their key transfer, and nodes scanned for
-waiting for their turn to be sent to (each); more are skipped until the
-next periodic refresh."""
-ACTIVE = 8
-"""Nodes being sent values at once."""
-HOST_SHARE = 4
-"""One IP address gets at most 1/HOST_SHARE of the transfer rate."""
-
-
-class _Session:
-    """The batches chosen for one node, and how far its transfer got."""
-
-    __slots__ = ("batches", "next", "node")
-
-    def __init__(self, node: Node, batches: list[tuple[Value, ...]]) -> None:
-        self.node = node
-        self.batches = batches
-        self.next = 0
+"""Newly seen nodes waiting for their key transfer; more are skipped until
+the next maintenance round."""
 
 
 class KeyTransfer:
@@ -88,22 +63,31 @@ class KeyTransfer:
         self._context = weakref.ref(context)
         self.serve_every = serve_every
         """Seconds before a node served may be served again."""
-        self.batch_bytes = batch_bytes
-        """Largest STORE batch sent to a node (bytes of values)."""
-        self.interval = interval
-        """Seconds between two batches to one node, at least."""
-        self.rate = rate
-        """Bytes of values per second sent to all nodes together."""
+        self.shipper = Shipper(
+            context,
+            name="transfer",
+            acked="values-transferred",
+            batch_bytes=batch_bytes,
+            interval=interval,
+            rate=rate,
+            on_skipped=self._forget,
+        )
         # Guards the records below; never held while calling out.
         self._lock = threading.Lock()
         self._served: OrderedDict[bytes, float] = OrderedDict()  # node id -> when
         self._queue: dict[bytes, Node] = {}  # newly seen, not yet scanned for
         self._scanning = False
         self._paused = False
-        self._waiting: OrderedDict[bytes, _Session] = OrderedDict()  # scanned for
-        self._active: dict[bytes, _Session] = {}
-        self._total = TokenBuckets(rate, max(rate, batch_bytes))
-        self._per_host = TokenBuckets(rate / HOST_SHARE, max(rate / HOST_SHARE, batch_bytes))
+
+    @property
+    def sending(self) -> int:
+        """Nodes being sent values now, and waiting for their turn."""
+        return self.shipper.sending
+
+    def _forget(self, node: Node) -> None:
+        """A node the shipper had no room for: the next round queues it again."""
+        with self._lock:
+            self._served.pop(node.id, None)
 
     @property
     def scanning(self) -> bool:
@@ -236,108 +220,4 @@ class KeyTransfer:
                         near = closest[key] = {n.id for n in context.table.closest(key, K)}
                     if node_id in near:
                         chosen[node_id].append(value)
-        for node in nodes:
-            batches = batch_values(chosen[node.id], self.batch_bytes)
-            if batches:
-                self._wait(_Session(node, batches))
-        self._start_waiting()
-
-    # -- sending ----------------------------------------------------------------
-
-    @property
-    def sending(self) -> int:
-        """Nodes being sent values now, and waiting for their turn."""
-        with self._lock:
-            return len(self._active) + len(self._waiting)
-
-    def _wait(self, session: _Session) -> None:
-        with self._lock:
-            full = len(self._waiting) >= TRANSFER_QUEUE
-            if full:
-                self._served.pop(session.node.id, None)  # the next refresh queues it again
-            else:
-                self._waiting[session.node.id] = session
-        context = self._context()
-        if full and context is not None:
-            context.stats.incr("transfer-skipped")
-
-    def _start_waiting(self) -> None:
-        """Start waiting sessions while fewer than ``ACTIVE`` run, each time
-        the oldest of an IP address with the fewest running: sybils on one
-        address that never answer must not hold every slot."""
-        started = []
-        with self._lock:
-            while self._waiting and len(self._active) < ACTIVE:
-                running = Counter(s.node.address[0] for s in self._active.values())
-                waiting = self._waiting
-                node_id = min(waiting, key=lambda i: running[waiting[i].node.address[0]])
-                session = waiting.pop(node_id)
-                self._active[node_id] = session
-                started.append(session)
-        for session in started:
-            self._send_next(session)
-
-    def _end(self, session: _Session) -> None:
-        with self._lock:
-            self._active.pop(session.node.id, None)
-        self._start_waiting()
-
-    def _send_next(self, session: _Session) -> None:
-        """Send the session's next batch once the budgets and the pending
-        slots allow (retrying ``interval`` later until they do)."""
-        context = self._context()
-        if context is None or context.requests.closed:
-            return
-        batch = session.batches[session.next]
-        size = sum(len(value.value) for value in batch)
-        now = context.clock()
-        with self._lock:
-            payer = context.diversity.payer(session.node.address)
-            go = (
-                len(context.requests) < context.requests.max_pending // 2
-                and self._total.available(None, now) >= size
-                and self._per_host.take(payer, size, now)
-            )
-            if go:
-                self._total.charge(None, size, now)
-        if not go:
-            context.stats.incr("transfer-paced")
-            context.timers.schedule(self.interval, partial(self._send_next, session))
-            return
-
-        def acknowledged(event: Event, source: Address) -> bool:
-            self._sent(session, len(batch), None)
-            return True
-
-        def refused(error: Exception) -> None:
-            self._sent(session, 0, error)
-
-        try:
-            context.requests.request(
-                session.node.address,
-                session.node.id,
-                EventType.STORE,
-                Store(batch),
-                acknowledged,
-                refused,
-            )
-        except ClosedError:
-            return
-
-    def _sent(self, session: _Session, kept: int, error: Exception | None) -> None:
-        """A batch was answered: go on with the next, or end the transfer
-        when the node has no room for us or did not answer."""
-        context = self._context()
-        if context is None:
-            return
-        if kept:
-            context.stats.incr("values-transferred", kept)
-        refusal = error if isinstance(error, StoreRefused) else None
-        stop = error is not None and (refusal is None or "full" in refusal.reasons)
-        session.next += 1
-        if stop or session.next == len(session.batches):
-            if stop:
-                context.stats.incr("transfer-stopped")
-            self._end(session)
-            return
-        context.timers.schedule(self.interval, partial(self._send_next, session))
+        self.shipper.ship({node: chosen[node.id] for node in nodes})

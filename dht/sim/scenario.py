@@ -189,9 +189,9 @@ class Simulation:
         self.tracer = Tracer(self.queue)
         self._event_ids = stream("event-ids")
         self._options = engine_options(
-            DEFAULT_CONFIG,
-            timeout=scenario.timeout,
-            refresh_interval=scenario.refresh_interval,
+            dataclasses.replace(
+                DEFAULT_CONFIG, timeout=scenario.timeout, refresh_interval=scenario.refresh_interval
+            )
         )
         self._options["limits"] = dataclasses.replace(
             self._options["limits"], trust_local_networks=scenario.trust_local_networks
