@@ -55,11 +55,12 @@ class Config:
     values to republish or replicate (which are as late as one round). Also
     how long a node served by key transfer waits before it is served again."""
     liveness_interval: float = 900.0
-    """Seconds a contact may go unheard before a maintenance round pings it
-    (BEP 5's 15 minutes before a node is "questionable"). A contact that
-    fails a lookup's request is found out at once (its own retransmission
-    timeout), so this is only for contacts no lookup asks: at 60 s, three
-    quarters of a simulated network's datagrams were these pings."""
+    """Seconds a contact may go unheard before a maintenance round pings it,
+    if its bucket has replacements waiting for room (BEP 5's 15 minutes
+    before a node is "questionable"; the Kademlia paper pings only for a
+    place someone wants). A contact that fails a lookup's request is found
+    out at once (its own retransmission timeout). Pinging every contact
+    unheard for 60 s made three quarters of a simulated network's datagrams."""
     refresh_interval: float = 3600.0
     """Seconds after which a bucket that no lookup has passed through is
     refreshed by a lookup of a random id in its range (the Kademlia paper,

@@ -1,8 +1,11 @@
 """Periodic maintenance: what a node does every ``maintenance_interval``.
 
-Each round: ping contacts not heard from for ``liveness_interval`` and the
-suspect ones (an answer makes them live again), and candidates waiting for
-room (``verification``); queue key transfer for live contacts never served
+Each round: ping the suspect contacts (an answer makes them live again),
+those not heard from for ``liveness_interval`` in buckets where
+replacements wait for room (the Kademlia paper, 2.2: only a place someone
+wants is worth a ping; a dead contact elsewhere is found out by the first
+lookup that asks it, within its own retransmission timeout), and the
+candidates waiting for room (``verification``); queue key transfer for live contacts never served
 (the queue was full when they were new); sweep expired values out of the
 storage, on the background thread (a user's storage may be slow); then the
 ``tasks`` with their own intervals: bucket refresh (``refresh``),
@@ -66,7 +69,7 @@ class Maintenance:
             return
         now = context.clock()
         table = context.table
-        stale = table.stale(now, context.schedule.liveness_interval)
+        stale = table.stale(now, context.schedule.liveness_interval, contended=True)
         for contact in stale:
             self._ping(contact.id, contact.address)
         pinged = {contact.id for contact in stale}

@@ -519,12 +519,13 @@ class RoutingTable:
             verdict = self._mostly_live = (now, 2 * suspect <= total)
         return verdict[1]
 
-    def stale(self, now: float, age: float) -> list[Contact]:
+    def stale(self, now: float, age: float, *, contended: bool = False) -> list[Contact]:
         """Contacts not heard from for ``age`` seconds (the liveness check's
-        targets; the reference's condition is inverted, D42)."""
+        targets; the reference's condition is inverted, D42); with
+        ``contended``, only in buckets where replacements wait for room."""
         out: list[Contact] = []
         for bucket in self._buckets:
-            if bucket is not None and bucket.contacts:
+            if bucket is not None and bucket.contacts and (bucket.replacements or not contended):
                 with bucket.lock:
                     out.extend(c for c in bucket.contacts.values() if now - c.last_seen >= age)
         return out
