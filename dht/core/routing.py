@@ -333,6 +333,8 @@ class RoutingTable:
             if contact.address != address:
                 return False
             contact.failures += 1
+            if contact.round_trip is not None:
+                contact.round_trip.timed_out()
             if contact.failures < SUSPECT_AFTER_FAILURES:
                 return False
             replacement = next(
