@@ -11,6 +11,7 @@ from .core.storage import MemoryStorage, Storage
 from .errors import (
     AddressInUse,
     ArgumentError,
+    ArgumentTypeError,
     BootstrapError,
     ClosedError,
     ConfigError,
@@ -40,6 +41,7 @@ __all__ = [
     "KEY_BYTES",
     "AddressInUse",
     "ArgumentError",
+    "ArgumentTypeError",
     "BootstrapError",
     "ClosedError",
     "Config",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -193,13 +194,24 @@ class Config:
             raise ConfigError("storage", "must implement Get, Set and Iterate (dht.Storage)")
 
 
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+
+
 def parse_address(text: str, field_name: str) -> tuple[str, int]:
-    """Split ``host:port``; ConfigError naming ``field_name`` if malformed."""
+    """Split ``host:port`` (an IPv4 address or a host name; an empty host is
+    every interface); ConfigError naming ``field_name`` if malformed."""
     if not isinstance(text, str) or ":" not in text:
         raise ConfigError(field_name, f"{text!r} is not 'host:port'")
+    if "://" in text:  # a URL: UDP nodes have no scheme, and rpartition would keep it
+        bare = text.split("://", 1)[1].rstrip("/")
+        raise ConfigError(field_name, f"{text!r} is a URL, not 'host:port' (write {bare!r})")
     host, _, port_text = text.rpartition(":")
     if not port_text.isdigit() or not 0 <= int(port_text) <= 0xFFFF:
         raise ConfigError(field_name, f"{text!r} has no valid port")
+    if host.startswith("[") or ":" in host:
+        raise ConfigError(field_name, f"{text!r}: IPv6 is not supported (the wire has IPv4)")
+    if host and not all(_HOST_LABEL.fullmatch(label) for label in host.split(".")):
+        raise ConfigError(field_name, f"{text!r}: {host!r} is not a host name or IPv4 address")
     return host or "0.0.0.0", int(port_text)
 
 

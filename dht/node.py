@@ -35,7 +35,14 @@ from .core.limits import Limits
 from .core.ratelimit import RateLimiter
 from .core.receiver import Deliver, Receiver
 from .core.storage import MemoryStorage
-from .errors import AddressInUse, ArgumentError, BootstrapError, TTLTooLong, ValueTooLarge
+from .errors import (
+    AddressInUse,
+    ArgumentError,
+    ArgumentTypeError,
+    BootstrapError,
+    TTLTooLong,
+    ValueTooLarge,
+)
 from .keys import INT64_MAX, INT64_MIN, EventIds, check_id, random_id
 from .listener import Listener
 from .timer import release_timer, shared_timer
@@ -57,7 +64,7 @@ class ValuesFrom:
 
     def __init__(self, t: datetime | float) -> None:
         if not isinstance(t, datetime | int | float) or isinstance(t, bool):
-            raise ArgumentError(f"ValuesFrom takes a datetime or epoch seconds, not {t!r}")
+            raise ArgumentTypeError(f"ValuesFrom takes a datetime or epoch seconds, not {t!r}")
         try:
             seconds = t.timestamp() if isinstance(t, datetime) else float(t)
         except (OverflowError, ValueError, OSError):  # 10**400, datetime.min
@@ -197,15 +204,18 @@ class DHT:
 
         Raises ``ArgumentError`` for invalid arguments, before anything is
         sent: ``ValueTooLarge`` for over 32768 bytes, ``TTLTooLong`` for a
-        ttl over ``Config.max_ttl`` (no node of ours keeps a value longer).
+        ttl over ``Config.max_ttl`` (no node of ours keeps a value longer),
+        ``ArgumentTypeError`` (also a ``TypeError``) for a wrong type, a
+        callback that is not callable included.
         """
         key = check_id(key, "key")
         if not isinstance(value, bytes | bytearray | memoryview):
-            raise ArgumentError(f"value must be bytes, not {type(value).__name__}")
+            raise ArgumentTypeError(f"value must be bytes, not {type(value).__name__}")
         value = bytes(value)
         if len(value) > MAX_VALUE_SIZE:
             raise ValueTooLarge(len(value), MAX_VALUE_SIZE)
         ttl_ns = _ttl_ns(ttl)
+        _check_callback(callback, "Store")
         if ttl_ns > self._engine.limits.max_ttl_ns:
             raise TTLTooLong(ttl_ns / NS_PER_SECOND, self.config.max_ttl)
         future: Future[None] = Future()
@@ -233,9 +243,13 @@ class DHT:
         thread (or the calling thread for a local answer). The future
         resolves to the list of values, or raises ``NotFoundError``.
         ``opts`` may hold ``ValuesFrom(t)`` (the first one counts) and
-        ``FirstValue()``.
+        ``FirstValue()``; they come after the callback, as in Go:
+        ``Find(key, None, FirstValue())``. Raises ``ArgumentTypeError``
+        (also a ``TypeError``), before anything is sent, for an option in the
+        callback's place or any other argument of the wrong type.
         """
         key = check_id(key, "key")
+        _check_callback(callback, "Find")
         from_ns = 0
         first_only = False
         for opt in opts:
@@ -244,7 +258,9 @@ class DHT:
             elif isinstance(opt, FirstValue):
                 first_only = True
             else:
-                raise ArgumentError(f"unknown Find option {opt!r}")
+                raise ArgumentTypeError(
+                    f"unknown Find option {opt!r}: use dht.ValuesFrom(t) or dht.FirstValue()"
+                )
         future: Future[list[bytes]] = Future()
         future.set_running_or_notify_cancel()
 
@@ -489,7 +505,9 @@ def _bind_to(sock: socket.socket, host: str, port: int) -> None:
 
 def _ttl_ns(ttl: float | timedelta) -> int:
     seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else ttl
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise ArgumentTypeError(f"ttl must be seconds (a number or timedelta), got {ttl!r}")
+    if not seconds > 0:
         raise ArgumentError(f"ttl must be a positive number of seconds, got {ttl!r}")
     if not seconds * NS_PER_SECOND <= INT64_MAX:  # also inf
         raise ArgumentError(f"ttl {ttl!r} is out of range")
@@ -497,6 +515,22 @@ def _ttl_ns(ttl: float | timedelta) -> int:
     if ttl_ns <= 0:
         raise ArgumentError(f"ttl {ttl!r} is out of range")
     return ttl_ns
+
+
+def _check_callback(callback: object, operation: str) -> None:
+    if callback is None or callable(callback):
+        return
+    if isinstance(callback, ValuesFrom | FirstValue):
+        # Go's order is Find(key, callback, opts...): an option here was
+        # taken for the callback, ignored, and failed once per value.
+        name = type(callback).__name__
+        raise ArgumentTypeError(
+            f"{operation}'s callback argument got the option {name}(): options come "
+            f"after the callback, as in Go: Find(key, None, dht.{name}(...))"
+        )
+    raise ArgumentTypeError(
+        f"{operation}'s callback must be callable or None, not {type(callback).__name__}"
+    )
 
 
 def _settle(
