@@ -40,7 +40,10 @@ class Config:
     bootstrap_addresses: list[str] | tuple[str, ...] = field(default_factory=list)
     """``host:port`` of nodes to join through; empty starts a new network."""
     listeners: int = 1
-    """Sockets (each with its own thread) bound to ``listen_address``."""
+    """Sockets (each with its own thread) bound to ``listen_address``, which
+    share its port through SO_REUSEPORT. Linux only: elsewhere (Windows has
+    no SO_REUSEPORT; macOS and the BSDs hand a port's datagrams to one of
+    the sockets) a node binds one socket and logs one WARNING saying so."""
     timeout: float = 2.0
     """Seconds to wait for the response to one request."""
     storage: Storage | None = None

@@ -21,6 +21,7 @@ import itertools
 import logging
 import math
 import socket
+import sys
 import threading
 import time
 import weakref
@@ -458,25 +459,52 @@ def _bind(cfg: Config) -> list[socket.socket]:
     listeners bind, another port is tried.
     """
     host, port = resolve(cfg.listen_address, "listen_address")
+    if cfg.listeners > 1 and not _reuse_port_spreads():
+        log.warning(
+            "listeners=%d needs SO_REUSEPORT spreading datagrams between sockets, which "
+            "this platform (%s) lacks: %s gets one socket and one listener thread",
+            cfg.listeners,
+            sys.platform,
+            cfg.listen_address,
+        )
+        return _bind_all(1, cfg, host, port, reuse_port=False)
     if cfg.listeners == 1:
-        return _bind_all(cfg, host, port, reuse_port=False)
+        return _bind_all(1, cfg, host, port, reuse_port=False)
     with _bind_lock:
         for _ in range(BIND_ATTEMPTS):
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
                 _bind_to(probe, host, port)
                 chosen = probe.getsockname()[1]
             try:
-                return _bind_all(cfg, host, chosen, reuse_port=True)
+                return _bind_all(cfg.listeners, cfg, host, chosen, reuse_port=True)
             except AddressInUse:
                 if port:
                     raise
     raise OSError(errno.EADDRINUSE, f"no free UDP port on {host} after {BIND_ATTEMPTS} tries")
 
 
-def _bind_all(cfg: Config, host: str, port: int, *, reuse_port: bool) -> list[socket.socket]:
+def _reuse_port_spreads() -> bool:
+    """Whether sockets bound with SO_REUSEPORT share one port's datagrams:
+    Linux (3.9 on) does; Windows has no such option, macOS and the BSDs
+    have one that hands a port's datagrams to one of the sockets; a kernel
+    built without it refuses the option (ENOPROTOOPT)."""
+    option = getattr(socket, "SO_REUSEPORT", None)
+    if option is None or not sys.platform.startswith("linux"):
+        return False
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, option, 1)
+        except OSError:
+            return False
+    return True
+
+
+def _bind_all(
+    count: int, cfg: Config, host: str, port: int, *, reuse_port: bool
+) -> list[socket.socket]:
     sockets: list[socket.socket] = []
     try:
-        for _ in range(cfg.listeners):
+        for _ in range(count):
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             sockets.append(sock)
             if reuse_port:
