@@ -48,6 +48,13 @@ class Config:
     """Seconds to wait for the response to one request."""
     storage: Storage | None = None
     """Where values are kept; None means a new in-memory ``MemoryStorage``."""
+    state_path: str | os.PathLike[str] | None = None
+    """File where the node keeps its id and contacts, saved every 60 s and at
+    ``Close`` (written whole, then renamed into place), so a restarted node
+    rejoins through its previous contacts with no bootstrap address (then
+    ``bootstrap_addresses`` if none of them answers) under the same id
+    (unless ``local_id`` is given). A missing or unreadable file is logged
+    and ignored. None: nothing saved."""
     socket_buffer_size: int = 32 * 1024 * 1024
     """SO_RCVBUF and SO_SNDBUF in bytes (the kernel may cap it)."""
     logging: bool = False
@@ -155,6 +162,8 @@ class Config:
             if not isinstance(self.local_id, bytes | bytearray) or len(self.local_id) != KEY_BYTES:
                 raise ConfigError("local_id", f"must be {KEY_BYTES} bytes or None")
             self.local_id = bytes(self.local_id)
+        if self.state_path is not None and not isinstance(self.state_path, str | os.PathLike):
+            raise ConfigError("state_path", f"must be a path or None, got {self.state_path!r}")
         parse_address(self.listen_address, "listen_address")
         if not isinstance(self.bootstrap_addresses, list | tuple):
             raise ConfigError("bootstrap_addresses", "must be a list of 'host:port' strings")

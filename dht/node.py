@@ -30,6 +30,7 @@ from concurrent.futures import Future
 from datetime import datetime, timedelta
 from typing import Any
 
+from . import state
 from .config import Config, resolve
 from .core.engine import Engine
 from .core.limits import Limits
@@ -146,6 +147,14 @@ class DHT:
             undo.pop_all()
         _library_threads.update(self.threads())
         self._engine.start()
+        self._state_lock = threading.Lock()
+        self._state_timer: object = None
+        self._saved_contacts: tuple[tuple[bytes, Address], ...] = ()
+        """The contacts of the state the node started from, saved again
+        while its table is empty (a node that found none of them alive
+        keeps them for its next start)."""
+        if cfg.state_path is not None:
+            self._state_timer = self._timers.schedule(state.SAVE_INTERVAL, self._save_soon)
 
     # -- properties ----------------------------------------------------------
 
@@ -298,6 +307,10 @@ class DHT:
         try:
             for listener in self._listeners:
                 listener.stop()
+            if self.config.state_path is not None:
+                with self._state_lock:  # no periodic save starts after this one
+                    self._timers.cancel(self._state_timer)
+                self._save_state(closing=True)
             self._engine.close()
             release_worker(self._worker)
             release_timer(self._timers)
@@ -326,6 +339,49 @@ class DHT:
         # safety net against a bug, not a behaviour.
         result.result(timeout=max(60.0, 30 * self.config.timeout))
 
+    def _join(self, saved: state.SavedState | None, addresses: list[Address]) -> None:
+        """Join through the saved contacts, else through ``addresses``; with
+        neither answering and no ``addresses``, start alone."""
+        if saved is not None and saved.contacts:
+            self._saved_contacts = saved.contacts
+            rejoin = [address for _, address in saved.contacts[: state.REJOIN_CONTACTS]]
+            try:
+                self._bootstrap(rejoin)
+            except BootstrapError as error:
+                if addresses:
+                    log.warning("%s; joining through the bootstrap addresses", error)
+                else:
+                    # Not fatal: after a whole network's restart, the first
+                    # node back finds no one, and the others find it.
+                    log.warning("%s, and no bootstrap addresses: starting alone", error)
+            else:
+                log.info("rejoined through %d saved contacts", len(rejoin))
+                return
+        if addresses:
+            self._bootstrap(addresses)
+
+    def _save_soon(self) -> None:
+        """Timer thread, every ``SAVE_INTERVAL``: the save itself (file
+        I/O) runs on the worker thread, not on the timer thread every node
+        shares."""
+        with self._state_lock:
+            if self._closed:
+                return
+            self._worker.submit(self._save_state)
+            self._state_timer = self._timers.schedule(state.SAVE_INTERVAL, self._save_soon)
+
+    def _save_state(self, *, closing: bool = False) -> None:
+        path = self.config.state_path
+        assert path is not None
+        with self._state_lock:
+            if self._closed and not closing:  # Close saved last
+                return
+            contacts = state.ordered(self._engine.table.contacts()) or self._saved_contacts
+            try:
+                state.save(path, state.SavedState(self._id, contacts))
+            except OSError as error:
+                log.warning("cannot save the node's state to %s: %s", path, error)
+
     def _transmit(self, datagrams: list[bytes], address: Address) -> None:
         sock = next(self._send_from)
         for datagram in datagrams:
@@ -345,8 +401,12 @@ def New(cfg: Config | None = None) -> DHT:
 
     Returns once the node is usable: its sockets are bound, its threads run,
     and, when bootstrap addresses are given, a FIND_NODE lookup of its own id
-    through them has finished. Raises ``BootstrapError`` if none of them
-    answered, and ``ConfigError`` for an unresolvable address or a field
+    through them has finished. With ``cfg.state_path`` naming a saved state,
+    the node takes its saved id (unless ``cfg.local_id`` is set) and joins
+    through its saved contacts first; only if none of them answers (within
+    about ``3 * cfg.timeout``) does it use the bootstrap addresses, and with
+    none it starts alone, logging a WARNING. Raises ``BootstrapError`` if no
+    bootstrap address answered, and ``ConfigError`` for an unresolvable address or a field
     changed to an invalid value after ``cfg`` was built, and ``AddressInUse``
     when another socket holds the listen address's port; on any error no
     thread or socket is left behind. The node keeps a checked copy of
@@ -359,10 +419,12 @@ def New(cfg: Config | None = None) -> DHT:
         bootstrap = tuple(bootstrap) if isinstance(bootstrap, list) else bootstrap
         cfg = dataclasses.replace(cfg, bootstrap_addresses=bootstrap)
     addresses = [resolve(text, "bootstrap_addresses") for text in cfg.bootstrap_addresses]
+    saved = state.load(cfg.state_path) if cfg.state_path is not None else None
+    if saved is not None and cfg.local_id is None:
+        cfg = dataclasses.replace(cfg, local_id=saved.node_id)  # back where it was
     node = DHT(cfg)
     try:
-        if addresses:
-            node._bootstrap(addresses)
+        node._join(saved, addresses)
     except BaseException as error:
         node.Close()
         if isinstance(error, TimeoutError):
