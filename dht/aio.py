@@ -27,7 +27,6 @@ import threading
 from collections.abc import AsyncIterator, Generator
 from concurrent.futures import Future
 from datetime import timedelta
-from types import TracebackType
 from typing import Any
 
 from .config import Config
@@ -105,12 +104,7 @@ class Node:
     async def __aenter__(self) -> Node:
         return self
 
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     def __repr__(self) -> str:
@@ -132,12 +126,7 @@ class _Opening:
         self._node = await _start(self._cfg)
         return self._node
 
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         if self._node is not None:
             await self._node.close()
 
