@@ -43,6 +43,7 @@ UNITS = {
     "answer_rate": "bytes/s",
     "unproven_answer_rate": "bytes/s",
     "transfer_rate": "bytes/s",
+    "replicate_rate": "bytes/s",  # on main since this branch began
 }
 """Units a field's name and type do not tell (see ``unit``)."""
 
