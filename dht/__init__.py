@@ -1,9 +1,11 @@
 """dht: a Kademlia distributed hash table, wire compatible with purehyperbole/dht.
 
 import dht
-with dht.New(dht.Config(bootstrap_addresses=["127.0.0.1:9000"])) as node:
+with dht.New() as first, dht.New(dht.Config(bootstrap_addresses=[first.address])) as node:
     node.Store(dht.Key("greeting"), b"hello", ttl=3600).result()
-    print(node.Find(dht.Key("greeting")).result())
+    print(first.Find(dht.Key("greeting")).result())
+
+``dht.aio`` is the asyncio front end (``import dht.aio``).
 """
 
 from .config import Config
@@ -11,6 +13,7 @@ from .core.storage import MemoryStorage, Storage
 from .errors import (
     AddressInUse,
     ArgumentError,
+    ArgumentTypeError,
     BootstrapError,
     ClosedError,
     ConfigError,
@@ -40,6 +43,7 @@ __all__ = [
     "KEY_BYTES",
     "AddressInUse",
     "ArgumentError",
+    "ArgumentTypeError",
     "BootstrapError",
     "ClosedError",
     "Config",

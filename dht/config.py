@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -39,11 +40,21 @@ class Config:
     bootstrap_addresses: list[str] | tuple[str, ...] = field(default_factory=list)
     """``host:port`` of nodes to join through; empty starts a new network."""
     listeners: int = 1
-    """Sockets (each with its own thread) bound to ``listen_address``."""
+    """Sockets (each with its own thread) bound to ``listen_address``, which
+    share its port through SO_REUSEPORT. Linux only: elsewhere (Windows has
+    no SO_REUSEPORT; macOS and the BSDs hand a port's datagrams to one of
+    the sockets) a node binds one socket and logs one WARNING saying so."""
     timeout: float = 2.0
     """Seconds to wait for the response to one request."""
     storage: Storage | None = None
     """Where values are kept; None means a new in-memory ``MemoryStorage``."""
+    state_path: str | os.PathLike[str] | None = None
+    """File where the node keeps its id and contacts, saved every 60 s and at
+    ``Close`` (written whole, then renamed into place), so a restarted node
+    rejoins through its previous contacts with no bootstrap address (then
+    ``bootstrap_addresses`` if none of them answers) under the same id
+    (unless ``local_id`` is given). A missing or unreadable file is logged
+    and ignored. None: nothing saved."""
     socket_buffer_size: int = 32 * 1024 * 1024
     """SO_RCVBUF and SO_SNDBUF in bytes (the kernel may cap it)."""
     logging: bool = False
@@ -190,6 +201,8 @@ class Config:
             if not isinstance(self.local_id, bytes | bytearray) or len(self.local_id) != KEY_BYTES:
                 raise ConfigError("local_id", f"must be {KEY_BYTES} bytes or None")
             self.local_id = bytes(self.local_id)
+        if self.state_path is not None and not isinstance(self.state_path, str | os.PathLike):
+            raise ConfigError("state_path", f"must be a path or None, got {self.state_path!r}")
         parse_address(self.listen_address, "listen_address")
         if not isinstance(self.bootstrap_addresses, list | tuple):
             raise ConfigError("bootstrap_addresses", "must be a list of 'host:port' strings")
@@ -242,13 +255,24 @@ class Config:
             raise ConfigError("storage", "must implement Get, Set and Iterate (dht.Storage)")
 
 
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+
+
 def parse_address(text: str, field_name: str) -> tuple[str, int]:
-    """Split ``host:port``; ConfigError naming ``field_name`` if malformed."""
+    """Split ``host:port`` (an IPv4 address or a host name; an empty host is
+    every interface); ConfigError naming ``field_name`` if malformed."""
     if not isinstance(text, str) or ":" not in text:
         raise ConfigError(field_name, f"{text!r} is not 'host:port'")
+    if "://" in text:  # a URL: UDP nodes have no scheme, and rpartition would keep it
+        bare = text.split("://", 1)[1].rstrip("/")
+        raise ConfigError(field_name, f"{text!r} is a URL, not 'host:port' (write {bare!r})")
     host, _, port_text = text.rpartition(":")
     if not port_text.isdigit() or not 0 <= int(port_text) <= 0xFFFF:
         raise ConfigError(field_name, f"{text!r} has no valid port")
+    if host.startswith("[") or ":" in host:
+        raise ConfigError(field_name, f"{text!r}: IPv6 is not supported (the wire has IPv4)")
+    if host and not all(_HOST_LABEL.fullmatch(label) for label in host.split(".")):
+        raise ConfigError(field_name, f"{text!r}: {host!r} is not a host name or IPv4 address")
     return host or "0.0.0.0", int(port_text)
 
 

@@ -43,6 +43,12 @@ class ArgumentError(DHTError, ValueError):
     """The caller passed an invalid argument; the message names it."""
 
 
+class ArgumentTypeError(ArgumentError, TypeError):
+    """The caller passed an argument of the wrong type (``dht.Key(3.5)``, an
+    option where ``Find`` takes its callback); the message names it. A
+    ``TypeError`` too, as Python's own functions raise for a wrong type."""
+
+
 class ConfigError(ArgumentError):
     """A ``Config`` field is invalid. ``field`` names it."""
 
@@ -166,12 +172,26 @@ class StoreError(DHTError):
 
 
 class NotFoundError(DHTError, LookupError):
-    """A Find ended without finding any value for the key."""
+    """A Find ended without finding any value for the key. ``queried``: how
+    many nodes it asked (answered or not); ``answered``: how many of them
+    answered, or None when the caller did not count them."""
 
-    def __init__(self, key: bytes, queried: int = 0) -> None:
-        super().__init__(f"no value found for key {key.hex()} ({queried} nodes queried)")
+    def __init__(self, key: bytes, queried: int = 0, answered: int | None = None) -> None:
+        asked = f"asked {queried} node{'s' * (queried != 1)}"
+        if not queried:
+            how = "no other node known to ask"
+        elif answered is None:
+            # Asked is not answered: a Find whose every request timed out
+            # must not read as 20 nodes saying "no value".
+            how = f"{asked}; none that answered held a value"
+        elif not answered:
+            how = f"{asked}, none answered"
+        else:
+            how = f"{asked}, {answered} answered without a value"
+        super().__init__(f"no value found for key {key.hex()} ({how})")
         self.key = key
         self.queried = queried
+        self.answered = answered
 
 
 class ClosedError(DHTError):

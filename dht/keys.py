@@ -6,7 +6,7 @@ import hashlib
 import itertools
 import secrets
 
-from .errors import ArgumentError
+from .errors import ArgumentError, ArgumentTypeError
 
 K = 20
 """Replication factor, bucket size and lookup width."""
@@ -27,8 +27,10 @@ def Key(x: str | bytes | int) -> bytes:
     themselves; an integer's 8-byte little-endian two's complement (Go's
     64-bit ``int``). So the same key gives the same id in Go and Python.
 
-    Raises ``TypeError`` for any other type (``bool`` included: Go's bool is
-    not an int) and ``ValueError`` for integers outside the signed 64-bit range.
+    Raises ``ArgumentTypeError`` (a ``TypeError``) for any other type
+    (``bool`` included: Go's bool is not an int; ``float``: Go's ``dht.Key``
+    has no float form) and ``ArgumentError`` (a ``ValueError``) for integers
+    outside the signed 64-bit range.
     """
     if isinstance(x, str):
         data = x.encode("utf-8")
@@ -36,10 +38,12 @@ def Key(x: str | bytes | int) -> bytes:
         data = bytes(x)
     elif isinstance(x, int) and not isinstance(x, bool):
         if not INT64_MIN <= x <= INT64_MAX:
-            raise ValueError(f"integer key {x} is outside the signed 64-bit range")
+            raise ArgumentError(f"dht.Key: integer {x} is outside the signed 64-bit range")
         data = (x & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little")
     else:
-        raise TypeError(f"unsupported key type {type(x).__name__}: use str, bytes or int")
+        raise ArgumentTypeError(
+            f"dht.Key takes str, bytes or int, not {type(x).__name__} ({x!r:.40})"
+        )
     return hashlib.sha1(data).digest()
 
 
@@ -72,7 +76,10 @@ def check_id(value: bytes, what: str) -> bytes:
     if type(value) is bytes and len(value) == KEY_BYTES:  # the usual case, on hot paths
         return value
     if not isinstance(value, bytes | bytearray | memoryview):
-        raise ArgumentError(f"{what} must be bytes, not {type(value).__name__}")
+        raise ArgumentTypeError(
+            f"{what} must be {KEY_BYTES} bytes, not {type(value).__name__}"
+            + (" (dht.Key(x) makes one)" if what == "key" else "")
+        )
     if len(value) != KEY_BYTES:
         raise ArgumentError(f"{what} must be {KEY_BYTES} bytes, got {len(value)}")
     return bytes(value)

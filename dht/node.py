@@ -21,6 +21,7 @@ import itertools
 import logging
 import math
 import socket
+import sys
 import threading
 import time
 import weakref
@@ -29,6 +30,7 @@ from concurrent.futures import Future
 from datetime import datetime, timedelta
 from typing import Any
 
+from . import state
 from .config import Config, resolve
 from .core.engine import Engine
 from .core.limits import Limits
@@ -36,7 +38,14 @@ from .core.ratelimit import RateLimiter
 from .core.receiver import Deliver, Receiver
 from .core.schedule import Schedule
 from .core.storage import MemoryStorage
-from .errors import AddressInUse, ArgumentError, BootstrapError, TTLTooLong, ValueTooLarge
+from .errors import (
+    AddressInUse,
+    ArgumentError,
+    ArgumentTypeError,
+    BootstrapError,
+    TTLTooLong,
+    ValueTooLarge,
+)
 from .keys import INT64_MAX, INT64_MIN, EventIds, check_id, random_id
 from .listener import Listener
 from .timer import release_timer, shared_timer
@@ -58,7 +67,7 @@ class ValuesFrom:
 
     def __init__(self, t: datetime | float) -> None:
         if not isinstance(t, datetime | int | float) or isinstance(t, bool):
-            raise ArgumentError(f"ValuesFrom takes a datetime or epoch seconds, not {t!r}")
+            raise ArgumentTypeError(f"ValuesFrom takes a datetime or epoch seconds, not {t!r}")
         try:
             seconds = t.timestamp() if isinstance(t, datetime) else float(t)
         except (OverflowError, ValueError, OSError):  # 10**400, datetime.min
@@ -139,6 +148,14 @@ class DHT:
             undo.pop_all()
         _library_threads.update(self.threads())
         self._engine.start()
+        self._state_lock = threading.Lock()
+        self._state_timer: object = None
+        self._saved_contacts: tuple[tuple[bytes, Address], ...] = ()
+        """The contacts of the state the node started from, saved again
+        while its table is empty (a node that found none of them alive
+        keeps them for its next start)."""
+        if cfg.state_path is not None:
+            self._state_timer = self._timers.schedule(state.SAVE_INTERVAL, self._save_soon)
 
     # -- properties ----------------------------------------------------------
 
@@ -198,15 +215,18 @@ class DHT:
 
         Raises ``ArgumentError`` for invalid arguments, before anything is
         sent: ``ValueTooLarge`` for over 32768 bytes, ``TTLTooLong`` for a
-        ttl over ``Config.max_ttl`` (no node of ours keeps a value longer).
+        ttl over ``Config.max_ttl`` (no node of ours keeps a value longer),
+        ``ArgumentTypeError`` (also a ``TypeError``) for a wrong type, a
+        callback that is not callable included.
         """
         key = check_id(key, "key")
         if not isinstance(value, bytes | bytearray | memoryview):
-            raise ArgumentError(f"value must be bytes, not {type(value).__name__}")
+            raise ArgumentTypeError(f"value must be bytes, not {type(value).__name__}")
         value = bytes(value)
         if len(value) > MAX_VALUE_SIZE:
             raise ValueTooLarge(len(value), MAX_VALUE_SIZE)
         ttl_ns = _ttl_ns(ttl)
+        _check_callback(callback, "Store")
         if ttl_ns > self._engine.limits.max_ttl_ns:
             raise TTLTooLong(ttl_ns / NS_PER_SECOND, self.config.max_ttl)
         future: Future[None] = Future()
@@ -234,9 +254,13 @@ class DHT:
         thread (or the calling thread for a local answer). The future
         resolves to the list of values, or raises ``NotFoundError``.
         ``opts`` may hold ``ValuesFrom(t)`` (the first one counts) and
-        ``FirstValue()``.
+        ``FirstValue()``; they come after the callback, as in Go:
+        ``Find(key, None, FirstValue())``. Raises ``ArgumentTypeError``
+        (also a ``TypeError``), before anything is sent, for an option in the
+        callback's place or any other argument of the wrong type.
         """
         key = check_id(key, "key")
+        _check_callback(callback, "Find")
         from_ns = 0
         first_only = False
         for opt in opts:
@@ -245,7 +269,9 @@ class DHT:
             elif isinstance(opt, FirstValue):
                 first_only = True
             else:
-                raise ArgumentError(f"unknown Find option {opt!r}")
+                raise ArgumentTypeError(
+                    f"unknown Find option {opt!r}: use dht.ValuesFrom(t) or dht.FirstValue()"
+                )
         future: Future[list[bytes]] = Future()
         future.set_running_or_notify_cancel()
 
@@ -282,6 +308,10 @@ class DHT:
         try:
             for listener in self._listeners:
                 listener.stop()
+            if self.config.state_path is not None:
+                with self._state_lock:  # no periodic save starts after this one
+                    self._timers.cancel(self._state_timer)
+                self._save_state(closing=True)
             self._engine.close()
             release_worker(self._worker)
             release_timer(self._timers)
@@ -310,6 +340,49 @@ class DHT:
         # safety net against a bug, not a behaviour.
         result.result(timeout=max(60.0, 30 * self.config.timeout))
 
+    def _join(self, saved: state.SavedState | None, addresses: list[Address]) -> None:
+        """Join through the saved contacts, else through ``addresses``; with
+        neither answering and no ``addresses``, start alone."""
+        if saved is not None and saved.contacts:
+            self._saved_contacts = saved.contacts
+            rejoin = [address for _, address in saved.contacts[: state.REJOIN_CONTACTS]]
+            try:
+                self._bootstrap(rejoin)
+            except BootstrapError as error:
+                if addresses:
+                    log.warning("%s; joining through the bootstrap addresses", error)
+                else:
+                    # Not fatal: after a whole network's restart, the first
+                    # node back finds no one, and the others find it.
+                    log.warning("%s, and no bootstrap addresses: starting alone", error)
+            else:
+                log.info("rejoined through %d saved contacts", len(rejoin))
+                return
+        if addresses:
+            self._bootstrap(addresses)
+
+    def _save_soon(self) -> None:
+        """Timer thread, every ``SAVE_INTERVAL``: the save itself (file
+        I/O) runs on the worker thread, not on the timer thread every node
+        shares."""
+        with self._state_lock:
+            if self._closed:
+                return
+            self._worker.submit(self._save_state)
+            self._state_timer = self._timers.schedule(state.SAVE_INTERVAL, self._save_soon)
+
+    def _save_state(self, *, closing: bool = False) -> None:
+        path = self.config.state_path
+        assert path is not None
+        with self._state_lock:
+            if self._closed and not closing:  # Close saved last
+                return
+            contacts = state.ordered(self._engine.table.contacts()) or self._saved_contacts
+            try:
+                state.save(path, state.SavedState(self._id, contacts))
+            except OSError as error:
+                log.warning("cannot save the node's state to %s: %s", path, error)
+
     def _transmit(self, datagrams: list[bytes], address: Address) -> None:
         sock = next(self._send_from)
         for datagram in datagrams:
@@ -329,8 +402,12 @@ def New(cfg: Config | None = None) -> DHT:
 
     Returns once the node is usable: its sockets are bound, its threads run,
     and, when bootstrap addresses are given, a FIND_NODE lookup of its own id
-    through them has finished. Raises ``BootstrapError`` if none of them
-    answered, and ``ConfigError`` for an unresolvable address or a field
+    through them has finished. With ``cfg.state_path`` naming a saved state,
+    the node takes its saved id (unless ``cfg.local_id`` is set) and joins
+    through its saved contacts first; only if none of them answers (within
+    about ``3 * cfg.timeout``) does it use the bootstrap addresses, and with
+    none it starts alone, logging a WARNING. Raises ``BootstrapError`` if no
+    bootstrap address answered, and ``ConfigError`` for an unresolvable address or a field
     changed to an invalid value after ``cfg`` was built, and ``AddressInUse``
     when another socket holds the listen address's port; on any error no
     thread or socket is left behind. The node keeps a checked copy of
@@ -343,10 +420,12 @@ def New(cfg: Config | None = None) -> DHT:
         bootstrap = tuple(bootstrap) if isinstance(bootstrap, list) else bootstrap
         cfg = dataclasses.replace(cfg, bootstrap_addresses=bootstrap)
     addresses = [resolve(text, "bootstrap_addresses") for text in cfg.bootstrap_addresses]
+    saved = state.load(cfg.state_path) if cfg.state_path is not None else None
+    if saved is not None and cfg.local_id is None:
+        cfg = dataclasses.replace(cfg, local_id=saved.node_id)  # back where it was
     node = DHT(cfg)
     try:
-        if addresses:
-            node._bootstrap(addresses)
+        node._join(saved, addresses)
     except BaseException as error:
         node.Close()
         if isinstance(error, TimeoutError):
@@ -452,25 +531,52 @@ def _bind(cfg: Config) -> list[socket.socket]:
     listeners bind, another port is tried.
     """
     host, port = resolve(cfg.listen_address, "listen_address")
+    if cfg.listeners > 1 and not _reuse_port_spreads():
+        log.warning(
+            "listeners=%d needs SO_REUSEPORT spreading datagrams between sockets, which "
+            "this platform (%s) lacks: %s gets one socket and one listener thread",
+            cfg.listeners,
+            sys.platform,
+            cfg.listen_address,
+        )
+        return _bind_all(1, cfg, host, port, reuse_port=False)
     if cfg.listeners == 1:
-        return _bind_all(cfg, host, port, reuse_port=False)
+        return _bind_all(1, cfg, host, port, reuse_port=False)
     with _bind_lock:
         for _ in range(BIND_ATTEMPTS):
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
                 _bind_to(probe, host, port)
                 chosen = probe.getsockname()[1]
             try:
-                return _bind_all(cfg, host, chosen, reuse_port=True)
+                return _bind_all(cfg.listeners, cfg, host, chosen, reuse_port=True)
             except AddressInUse:
                 if port:
                     raise
     raise OSError(errno.EADDRINUSE, f"no free UDP port on {host} after {BIND_ATTEMPTS} tries")
 
 
-def _bind_all(cfg: Config, host: str, port: int, *, reuse_port: bool) -> list[socket.socket]:
+def _reuse_port_spreads() -> bool:
+    """Whether sockets bound with SO_REUSEPORT share one port's datagrams:
+    Linux (3.9 on) does; Windows has no such option, macOS and the BSDs
+    have one that hands a port's datagrams to one of the sockets; a kernel
+    built without it refuses the option (ENOPROTOOPT)."""
+    option = getattr(socket, "SO_REUSEPORT", None)
+    if option is None or not sys.platform.startswith("linux"):
+        return False
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, option, 1)
+        except OSError:
+            return False
+    return True
+
+
+def _bind_all(
+    count: int, cfg: Config, host: str, port: int, *, reuse_port: bool
+) -> list[socket.socket]:
     sockets: list[socket.socket] = []
     try:
-        for _ in range(cfg.listeners):
+        for _ in range(count):
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             sockets.append(sock)
             if reuse_port:
@@ -499,7 +605,9 @@ def _bind_to(sock: socket.socket, host: str, port: int) -> None:
 
 def _ttl_ns(ttl: float | timedelta) -> int:
     seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else ttl
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise ArgumentTypeError(f"ttl must be seconds (a number or timedelta), got {ttl!r}")
+    if not seconds > 0:
         raise ArgumentError(f"ttl must be a positive number of seconds, got {ttl!r}")
     if not seconds * NS_PER_SECOND <= INT64_MAX:  # also inf
         raise ArgumentError(f"ttl {ttl!r} is out of range")
@@ -507,6 +615,22 @@ def _ttl_ns(ttl: float | timedelta) -> int:
     if ttl_ns <= 0:
         raise ArgumentError(f"ttl {ttl!r} is out of range")
     return ttl_ns
+
+
+def _check_callback(callback: object, operation: str) -> None:
+    if callback is None or callable(callback):
+        return
+    if isinstance(callback, ValuesFrom | FirstValue):
+        # Go's order is Find(key, callback, opts...): an option here was
+        # taken for the callback, ignored, and failed once per value.
+        name = type(callback).__name__
+        raise ArgumentTypeError(
+            f"{operation}'s callback argument got the option {name}(): options come "
+            f"after the callback, as in Go: Find(key, None, dht.{name}(...))"
+        )
+    raise ArgumentTypeError(
+        f"{operation}'s callback must be callable or None, not {type(callback).__name__}"
+    )
 
 
 def _settle(

@@ -54,7 +54,9 @@ class NodeProcess:
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        self.address = self.expect(r"listening on (\S+) as ").group(1)
+        listening = self.expect(r"listening on (\S+) as ([0-9a-f]{40}), (\d+) contacts")
+        self.address, self.id = listening.group(1, 2)
+        self.contacts = int(listening.group(3))
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -187,6 +189,25 @@ def test_a_signal_closes_the_node_and_exits_0(tmp_path: Path, sig: int) -> None:
         assert node.stderr() == ""
     finally:
         node.kill()
+
+
+@pytest.mark.timeout(60)
+def test_a_node_restarted_with_its_state_rejoins_without_bootstrap(
+    network: list[NodeProcess], tmp_path: Path
+) -> None:
+    state = tmp_path / "state.json"
+    args = ("--listen", "127.0.0.1:0", "--state", str(state))
+    node = NodeProcess(*args, "--bootstrap", network[0].address, stderr=tmp_path / "first")
+    try:
+        assert node.stop() == 0 and node.stderr() == ""
+    finally:
+        node.kill()
+    again = NodeProcess(*args, stderr=tmp_path / "again")  # no --bootstrap
+    try:
+        assert again.id == node.id and again.contacts >= len(network)
+        assert again.stop() == 0 and again.stderr() == ""
+    finally:
+        again.kill()
 
 
 @pytest.mark.timeout(60)
@@ -332,7 +353,9 @@ def test_the_help_of_config_options_is_configs_documentation(
     assert exited.value.code == 0
     help_text = " ".join(capsys.readouterr().out.split())
     options = {"node": OPTION_OF_FIELD, "put": {}, "get": {}}[command] or {
-        field: option for field, option in OPTION_OF_FIELD.items() if field != "listeners"
+        field: option
+        for field, option in OPTION_OF_FIELD.items()
+        if field not in ("listeners", "state_path")
     }
     for field, option in options.items():
         doc = " ".join(docs[field].replace("``", "").split())

@@ -816,6 +816,31 @@ def test_a_port_held_by_a_plain_socket_is_refused() -> None:
             assert_address_in_use(address, listeners)
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["missing", "refused", "not-linux"])
+def test_without_so_reuseport_several_listeners_are_one_socket_and_one_warning(
+    how: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Windows has no SO_REUSEPORT, a kernel built without it refuses it, and
+    macOS's does not spread datagrams: ``listeners > 1`` binds one socket."""
+    if how == "missing":
+        monkeypatch.delattr(socket, "SO_REUSEPORT")
+    elif how == "refused":
+        monkeypatch.setattr(socket, "SO_REUSEPORT", 0x7FFF, raising=False)  # ENOPROTOOPT
+    else:
+        monkeypatch.setattr(dht_node.sys, "platform", "darwin")
+    with running_cluster(1) as nodes, caplog.at_level(logging.WARNING, "dht"):
+        with add_node(nodes[0], listeners=3) as node:
+            assert len(node._sockets) == 1 and len(node._listeners) == 1
+            key = new_key()
+            store(node, key, b"one socket")
+            assert find_all(nodes[0], key) == [b"one socket"]
+        assert_address_in_use(nodes[0].address, 3)  # still refused
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len([w for w in warnings if "SO_REUSEPORT" in w]) == 2, warnings  # one per New
+    assert "listeners=3" in warnings[0] and "one socket" in warnings[0]
+
+
 # ---------------------------------------------------------------------------
 # Caller errors
 

@@ -28,6 +28,7 @@ OPTION_OF_FIELD = {
     "bootstrap_addresses": "--bootstrap",
     "listeners": "--listeners",
     "timeout": "--timeout",
+    "state_path": "--state",
 }
 """The option that sets each ``Config`` field the command line exposes."""
 
@@ -60,7 +61,7 @@ def parse_key(text: str) -> bytes:
 
 def node_config(args: argparse.Namespace, **fields: Any) -> Config:
     """A ``Config`` from the options that set its fields, and ``fields``."""
-    for name in ("listen_address", "bootstrap_addresses", "listeners", "timeout"):
+    for name in OPTION_OF_FIELD:
         value = getattr(args, name, None)
         if value is not None:
             fields.setdefault(name, value)

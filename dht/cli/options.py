@@ -1,7 +1,7 @@
 """The parsers of ``dht`` and its commands.
 
 An option that sets a ``Config`` field (``--listen``, ``--bootstrap``,
-``--listeners``, ``--timeout``) takes its help text and its default from
+``--listeners``, ``--timeout``, ``--state``) takes its help text and its default from
 that field, so ``dht/config.py`` is the one place they are written. A usage
 error is one line on stderr (``dht put: argument --ttl: ...``) and exit 2.
 """
@@ -187,6 +187,12 @@ def build() -> Parser:
         metavar="PATH",
         help="Keep values in this SQLite file (dht.SQLiteStorage), so they survive a "
         "restart; in memory when not given.",
+    )
+    node.add_argument(
+        "--state",
+        metavar="PATH",
+        dest="state_path",
+        help=config_help("state_path"),
     )
     node.add_argument(
         "--listeners",
