@@ -213,6 +213,12 @@ class DHT:
         ``callback(error)``, on a listener or timer thread, and the returned
         future resolves the same way.
 
+        The node then republishes the value to the then K closest nodes
+        every ``Config.republish_interval`` (or half its remaining life,
+        when shorter) until its ttl ends, ``Close``, or
+        ``StopRepublishing(key)``; each copy keeps the original creation
+        time and expiry, so the value never lives longer than ``ttl``.
+
         Raises ``ArgumentError`` for invalid arguments, before anything is
         sent: ``ValueTooLarge`` for over 32768 bytes, ``TTLTooLong`` for a
         ttl over ``Config.max_ttl`` (no node of ours keeps a value longer),
@@ -239,6 +245,12 @@ class DHT:
 
         self._engine.store(key, value, ttl_ns, done)
         return future
+
+    def StopRepublishing(self, key: bytes) -> int:
+        """Republish the values this node stored under ``key`` no more (the
+        copies already stored live out their ttl); returns how many values
+        were being republished. Any thread."""
+        return self._engine.stop_republishing(check_id(key, "key"))
 
     def Find(
         self, key: bytes, callback: FindCallback | None = None, *opts: ValuesFrom | FirstValue
