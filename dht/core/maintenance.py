@@ -1,6 +1,7 @@
 """Periodic maintenance: what a node does every ``maintenance_interval``.
 
-Each round: ping the suspect contacts (an answer makes them live again),
+Each round: ping the suspect contacts, less often the longer they stay
+silent (an answer makes them live again),
 those not heard from for ``liveness_interval`` in buckets where
 replacements wait for room (the Kademlia paper, 2.2: only a place someone
 wants is worth a ping; a dead contact elsewhere is found out by the first
@@ -23,6 +24,7 @@ from ..errors import ClosedError
 from ..wire.events import EventType
 from .callbacks import ignore
 from .context import Context
+from .routing import SUSPECT_AFTER_FAILURES
 from .transfer import KeyTransfer
 from .verification import Verifier
 
@@ -73,8 +75,14 @@ class Maintenance:
         for contact in stale:
             self._ping(contact.id, contact.address)
         pinged = {contact.id for contact in stale}
+        schedule = context.schedule
         for contact in table.suspects():
-            if contact.id not in pinged:
+            # Each unanswered ping doubles the wait for the next, up to
+            # liveness_interval: a dead contact nothing replaces (a bucket
+            # with room) is not pinged every round for ever.
+            wait = self.interval * 2 ** min(contact.failures - SUSPECT_AFTER_FAILURES, 16)
+            due = now - contact.last_seen >= min(wait, schedule.liveness_interval)
+            if due and contact.id not in pinged:
                 self._ping(contact.id, contact.address)
         for contact in context.table.candidates_to_verify():
             self._verifier.prove(contact.id, contact.address)

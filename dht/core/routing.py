@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import enum
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from operator import attrgetter, itemgetter
 
@@ -54,6 +55,10 @@ SIZE_ESTIMATE_AGE = 1.0
 """Seconds a network-size estimate is used for before it is made again."""
 SUSPECT_AFTER_FAILURES = 2
 """Consecutive unanswered requests after which a contact is suspect."""
+STRANGERS_REMEMBERED = 256
+"""Nodes outside the buckets whose unanswered requests are counted (the
+least recently failed are forgotten): after a crash, every answer lists
+the dead, most of them no contacts of ours."""
 
 
 class Contact:
@@ -179,6 +184,8 @@ class RoutingTable:
         self._create_lock = threading.Lock()
         self._network_size: tuple[float, int] | None = None  # (when, estimate)
         self._mostly_live: tuple[float, bool] | None = None  # (when, verdict)
+        self._strangers: OrderedDict[bytes, int] = OrderedDict()  # id -> failures
+        self._strangers_lock = threading.Lock()
         # When a lookup last passed through each bucket's range (seconds).
         self._looked_up: list[float | None] = [None] * KEY_BITS
 
@@ -204,6 +211,7 @@ class RoutingTable:
     def touch(self, node_id: bytes, address: Address, now: float) -> bool:
         """Mark a contact seen because it sent us something. True if it is in
         a bucket at that address; False means it is unknown (or moved)."""
+        self._met(node_id)
         bucket = self._bucket(node_id)
         if bucket is None:
             return False
@@ -213,6 +221,12 @@ class RoutingTable:
                 return False
             bucket.seen(contact, now)
             return True
+
+    def _met(self, node_id: bytes) -> None:
+        """``node_id`` was heard from: no failures of it are held against it."""
+        if self._strangers:  # no lock to read: a race only keeps a count a moment
+            with self._strangers_lock:
+                self._strangers.pop(node_id, None)
 
     def wants(self, node_id: bytes) -> bool:
         """Whether an unsolicited sender is worth verifying (a ping): it is not
@@ -252,6 +266,7 @@ class RoutingTable:
         moved there (``ELSEWHERE``): anyone can list an id at their own
         address and answer as it. It moves (``move``) only once its old
         address fails a ping (D15)."""
+        self._met(node_id)
         bucket = self._bucket(node_id, create=True)
         if bucket is None:
             return Answered.NOT_ADDED
@@ -322,38 +337,53 @@ class RoutingTable:
         verification ping there goes unanswered."""
         bucket = self._bucket(node_id)
         if bucket is None:
+            self._stranger_failed(node_id)
             return False
         with bucket.lock:
             contact = bucket.contacts.get(node_id)
-            if contact is None:
-                replacement = bucket.replacements.get(node_id)
-                if replacement is not None and replacement.address == address:
-                    del bucket.replacements[node_id]
-                return False
-            if contact.address != address:
-                return False
-            contact.failures += 1
-            if contact.round_trip is not None:
-                contact.round_trip.timed_out()
-            if contact.failures < SUSPECT_AFTER_FAILURES:
-                return False
-            replacement = next(
-                (
-                    c
-                    for c in reversed(bucket.replacements.values())
-                    if c.verified and self._fits(bucket, c.address, instead_of=contact)
-                ),
-                None,
-            )
-            if replacement is None:
-                if contact.failures == SUSPECT_AFTER_FAILURES:
-                    bucket.changed()
-                return False
-            del bucket.contacts[node_id]
-            del bucket.replacements[replacement.id]
-            bucket.contacts[replacement.id] = replacement
-            bucket.changed()
-            return True
+            if contact is not None:
+                return self._contact_failed(bucket, contact, address)
+            replacement = bucket.replacements.get(node_id)
+            if replacement is not None and replacement.address == address:
+                del bucket.replacements[node_id]
+        self._stranger_failed(node_id)
+        return False
+
+    def _contact_failed(self, bucket: Bucket, contact: Contact, address: Address) -> bool:
+        """``failed`` for a contact of ``bucket``; call with its lock held."""
+        if contact.address != address:
+            return False
+        contact.failures += 1
+        if contact.round_trip is not None:
+            contact.round_trip.timed_out()
+        if contact.failures < SUSPECT_AFTER_FAILURES:
+            return False
+        replacement = next(
+            (
+                c
+                for c in reversed(bucket.replacements.values())
+                if c.verified and self._fits(bucket, c.address, instead_of=contact)
+            ),
+            None,
+        )
+        if replacement is None:
+            if contact.failures == SUSPECT_AFTER_FAILURES:
+                bucket.changed()
+            return False
+        del bucket.contacts[contact.id]
+        del bucket.replacements[replacement.id]
+        bucket.contacts[replacement.id] = replacement
+        bucket.changed()
+        return True
+
+    def _stranger_failed(self, node_id: bytes) -> None:
+        """A node outside the buckets left a request unanswered (counted, so
+        that ``is_suspect`` knows it)."""
+        strangers = self._strangers
+        with self._strangers_lock:
+            strangers[node_id] = strangers.pop(node_id, 0) + 1
+            if len(strangers) > STRANGERS_REMEMBERED:
+                strangers.popitem(last=False)
 
     def closest(self, target: bytes, n: int = K) -> list[Node]:
         """The ``n`` contacts closest to ``target`` by XOR distance, closest first.
@@ -426,7 +456,9 @@ class RoutingTable:
         (``Contact.suspect``): a lookup does not ask it again on another
         node's word."""
         contact = self._contact(node_id)
-        return contact is not None and contact.suspect
+        if contact is not None:
+            return contact.suspect
+        return self._strangers.get(node_id, 0) >= SUSPECT_AFTER_FAILURES
 
     def suspects(self) -> list[Contact]:
         """The suspect contacts (maintenance pings them: one that answers is
