@@ -58,6 +58,7 @@ class Request:
         "retries",
         "rtt",
         "sent",
+        "stall",
         "timer",
         "wait",
     )
@@ -84,6 +85,8 @@ class Request:
         self.sent = 0.0  # the node's clock, seconds: the last send
         self.wait = wait
         """Seconds this send waits for its answer."""
+        self.stall = 0.0
+        """Seconds after which it has stalled (set when it is sent)."""
         self.rtt: float | None = None
         """Seconds from send to answer, once answered, if a sample."""
         self.measurable = True
@@ -166,6 +169,16 @@ class PendingRequests:
             self._timers.cancel(request.timer)
             call_safely(request.on_failure, error)
 
+    def _stranger_stall(self) -> float:
+        """When a request to a node without a measured round trip has
+        stalled: after the retransmission timeout of all peers together, at
+        most ``stall_after``. After a crash, most nodes listed in answers
+        are dead strangers, each holding a lookup up for this long."""
+        round_trip = self.round_trip
+        if round_trip is None:
+            return self.stall_after
+        return min(self.stall_after, round_trip.rto())
+
     def hedge_delay(self) -> float | None:
         """How long a first-value lookup waits for its single first query
         before asking more nodes: four smoothed round trips, at most
@@ -191,17 +204,23 @@ class PendingRequests:
         event (return True when no more are expected), ``on_failure(error)``
         once if it times out (after ``retries`` resends) or cannot be sent.
         ``on_stall()``, if given, runs once when no answer has come after
-        ``stall_after`` seconds (the request still waits for its timeout).
+        ``stall_after`` seconds, or sooner, after the retransmission timeout
+        of every peer's round trips together, for a node not measured yet
+        (the request still waits for its timeout).
         Raises ``ClosedError`` once the node is closed."""
         event = Event(self._new_id(), self.local_id, event_type, False, payload)
         wait = self.timeout
+        stall = self.stall_after
         if node_id is not None and self._rto_of is not None:
             rto = self._rto_of(node_id, address)
             if rto is not None:
                 wait = min(wait, rto)
-        if self.stall_after >= wait:
-            on_stall = None
+            else:
+                stall = self._stranger_stall()
         request = Request(event, address, node_id, on_response, on_failure, retries, on_stall, wait)
+        request.stall = stall
+        if stall >= wait:
+            request.on_stall = on_stall = None
         timers = self._timers
         with self._lock:
             if self.closed:
@@ -213,9 +232,7 @@ class PendingRequests:
                 if on_stall is None:
                     request.timer = timers.schedule(wait, lambda: self._expired(request))
                 else:
-                    request.timer = timers.schedule(
-                        self.stall_after, lambda: self._stalled(request)
-                    )
+                    request.timer = timers.schedule(stall, lambda: self._stalled(request))
         if full:
             self._stats.incr("request-refused-pending-cap")
             error = DHTError(f"{self.max_pending} requests are already pending")
@@ -255,7 +272,7 @@ class PendingRequests:
             if self._pending.get(request.event.id) is not request:
                 return
             request.timer = self._timers.schedule(
-                request.wait - self.stall_after, lambda: self._expired(request)
+                request.wait - request.stall, lambda: self._expired(request)
             )
         on_stall, request.on_stall = request.on_stall, None
         if on_stall is not None:
