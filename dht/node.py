@@ -179,15 +179,23 @@ class DHT:
         return self._closed
 
     def stats(self) -> dict[str, int]:
-        """Counters: datagrams and events received, drops by reason
-        (``drop-*``), timeouts, refusals, routing-table size, ..."""
+        """The node's counters and levels by name, each an ``int``: data
+        received and dropped (``drop-<reason>``), requests and their
+        timeouts, the routing table, the storage (keys, values, bytes),
+        and the lookups done with their durations (microseconds) and the
+        nodes they queried (p50, p99). ``dht.core.stats.STATS`` says what
+        every key means and its unit; ``dht.metrics`` serves them to
+        Prometheus. Thread-safe; the ``stored-*`` keys ask the storage
+        (``stored-keys`` takes a pass over its keys)."""
         counts = self._engine.stats.snapshot()
         counts["routing-table-size"] = len(self._engine.table)
         counts["pending-requests"] = self._engine.pending_requests
         receivers = [listener.receiver for listener in self._listeners]
         counts["datagrams-received"] = sum(receiver.datagrams for receiver in receivers)
         counts["events-received"] = sum(receiver.events for receiver in receivers)
+        counts["requests-received"] = sum(receiver.requests for receiver in receivers)
         counts["fragments-held"] = sum(receiver.reassembler.records for receiver in receivers)
+        counts.update(_stored(self._engine.storage))
         return counts
 
     def threads(self) -> list[threading.Thread]:
@@ -517,6 +525,27 @@ def receiver_for(cfg: Config, deliver: Deliver, engine: Engine) -> Receiver:
         ),
         limiter=RateLimiter(cfg.request_rate, cfg.request_burst),
     )
+
+
+def _stored(storage: object) -> dict[str, int]:
+    """What ``storage`` holds, as far as it says (the optional ``Keys()``,
+    ``len()`` and ``bytes`` of the storages shipped); what it lacks, or
+    what raises (user code), is left out."""
+    counts: dict[str, int] = {}
+    probes: dict[str, Callable[[], object]] = {
+        "stored-keys": lambda: len(storage.Keys()),  # type: ignore[attr-defined]
+        "stored-values": lambda: len(storage),  # type: ignore[arg-type]
+        "stored-bytes": lambda: storage.bytes,  # type: ignore[attr-defined]
+    }
+    for key, probe in probes.items():
+        try:
+            value = probe()
+        except Exception as error:  # absent (AttributeError, TypeError) or failing
+            log.debug("storage has no %s: %r", key, error)
+            continue
+        if isinstance(value, int) and not isinstance(value, bool):
+            counts[key] = value
+    return counts
 
 
 def default_storage(cfg: Config, clock_ns: Callable[[], int]) -> MemoryStorage:

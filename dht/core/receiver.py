@@ -50,6 +50,8 @@ class Receiver:
         """Datagrams received."""
         self.events = 0
         """Events decoded and handed to the engine."""
+        self.requests = 0
+        """Of ``events``, the requests."""
 
     def receive_datagram(
         self, data: bytes | bytearray | memoryview, source: Address, now: float
@@ -73,9 +75,11 @@ class Receiver:
             count("drop-internal-error")
             log.exception("error reading a datagram from %s", source)
             return
-        if not event.response and not self.limiter.allow(source, now):
-            count("drop-rate-limited")
-            return
+        if not event.response:
+            if not self.limiter.allow(source, now):
+                count("drop-rate-limited")
+                return
+            self.requests += 1
         self.events += 1
         try:
             self._deliver(event, source, wire_size(len(event_bytes)))
