@@ -37,6 +37,7 @@ from .core.limits import Limits
 from .core.ratelimit import RateLimiter
 from .core.receiver import Deliver, Receiver
 from .core.schedule import Schedule
+from .core.stats import COUNTERS
 from .core.storage import MemoryStorage
 from .errors import (
     AddressInUse,
@@ -187,7 +188,9 @@ class DHT:
         every key means and its unit; ``dht.metrics`` serves them to
         Prometheus. Thread-safe; the ``stored-*`` keys ask the storage
         (``stored-keys`` takes a pass over its keys)."""
-        counts = self._engine.stats.snapshot()
+        counts = dict.fromkeys(COUNTERS, 0)
+        counts.update(self._engine.stats.snapshot())
+        counts.update(self._engine.stats.lookup_figures())
         counts["routing-table-size"] = len(self._engine.table)
         counts["pending-requests"] = self._engine.pending_requests
         receivers = [listener.receiver for listener in self._listeners]

@@ -16,7 +16,16 @@ import pytest
 from cluster import add_node, running_cluster, wait_until
 
 import dht
-from dht.core.stats import FAMILIES, LOOKUPS, RECENT_LOOKUPS, STATS, Stats, describe, quantile
+from dht.core.stats import (
+    COUNTERS,
+    FAMILIES,
+    LOOKUPS,
+    RECENT_LOOKUPS,
+    STATS,
+    Stats,
+    describe,
+    quantile,
+)
 from dht.keys import random_id
 from dht.metrics import CONTENT_TYPE, MetricsServer, exposition, node_exposition
 from dht.wire import Event, EventType, encode, fragment
@@ -139,7 +148,7 @@ def test_lookup_figures_keep_a_bounded_window() -> None:
     for i in range(1, 3 * RECENT_LOOKUPS + 1):
         stats.lookup_done("find", i / 1e6, i % 10, ok=i % 4 != 0)
     assert len(stats._lookups["find"].recent) == RECENT_LOOKUPS
-    snapshot = stats.snapshot()
+    snapshot = stats.lookup_figures()
     n = 3 * RECENT_LOOKUPS
     assert (snapshot["find-done"], snapshot["find-failed"]) == (n, n // 4)
     assert snapshot["find-duration-total-us"] == n * (n + 1) // 2
@@ -218,7 +227,12 @@ def test_the_exposition_of_stats_in_the_text_format() -> None:
     stats.incr("a-key-nobody-documented", 5)
     stats.lookup_done("find", 0.25, 12, ok=True)
     stats.lookup_done("find", 0.5, 20, ok=False)
-    snapshot = {**stats.snapshot(), "routing-table-size": 31}
+    snapshot = {
+        **dict.fromkeys(COUNTERS, 0),
+        **stats.snapshot(),
+        **stats.lookup_figures(),
+        "routing-table-size": 31,
+    }
     text = exposition(snapshot, {"id": "ab" * 20, "address": '127.0.0.1:1 "\\\n'})
     families = parse_exposition(text)
 

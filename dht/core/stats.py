@@ -178,6 +178,10 @@ for _kind in LOOKUPS:
         }
     )
 
+COUNTERS = tuple(key for key, stat in STATS.items() if stat.kind == "counter")
+"""The counters of ``STATS``: ``DHT.stats()`` has each from the start (0),
+so a series does not appear only once its first event happens."""
+
 FAMILIES: dict[str, Stat] = {
     "drop-": _counter(
         "events",
@@ -266,27 +270,31 @@ class Stats:
             lookups.recent.append((microseconds, queried))
 
     def snapshot(self) -> dict[str, int]:
+        """The counters counted so far (``incr``), by name."""
         with self._lock:
-            counts = dict(self._counts)
+            return dict(self._counts)
+
+    def lookup_figures(self) -> dict[str, int]:
+        """The ``<kind>-*`` keys of every kind of lookup (zeros before the
+        first of a kind ends)."""
+        with self._lock:
             lookups = {
                 kind: (each.done, each.failed, each.microseconds, each.queried, list(each.recent))
                 for kind, each in self._lookups.items()
             }
+        figures: dict[str, int] = {}
         for kind, (done, failed, microseconds, queried, recent) in lookups.items():
             durations = sorted(duration for duration, _ in recent)
             nodes = sorted(n for _, n in recent)
-            counts[f"{kind}-done"] = done
-            counts[f"{kind}-failed"] = failed
-            counts[f"{kind}-duration-p50-us"] = quantile(durations, 0.5)
-            counts[f"{kind}-duration-p99-us"] = quantile(durations, 0.99)
-            counts[f"{kind}-duration-total-us"] = microseconds
-            counts[f"{kind}-queried-p50"] = quantile(nodes, 0.5)
-            counts[f"{kind}-queried-p99"] = quantile(nodes, 0.99)
-            counts[f"{kind}-queried-total"] = queried
-        for key, stat in STATS.items():  # every counter, so series do not appear late
-            if stat.kind == "counter":
-                counts.setdefault(key, 0)
-        return counts
+            figures[f"{kind}-done"] = done
+            figures[f"{kind}-failed"] = failed
+            figures[f"{kind}-duration-p50-us"] = quantile(durations, 0.5)
+            figures[f"{kind}-duration-p99-us"] = quantile(durations, 0.99)
+            figures[f"{kind}-duration-total-us"] = microseconds
+            figures[f"{kind}-queried-p50"] = quantile(nodes, 0.5)
+            figures[f"{kind}-queried-p99"] = quantile(nodes, 0.99)
+            figures[f"{kind}-queried-total"] = queried
+        return figures
 
 
 def quantile(ordered: list[int], q: float) -> int:
