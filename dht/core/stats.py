@@ -131,20 +131,49 @@ STATS: dict[str, Stat] = {
     "find-full": _counter(
         "finds", "Finds ended at max_find_values or max_find_bytes (more values were left)."
     ),
-    # Key transfer (to newly seen nodes)
-    "values-transferred": _counter("values", "Values handed to newly seen nodes and kept by them."),
-    "transfer-skipped": _counter(
-        "nodes", "Newly seen nodes not served: the transfer queue was full."
+    # Key transfer (to newly seen nodes) and replication (to the K closest)
+    "values-transferred": _counter(
+        "values", "Values handed to newly seen nodes by key transfer and kept by them."
     ),
-    "transfer-paced": _counter(
-        "batches", "Transfer batches delayed by transfer_rate or the pending requests."
-    ),
-    "transfer-stopped": _counter(
-        "transfers", "Transfers ended early: the node did not answer or had no room."
+    "values-replicated": _counter(
+        "values", "Values re-sent by replication to the K closest nodes and kept by them."
     ),
     "transfer-error": _counter("scans", "Scans of the storage for transfer that raised."),
+    "replication-rounds": _counter(
+        "rounds", "Replication rounds started (one per replicate_interval at most)."
+    ),
+    # Republishing (of what this node stored through Store) and bucket refresh
+    "values-republished": _counter(
+        "values", "Values this node stored through Store and republished successfully."
+    ),
+    "republish-failed": _counter("values", "Republications that failed (a StoreError)."),
+    "publications-dropped": _counter(
+        "values",
+        "Values no longer republished, the oldest first, to keep the values to "
+        "republish within max_store_bytes.",
+    ),
+    "buckets-refreshed": _counter(
+        "lookups", "Bucket-refresh lookups started (a bucket no lookup passed through)."
+    ),
 }
-"""Every fixed key of ``DHT.stats()``; the lookup keys are added below."""
+"""Every fixed key of ``DHT.stats()``; the shipping and lookup keys are added below."""
+
+for _name, _what in (("transfer", "key transfer"), ("replicate", "replication")):
+    STATS.update(
+        {
+            f"{_name}-bytes": _counter("bytes", f"Bytes of values sent by {_what}."),
+            f"{_name}-paced": _counter(
+                "batches",
+                f"Batches of {_what} delayed by its rate or by the pending requests.",
+            ),
+            f"{_name}-skipped": _counter(
+                "nodes", f"Nodes not served by {_what}: too many were waiting."
+            ),
+            f"{_name}-stopped": _counter(
+                "nodes", f"Nodes whose {_what} ended early: no answer, or no room."
+            ),
+        }
+    )
 
 for _kind in LOOKUPS:
     _what = {"bootstrap": "Joins (New's lookup)", "find": "Finds", "store": "Stores"}[_kind]
