@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import os
 
-log = logging.getLogger("dht")
+from .core import nodelog
+
+log = nodelog.logger("dht.affinity")
 
 
 def pin_current_thread(cpus: frozenset[int] | None) -> None:

@@ -29,6 +29,11 @@ class Config:
       lookup for a minute when a node has gone. Lookups here also move on
       from a slow node after ``timeout / 4`` without waiting for the timeout.
 
+    Go's ``Logging`` switch has no field here: a node always writes to the
+    standard ``logging`` module's ``dht`` loggers, each record tagged with
+    the node, and the application chooses the level and where records go
+    (``dht.core.nodelog``).
+
     ``cpus`` is an addition: pinning a process's nodes to one CPU makes them
     1.4 to 3.0 times as fast on CPython (see its docstring).
     """
@@ -57,8 +62,6 @@ class Config:
     and ignored. None: nothing saved."""
     socket_buffer_size: int = 32 * 1024 * 1024
     """SO_RCVBUF and SO_SNDBUF in bytes (the kernel may cap it)."""
-    logging: bool = False
-    """Log newly discovered nodes at INFO (otherwise DEBUG) on ``dht``'s logger."""
     maintenance_interval: float = 60.0
     """Seconds between two rounds of a node's maintenance: liveness pings,
     verification of candidates, key transfer to contacts never served, the

@@ -20,7 +20,7 @@ within ``QUIET_S``).
 from __future__ import annotations
 
 import contextlib
-import logging
+import errno
 import os
 import selectors
 import socket
@@ -30,9 +30,10 @@ import time
 from collections.abc import Callable
 
 from .affinity import pin_current_thread
+from .core import nodelog
 from .core.receiver import Receiver
 
-log = logging.getLogger("dht.listener")
+log = nodelog.logger("dht.listener")
 
 RECEIVE_BUFFER = 2048
 """Larger than any valid datagram, so truncation (D10) shows as a long read
@@ -42,6 +43,11 @@ QUIET_S = 0.2
 goes back to ``select`` (SO_RCVTIMEO). Each busy spell ends with one extra
 wake-up; a longer wait would only delay ``stop`` where shutting the receive
 side does not wake a read (not on Linux)."""
+
+
+PEER_GONE = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN})
+"""Read errors that report a datagram we sent to a peer that is gone (ICMP):
+expected in a network with churn, so DEBUG; any other is a WARNING."""
 
 
 class Listener:
@@ -65,7 +71,10 @@ class Listener:
         self._wake_lock = threading.Lock()
         self._wake_open = False
         self._wake_read = self._wake_write = -1
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        # The thread serves the node current here all its life (``nodelog``).
+        self._thread = threading.Thread(target=nodelog.bound(self._run), name=name, daemon=True)
+        self._errors = nodelog.Bursts(log, time.monotonic, threshold=1)
+        """Unexpected read errors: one WARNING per interval at most."""
 
     @property
     def thread(self) -> threading.Thread:
@@ -114,7 +123,14 @@ class Listener:
                 selector.select()
                 self._drain(buffer, view)
         except (OSError, ValueError) as error:  # the socket was closed under us
-            log.debug("listener stopped: %s", error)
+            if self._stop_requested.is_set():
+                log.debug("listener stopped: %s", error)
+            else:
+                log.warning(
+                    "listener %s stopped: %s; this socket no longer receives",
+                    self._thread.name,
+                    error,
+                )
         finally:
             selector.close()
             with self._wake_lock:
@@ -136,7 +152,10 @@ class Listener:
                 return
             except OSError as error:  # e.g. ICMP port unreachable reported late
                 self._count("receive-error")
-                log.debug("receive error: %s", error)
+                if error.errno in PEER_GONE:
+                    log.debug("receive error: %s", error)
+                else:
+                    self._errors.note("receive-error", detail=str(error))
                 return
             if not size and stopping():  # the shutdown in stop() woke us
                 return

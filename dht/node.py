@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import errno
 import itertools
-import logging
 import math
 import socket
 import sys
@@ -32,11 +31,13 @@ from typing import Any
 
 from . import state
 from .config import Config, resolve
+from .core import nodelog
 from .core.engine import Engine
 from .core.limits import Limits
 from .core.ratelimit import RateLimiter
 from .core.receiver import Deliver, Receiver
 from .core.schedule import Schedule
+from .core.stats import COUNTERS
 from .core.storage import MemoryStorage
 from .errors import (
     AddressInUse,
@@ -53,7 +54,7 @@ from .wire.events import MAX_VALUE_SIZE, NS_PER_SECOND, Address
 from .wire.framing import Reassembler
 from .worker import release_worker, shared_worker
 
-log = logging.getLogger("dht")
+log = nodelog.logger("dht.node")
 
 StoreCallback = Callable[[Exception | None], object]
 FindCallback = Callable[[bytes | None, Exception | None], object]
@@ -103,10 +104,12 @@ class DHT:
         self._close_lock = threading.Lock()
         self._close_done = threading.Event()
         self._sockets = _bind(cfg)
+        self._tag = nodelog.node_tag(self._id, self._sockets[0].getsockname()[:2])
+        """How this node's log records name it (``nodelog``)."""
         cpus = frozenset(cfg.cpus) if cfg.cpus is not None else None
         # What fails part-way (out of threads or file descriptors) undoes,
         # in reverse, what was set up before it.
-        with contextlib.ExitStack() as undo:
+        with nodelog.acting_as(self._tag), contextlib.ExitStack() as undo:
             for sock in self._sockets:
                 undo.callback(sock.close)
             self._timers = shared_timer(cfg.timer_tick, cpus)
@@ -132,6 +135,7 @@ class DHT:
                 **engine_options(cfg),
             )
             undo.callback(self._engine.close)  # what started listeners set going
+            self._engine.stats.alarm = nodelog.Bursts(log, time.monotonic).note
             self._listeners = [
                 Listener(
                     sock,
@@ -147,15 +151,17 @@ class DHT:
                 undo.callback(listener.stop)
             undo.pop_all()
         _library_threads.update(self.threads())
-        self._engine.start()
-        self._state_lock = threading.Lock()
-        self._state_timer: object = None
-        self._saved_contacts: tuple[tuple[bytes, Address], ...] = ()
-        """The contacts of the state the node started from, saved again
-        while its table is empty (a node that found none of them alive
-        keeps them for its next start)."""
-        if cfg.state_path is not None:
-            self._state_timer = self._timers.schedule(state.SAVE_INTERVAL, self._save_soon)
+        with nodelog.acting_as(self._tag):
+            self._engine.start()
+            self._state_lock = threading.Lock()
+            self._state_timer: object = None
+            self._saved_contacts: tuple[tuple[bytes, Address], ...] = ()
+            """The contacts of the state the node started from, saved again
+            while its table is empty (a node that found none of them alive
+            keeps them for its next start)."""
+            if cfg.state_path is not None:
+                self._state_timer = self._timers.schedule(state.SAVE_INTERVAL, self._save_soon)
+            log.info("listening on %s as %s", self.address, self._id.hex())
 
     # -- properties ----------------------------------------------------------
 
@@ -174,15 +180,25 @@ class DHT:
         return self._closed
 
     def stats(self) -> dict[str, int]:
-        """Counters: datagrams and events received, drops by reason
-        (``drop-*``), timeouts, refusals, routing-table size, ..."""
-        counts = self._engine.stats.snapshot()
+        """The node's counters and levels by name, each an ``int``: data
+        received and dropped (``drop-<reason>``), requests and their
+        timeouts, the routing table, the storage (keys, values, bytes),
+        and the lookups done with their durations (microseconds) and the
+        nodes they queried (p50, p99). ``dht.core.stats.STATS`` says what
+        every key means and its unit; ``dht.metrics`` serves them to
+        Prometheus. Thread-safe; the ``stored-*`` keys ask the storage
+        (``stored-keys`` takes a pass over its keys)."""
+        counts = dict.fromkeys(COUNTERS, 0)
+        counts.update(self._engine.stats.snapshot())
+        counts.update(self._engine.stats.lookup_figures())
         counts["routing-table-size"] = len(self._engine.table)
         counts["pending-requests"] = self._engine.pending_requests
         receivers = [listener.receiver for listener in self._listeners]
         counts["datagrams-received"] = sum(receiver.datagrams for receiver in receivers)
         counts["events-received"] = sum(receiver.events for receiver in receivers)
+        counts["requests-received"] = sum(receiver.requests for receiver in receivers)
         counts["fragments-held"] = sum(receiver.reassembler.records for receiver in receivers)
+        counts.update(_stored(self._engine.storage))
         return counts
 
     def threads(self) -> list[threading.Thread]:
@@ -243,7 +259,8 @@ class DHT:
             if callback is not None:
                 callback(error)
 
-        self._engine.store(key, value, ttl_ns, done)
+        with nodelog.acting_as(self._tag):
+            self._engine.store(key, value, ttl_ns, done)
         return future
 
     def StopRepublishing(self, key: bytes) -> int:
@@ -296,7 +313,8 @@ class DHT:
             if error is not None and callback is not None:
                 callback(None, error)
 
-        self._engine.find(key, from_ns, on_value, on_done, first_only=first_only)
+        with nodelog.acting_as(self._tag):
+            self._engine.find(key, from_ns, on_value, on_done, first_only=first_only)
         return future
 
     def Close(self) -> None:
@@ -318,17 +336,19 @@ class DHT:
             return
         _closing.depth = getattr(_closing, "depth", 0) + 1
         try:
-            for listener in self._listeners:
-                listener.stop()
-            if self.config.state_path is not None:
-                with self._state_lock:  # no periodic save starts after this one
-                    self._timers.cancel(self._state_timer)
-                self._save_state(closing=True)
-            self._engine.close()
-            release_worker(self._worker)
-            release_timer(self._timers)
-            for sock in self._sockets:
-                sock.close()
+            with nodelog.acting_as(self._tag):
+                for listener in self._listeners:
+                    listener.stop()
+                if self.config.state_path is not None:
+                    with self._state_lock:  # no periodic save starts after this one
+                        self._timers.cancel(self._state_timer)
+                    self._save_state(closing=True)
+                self._engine.close()
+                release_worker(self._worker)
+                release_timer(self._timers)
+                for sock in self._sockets:
+                    sock.close()
+                log.info("closed")
         finally:
             _closing.depth -= 1
             self._close_done.set()
@@ -347,10 +367,16 @@ class DHT:
 
     def _bootstrap(self, addresses: list[Address]) -> None:
         result: Future[None] = Future()
-        self._engine.bootstrap(addresses, lambda error: _settle(result, error, None))
-        # The lookup always ends (every request has a timeout); the bound is a
-        # safety net against a bug, not a behaviour.
-        result.result(timeout=max(60.0, 30 * self.config.timeout))
+        with nodelog.acting_as(self._tag):
+            self._engine.bootstrap(addresses, lambda error: _settle(result, error, None))
+            # The lookup always ends (every request has a timeout); the bound is a
+            # safety net against a bug, not a behaviour.
+            try:
+                result.result(timeout=max(60.0, 30 * self.config.timeout))
+            except Exception as error:
+                log.warning("bootstrap failed: %s", error or type(error).__name__)
+                raise
+            log.info("joined: %d contacts", len(self._engine.table))
 
     def _join(self, saved: state.SavedState | None, addresses: list[Address]) -> None:
         """Join through the saved contacts, else through ``addresses``; with
@@ -437,7 +463,8 @@ def New(cfg: Config | None = None) -> DHT:
         cfg = dataclasses.replace(cfg, local_id=saved.node_id)  # back where it was
     node = DHT(cfg)
     try:
-        node._join(saved, addresses)
+        with nodelog.acting_as(node._tag):
+            node._join(saved, addresses)
     except BaseException as error:
         node.Close()
         if isinstance(error, TimeoutError):
@@ -481,7 +508,6 @@ def engine_options(cfg: Config) -> dict[str, Any]:
         "amplification_limit": cfg.amplification_limit,
         "transfer_batch_bytes": cfg.transfer_batch_bytes,
         "transfer_interval": cfg.transfer_interval,
-        "log_new_nodes": cfg.logging,
         "limits": limits_of(cfg),
     }
 
@@ -502,6 +528,27 @@ def receiver_for(cfg: Config, deliver: Deliver, engine: Engine) -> Receiver:
         ),
         limiter=RateLimiter(cfg.request_rate, cfg.request_burst),
     )
+
+
+def _stored(storage: object) -> dict[str, int]:
+    """What ``storage`` holds, as far as it says (the optional ``Keys()``,
+    ``len()`` and ``bytes`` of the storages shipped); what it lacks, or
+    what raises (user code), is left out."""
+    counts: dict[str, int] = {}
+    probes: dict[str, Callable[[], object]] = {
+        "stored-keys": lambda: len(storage.Keys()),  # type: ignore[attr-defined]
+        "stored-values": lambda: len(storage),  # type: ignore[arg-type]
+        "stored-bytes": lambda: storage.bytes,  # type: ignore[attr-defined]
+    }
+    for key, probe in probes.items():
+        try:
+            value = probe()
+        except Exception as error:  # absent (AttributeError, TypeError) or failing
+            log.debug("storage has no %s: %r", key, error)
+            continue
+        if isinstance(value, int) and not isinstance(value, bool):
+            counts[key] = value
+    return counts
 
 
 def default_storage(cfg: Config, clock_ns: Callable[[], int]) -> MemoryStorage:

@@ -16,17 +16,17 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
-import logging
 import os
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .core import nodelog
 from .core.routing import Contact
 from .keys import KEY_BYTES
 from .wire.events import Address
 
-log = logging.getLogger("dht.state")
+log = nodelog.logger("dht.state")
 
 VERSION = 1
 SAVE_INTERVAL = 60.0

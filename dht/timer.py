@@ -13,16 +13,16 @@ earliest of its node's. Shared, it usually is not.
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
 import time
 from collections.abc import Callable, Hashable
 
+from .core import nodelog
 from .core.timerwheel import Timer, TimerWheel
 from .shared import SharedThread, SharedThreads
 
-log = logging.getLogger("dht.timer")
+log = nodelog.logger("dht.timer")
 
 
 class TimerThread(SharedThread):
@@ -39,7 +39,8 @@ class TimerThread(SharedThread):
 
     def schedule(self, delay: float, callback: Callable[[], None]) -> Timer:
         """Run ``callback`` on the timer thread ``delay`` seconds from now
-        (at most one tick late)."""
+        (at most one tick late), as the node current here (``nodelog``)."""
+        callback = nodelog.bound(callback)
         with self._cond:
             deadline = self._clock() + delay
             timer = self._wheel.schedule(deadline, callback)

@@ -10,13 +10,13 @@ It sleeps while there is no job, so an idle node costs no CPU.
 
 from __future__ import annotations
 
-import logging
 from collections import deque
 from collections.abc import Callable, Hashable
 
+from .core import nodelog
 from .shared import SharedThread, SharedThreads
 
-log = logging.getLogger("dht.worker")
+log = nodelog.logger("dht.worker")
 
 
 class Worker(SharedThread):
@@ -28,10 +28,11 @@ class Worker(SharedThread):
 
     def submit(self, job: Callable[[], None]) -> None:
         """Run ``job`` on the worker thread after those submitted before it
-        (dropped once the worker is stopped). A job that raises is logged."""
+        (dropped once the worker is stopped), as the node current here
+        (``nodelog``). A job that raises is logged."""
         with self._cond:
             if self._running:
-                self._jobs.append(job)
+                self._jobs.append(nodelog.bound(job))
                 self._cond.notify()
 
     def _dropping(self) -> None:

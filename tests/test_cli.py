@@ -7,6 +7,7 @@ import dataclasses
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from cluster import free_udp_address, wait_until
+from test_metrics import scrape
 
 import dht
 from dht.cli import main
@@ -258,6 +260,49 @@ def test_a_node_keeps_its_values_in_its_storage_file(tmp_path: Path) -> None:
         assert node.stop() == 0
     finally:
         node.kill()
+
+
+@pytest.mark.timeout(60)
+def test_a_node_serves_its_metrics_to_prometheus(tmp_path: Path) -> None:
+    node = NodeProcess("--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", stderr=tmp_path / "e")
+    try:
+        url = node.expect(r"serving metrics at (http://127\.0\.0\.1:\d+/metrics)$").group(1)
+        stored = run("put", "measured", "value", "--bootstrap", node.address)
+        assert stored.returncode == 0, stored.stderr
+        families = scrape(url)
+        assert node.stop() == 0
+        assert node.stderr() == ""
+    finally:
+        node.kill()
+    assert families["dht_stored_values"].value("dht_stored_values") == 1
+    assert families["dht_routing_table_size"].value("dht_routing_table_size") == 1
+    # The put's node asked this one to find the key's closest nodes, then to store.
+    assert families["dht_requests_received_total"].value("dht_requests_received_total") >= 2
+    [(_, info)] = families["dht_node_info"].samples
+    assert dict(info)["address"] == node.address
+
+
+@pytest.mark.timeout(60)
+def test_a_node_writes_the_librarys_log_records_from_its_log_level(tmp_path: Path) -> None:
+    node = NodeProcess("--listen", "127.0.0.1:0", "--log-level", "INFO", stderr=tmp_path / "e")
+    try:
+        assert node.stop() == 0
+        port = node.address.rpartition(":")[2]
+        pattern = rf"INFO dht\.node: \[[0-9a-f]{{8}}@127\.0\.0\.1:{port}\] closed"
+        assert re.search(pattern, node.stderr()), node.stderr()
+    finally:
+        node.kill()
+
+
+@pytest.mark.timeout(60)
+def test_a_metrics_port_in_use_is_one_line_and_exit_1() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        address = f"127.0.0.1:{busy.getsockname()[1]}"
+        result = run("node", "--listen", "127.0.0.1:0", "--metrics", address)
+    assert (result.returncode, result.stdout) == (1, b"")
+    assert one_line(result.stderr) == (
+        f"dht node: --metrics: cannot serve on {address}: Address already in use"
+    )
 
 
 # ---------------------------------------------------------------------------

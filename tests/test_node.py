@@ -1045,24 +1045,6 @@ def test_config_defaults_are_valid() -> None:
     assert dht.Config().timeout == 2.0
 
 
-# ---------------------------------------------------------------------------
-# Logging
-
-
-@pytest.mark.parametrize(("flag", "level"), [(True, logging.INFO), (False, logging.DEBUG)])
-def test_logging_flag_sets_the_level_of_discovery_messages(
-    caplog: pytest.LogCaptureFixture, flag: bool, level: int
-) -> None:
-    caplog.set_level(logging.DEBUG, logger="dht")
-    with running_cluster(2, logging=flag):
-        assert wait_until(
-            lambda: any("discovered node" in r.getMessage() for r in caplog.records), 5.0
-        )
-    found = [r for r in caplog.records if "discovered node" in r.getMessage()]
-    assert {r.levelno for r in found} == {level}
-    assert all(r.name.startswith("dht") for r in caplog.records)
-
-
 def test_a_timer_thread_that_failed_to_start_is_not_shared_with_later_nodes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

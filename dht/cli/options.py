@@ -24,6 +24,8 @@ from ..keys import KEY_BYTES
 from ..wire.events import MAX_VALUE_SIZE
 from .common import USAGE, problem_of
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+"""The choices of ``dht node --log-level``."""
 DEFAULT_TTL = 3600.0
 """Seconds a ``dht put`` value lives when no ``--ttl`` is given."""
 
@@ -202,6 +204,20 @@ def build() -> Parser:
         help=config_help("listeners") + " (default: %(default)s)",
     )
     _timeout(node)
+    node.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        type=_address("metrics", node_port=False),
+        help="Serve the node's stats at http://HOST:PORT/metrics in the Prometheus text "
+        "format (dht.metrics); port 0 picks one, which is printed. None when not given.",
+    )
+    node.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default="WARNING",
+        help="Write the library's log records from this level up to standard error, "
+        "once the node has joined (default: %(default)s).",
+    )
     node.add_argument(
         "--interval",
         metavar="SECONDS",

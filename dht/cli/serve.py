@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import logging
 import signal
 import sys
 import threading
@@ -14,10 +15,11 @@ from types import FrameType
 
 from ..config import Config
 from ..core.storage import MemoryStorage
+from ..metrics import MetricsServer, node_exposition
 from ..node import DHT
 from ..sqlite_storage import SQLiteStorage
 from ..wire.events import NS_PER_SECOND
-from .common import node_config, say, start_node
+from .common import CommandError, node_config, say, start_node
 from .terminal import Summary
 
 TERMINAL_INTERVAL = 5.0
@@ -57,6 +59,10 @@ def run(args: argparse.Namespace) -> int:
         with contextlib.ExitStack() as closing:
             if isinstance(storage, SQLiteStorage):
                 closing.callback(storage.close)
+            # Bound before the join: a port in use fails at once.
+            metrics = _metrics_server(args.metrics)
+            if metrics is not None:
+                closing.callback(metrics.close)
             try:
                 node = start_node(dataclasses.replace(cfg, storage=storage))
             except KeyboardInterrupt:
@@ -65,7 +71,9 @@ def run(args: argparse.Namespace) -> int:
             finally:
                 stopper.joining = False
             try:
-                _serve(prog, node, storage, stopper.stop, _interval(args.interval))
+                # Only once joined: a failed join is one line, the error.
+                _log_to_stderr(args.log_level)
+                _serve(prog, node, storage, stopper.stop, _interval(args.interval), metrics)
             finally:
                 node.Close()
         say(prog, "closed")
@@ -78,6 +86,7 @@ def _serve(
     storage: MemoryStorage | SQLiteStorage,
     stop: threading.Event,
     interval: float,
+    metrics: MetricsServer | None = None,
 ) -> None:
     contacts = node.stats()["routing-table-size"]
     say(
@@ -85,12 +94,34 @@ def _serve(
         f"listening on {node.address} as {node.id.hex()}, {contacts} contacts; "
         "Ctrl-C or SIGTERM stops it",
     )
+    if metrics is not None:
+        metrics.start(lambda: node_exposition(node))
+        say(prog, f"serving metrics at http://{metrics.address}/metrics")
     summary = Summary(node, storage.__len__)
     started = time.monotonic()
     while not stop.wait(interval or 1.0):
         if interval:
             say(prog, summary.line())
     say(prog, f"stopping after {time.monotonic() - started:.0f} s: {summary.line()}")
+
+
+def _metrics_server(address: str | None) -> MetricsServer | None:
+    if address is None:
+        return None
+    try:
+        return MetricsServer(address)
+    except OSError as error:
+        raise CommandError(
+            f"--metrics: cannot serve on {address}: {error.strerror or error}"
+        ) from None
+
+
+def _log_to_stderr(level: str) -> None:
+    """The application's logging set-up (the library does none): records
+    of ``level`` and up to standard error, one line each."""
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 def _interval(option: float | None) -> float:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
-log = logging.getLogger("dht.engine")
+from . import nodelog
+
+log = nodelog.logger("dht.engine")
 
 
 def call_safely(fn: Callable[..., object], *args: object) -> object:

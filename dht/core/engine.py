@@ -34,6 +34,7 @@ from ..errors import ClosedError
 from ..wire.codec import encode
 from ..wire.events import Address, Event, Node, Value
 from ..wire.framing import wire_size
+from . import nodelog
 from .amplification import AmplificationGuard
 from .context import Context, Running
 from .diversity import Diversity
@@ -55,7 +56,7 @@ from .timerwheel import Timers
 from .transfer import KeyTransfer
 from .verification import Verifier
 
-log = logging.getLogger("dht.engine")
+log = nodelog.logger("dht.engine")
 
 DEFAULT_LIMITS = Limits()
 DEFAULT_SCHEDULE = Schedule()

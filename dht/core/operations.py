@@ -123,6 +123,7 @@ class LookupOperation(Operation):
         """Whether contacts that failed us lately are not asked again on
         another node's word (after a crash, every answer still lists the
         dead); not when most did (``RoutingTable.mostly_live``)."""
+        self.started = context.clock()
         self._reseeds = 0
 
     def payload(self) -> Payload:
@@ -240,6 +241,11 @@ class LookupOperation(Operation):
     def complete(self) -> None:
         raise NotImplementedError
 
+    def recorded(self, kind: str, error: Exception | None) -> None:
+        """Count the lookup's end in the node's stats (``report`` calls it)."""
+        elapsed = self.context.clock() - self.started
+        self.context.stats.lookup_done(kind, elapsed, self.lookup.queried, error is None)
+
 
 def round_trip(context: Context, node_id: bytes) -> float:
     """A lookup candidate's round trip in seconds: its own if it is a
@@ -328,6 +334,7 @@ class Bootstrap(LookupOperation):
         self.finish(None)
 
     def report(self, error: Exception | None) -> None:
+        self.recorded("bootstrap", error)
         self.on_done(error)
 
 
@@ -518,6 +525,7 @@ class FindOperation(LookupOperation):
             self.context.timers.cancel(self._hedge_timer)
         if error is None and not self.values:
             error = NotFoundError(self.target, self.lookup.queried)
+        self.recorded("find", error)
         self.on_done(error, list(self.values))
 
 
@@ -618,4 +626,5 @@ class StoreOperation(LookupOperation):
         self.finish(outcome)
 
     def report(self, error: Exception | None) -> None:
+        self.recorded("store", error)
         self.on_done(error)

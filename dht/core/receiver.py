@@ -15,16 +15,16 @@ no lock. Its counters are written only by the thread that feeds it.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 from ..errors import ProtocolError
 from ..wire.codec import decode
 from ..wire.events import Address, Event
 from ..wire.framing import Reassembler, wire_size
+from . import nodelog
 from .ratelimit import RateLimiter
 
-log = logging.getLogger("dht.receiver")
+log = nodelog.logger("dht.receiver")
 
 Deliver = Callable[[Event, Address, int], None]
 """Takes a decoded event, its source, and the bytes of its datagrams."""
@@ -50,6 +50,8 @@ class Receiver:
         """Datagrams received."""
         self.events = 0
         """Events decoded and handed to the engine."""
+        self.requests = 0
+        """Of ``events``, the requests."""
 
     def receive_datagram(
         self, data: bytes | bytearray | memoryview, source: Address, now: float
@@ -67,14 +69,17 @@ class Receiver:
             event = decode(event_bytes)
         except ProtocolError as error:
             count("drop-" + error.reason)
+            log.debug("dropped a datagram from %s:%d: %s", *source, error)
             return
         except Exception:  # e.g. MemoryError: drop the datagram, keep the loop
             count("drop-internal-error")
             log.exception("error reading a datagram from %s", source)
             return
-        if not event.response and not self.limiter.allow(source, now):
-            count("drop-rate-limited")
-            return
+        if not event.response:
+            if not self.limiter.allow(source, now):
+                count("drop-rate-limited")
+                return
+            self.requests += 1
         self.events += 1
         try:
             self._deliver(event, source, wire_size(len(event_bytes)))

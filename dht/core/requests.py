@@ -20,20 +20,20 @@ no lock is held while a callback runs.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
 
 from ..errors import ClosedError, DHTError, RequestTimeout, StoreRefused, WrongNode
 from ..wire.events import Address, Event, EventType, Payload
 from ..wire.refusal import reasons, refusal_id
+from . import nodelog
 from .callbacks import call_safely
 from .roundtrip import RoundTrip
 from .sender import Sender
 from .stats import Stats
 from .timerwheel import Timers
 
-log = logging.getLogger("dht.engine")
+log = nodelog.logger("dht.engine")
 
 OnResponse = Callable[[Event, Address], bool]
 """Runs for each response event; returns True when no more are expected."""

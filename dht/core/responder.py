@@ -12,7 +12,6 @@ verified (``verification``) or kept as a candidate.
 from __future__ import annotations
 
 import contextlib
-import logging
 import threading
 from collections.abc import Callable
 
@@ -20,6 +19,7 @@ from ..errors import DHTError
 from ..wire.codec import encode
 from ..wire.events import Address, Event, EventType, Node
 from ..wire.framing import fragment
+from . import nodelog
 from .amplification import FACTOR, AmplificationGuard
 from .answers import answer
 from .diversity import Diversity
@@ -33,7 +33,7 @@ from .shares import UNPROVEN
 from .stats import Stats
 from .verification import Verifier
 
-log = logging.getLogger("dht.engine")
+log = nodelog.logger("dht.engine")
 
 
 class Responder:

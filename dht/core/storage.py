@@ -7,7 +7,6 @@ exactly: ``created_ns`` since the Unix epoch, ``ttl_ns`` a duration.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
@@ -15,8 +14,9 @@ from typing import Protocol, runtime_checkable
 from sortedcontainers import SortedList
 
 from ..wire.events import NS_PER_SECOND, Value
+from . import nodelog
 
-log = logging.getLogger("dht.storage")
+log = nodelog.logger("dht.storage")
 
 
 @runtime_checkable

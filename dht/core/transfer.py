@@ -19,7 +19,6 @@ bytes per second (``shipping.Shipper``).
 
 from __future__ import annotations
 
-import logging
 import threading
 import weakref
 from collections import Counter, OrderedDict
@@ -27,10 +26,11 @@ from functools import partial
 
 from ..keys import K
 from ..wire.events import Node, Value
+from . import nodelog
 from .context import Context
 from .shipping import Shipper
 
-log = logging.getLogger("dht.engine")
+log = nodelog.logger("dht.engine")
 
 TRANSFERRED_NODES = 65536
 """Nodes remembered as served (least recently used go)."""
