@@ -26,7 +26,6 @@ own state with small locks; no lock is held while calling a user callback
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from functools import partial
 
@@ -83,7 +82,6 @@ class Engine:
         amplification_limit: int = 65536,
         transfer_batch_bytes: int = 16384,
         transfer_interval: float = 0.02,
-        log_new_nodes: bool = False,
         limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.local_id = local_id
@@ -180,7 +178,6 @@ class Engine:
         self.timers = timers
         self.clock = clock
         self.wall_clock_ns = wall_clock_ns
-        self._new_node_level = logging.INFO if log_new_nodes else logging.DEBUG
         self.request = self.requests.request
         self.awaits = self.requests.awaits
         """Whether an event id is that of one of our requests awaiting its
@@ -290,9 +287,7 @@ class Engine:
             self.verifier.confirm_move(event.sender, source)
         self.requests.answered(request, event, source)
         if verdict is Answered.NEW:
-            log.log(
-                self._new_node_level, "discovered node %s at %s:%d", event.sender.hex(), *source
-            )
+            log.debug("discovered node %s at %s:%d", event.sender.hex(), *source)
             self.transfer.offer(Node(event.sender, source))
 
     # -- the user's storage (user code: it may raise) ------------------------
