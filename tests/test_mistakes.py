@@ -94,4 +94,5 @@ def test_a_find_no_node_answered_does_not_claim_answers() -> None:
         nodes[1].Close()  # node 0 still lists it; its requests go unanswered
         error = nodes[0].Find(KEY).exception(timeout=10)
     assert isinstance(error, dht.NotFoundError)
-    assert "asked 1 node;" in str(error) and "queried" not in str(error)
+    assert "asked 1 node, none answered" in str(error) and "queried" not in str(error)
+    assert error.answered == 0

@@ -188,6 +188,11 @@ class Lookup:
             self._move(candidate, State.STALLED)
 
     @property
+    def answered_count(self) -> int:
+        """How many of the nodes asked answered."""
+        return self._counts[State.ANSWERED]
+
+    @property
     def done(self) -> bool:
         counts = self._counts
         if self.queried >= self.max_queries:  # out of budget: only wait for answers due

@@ -524,7 +524,9 @@ class FindOperation(LookupOperation):
         if self._hedge_timer is not None:
             self.context.timers.cancel(self._hedge_timer)
         if error is None and not self.values:
-            error = NotFoundError(self.target, self.lookup.queried)
+            error = NotFoundError(
+                self.target, self.lookup.queried, answered=self.lookup.answered_count
+            )
         self.recorded("find", error)
         self.on_done(error, list(self.values))
 
