@@ -4,7 +4,7 @@ that names the problem (issue 18, item 8)."""
 from __future__ import annotations
 
 import pytest
-from cluster import config, running_cluster
+from cluster import config, running_cluster, wait_until
 
 import dht
 
@@ -91,6 +91,8 @@ def test_not_found_says_how_many_were_asked_not_that_they_answered() -> None:
 
 def test_a_find_no_node_answered_does_not_claim_answers() -> None:
     with running_cluster(2) as nodes:
+        # Node 0 lists node 1 once it answered node 0's ping.
+        assert wait_until(lambda: len(nodes[0]._engine.table) == 1, 10.0)
         nodes[1].Close()  # node 0 still lists it; its requests go unanswered
         error = nodes[0].Find(KEY).exception(timeout=10)
     assert isinstance(error, dht.NotFoundError)
