@@ -13,7 +13,9 @@ without it, a Find or Store never ended.
 Given ``round_trip`` (seconds, per node id), ``next`` asks among the
 candidates it may ask those of the closest distance prefix first (the
 bits shared with the target: what a query gains towards it), and among
-equals the faster first (latency-aware routing).
+equals the faster first (latency-aware routing). Candidates nearer than
+``holders_within`` count as equals: for a Find, any of the K closest
+nodes likely holds the value, so the fastest of them is the one to ask.
 
 Given ``group`` (``diversity.Diversity.group``), the window and ``closest``
 hold at most ``PER_NETWORK`` candidates of one network: the others wait
@@ -47,13 +49,15 @@ class State(enum.IntEnum):
 
 
 class Candidate:
-    __slots__ = ("distance", "group", "node", "rtt", "state")
+    __slots__ = ("distance", "group", "node", "progress", "rtt", "state")
 
     def __init__(
         self, node: Node, distance: int, state: State, group: str | None, rtt: float
     ) -> None:
         self.node = node
         self.distance = distance
+        self.progress = distance.bit_length()
+        """What asking it gains: lower is better, equal is as good."""
         self.state = state
         self.group = group
         """The network it counts against (None: exempt)."""
@@ -66,7 +70,7 @@ def _distance_of(candidate: Candidate) -> int:
 
 
 def _progress_then_speed(candidate: Candidate) -> tuple[int, float]:
-    return candidate.distance.bit_length(), candidate.rtt
+    return candidate.progress, candidate.rtt
 
 
 class Lookup:
@@ -82,10 +86,12 @@ class Lookup:
         max_queries: int = MAX_QUERIES,
         group: Callable[[str], str | None] | None = None,
         round_trip: Callable[[bytes], float] | None = None,
+        holders_within: int = 0,
     ) -> None:
         self.local_id = local_id
         self._group = group
         self._round_trip = round_trip
+        self._holders_within = holders_within
         self.target = target
         self.k = k
         self.alpha = alpha
@@ -119,6 +125,8 @@ class Lookup:
             group = self._group(node.address[0]) if self._group is not None else None
             rtt = self._round_trip(node_id) if self._round_trip is not None else 0.0
             candidate = Candidate(node, int.from_bytes(node_id, "big") ^ target, state, group, rtt)
+            if candidate.distance < self._holders_within:
+                candidate.progress = 0
             by_id[node_id] = candidate
             fresh.append(candidate)
         self._counts[state] += len(fresh)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from functools import partial
 
 from ..errors import BootstrapError, ClosedError, NotFoundError, StoreError, StoreRefused
-from ..keys import ALPHA, K, distance
+from ..keys import ALPHA, KEY_BITS, K, distance
 from ..wire.events import (
     MAX_VALUE_SIZE,
     Address,
@@ -102,9 +102,15 @@ class LookupOperation(Operation):
 
     kind = EventType.FIND_NODE
 
-    def __init__(self, context: Context, target: bytes, *, alpha: int = ALPHA) -> None:
+    def __init__(
+        self, context: Context, target: bytes, *, alpha: int = ALPHA, holders: bool = False
+    ) -> None:
+        """``holders``: any of the K closest nodes will do (a Find's value
+        is on each), so the faster of them are asked first."""
         super().__init__(context)
         self.target = target
+        self.network_size = context.network_size()
+        """About how many nodes the network has, when the lookup began."""
         self.lookup = Lookup(
             context.local_id,
             target,
@@ -114,11 +120,11 @@ class LookupOperation(Operation):
             round_trip=partial(round_trip, context)
             if context.schedule.latency_aware_routing
             else None,
+            # The K-th closest of N random ids is about K * 2^160 / N away.
+            holders_within=(K << KEY_BITS) // self.network_size if holders else 0,
         )
         self.completing = False
         context.table.looked_up(target, context.clock())
-        self.network_size = context.network_size()
-        """About how many nodes the network has, when the lookup began."""
         self._skip_suspects = context.table.mostly_live(context.clock())
         """Whether contacts that failed us lately are not asked again on
         another node's word (after a crash, every answer still lists the
@@ -375,7 +381,7 @@ class FindOperation(LookupOperation):
         # too late to matter. It asks alpha at once after a miss, a failure,
         # or no answer within the hedge delay (``PendingRequests.hedge_delay``).
         hedge = context.requests.hedge_delay() if first_only else None
-        super().__init__(context, key, alpha=1 if hedge is not None else ALPHA)
+        super().__init__(context, key, alpha=1 if hedge is not None else ALPHA, holders=first_only)
         self._hedge = hedge
         self._hedge_timer: object = None
         self.first_only = first_only
