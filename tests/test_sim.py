@@ -19,7 +19,7 @@ from dht.sim.addresses import AddressPool
 from dht.sim.churn import ExponentialSessions, WeibullSessions, parse_duration
 from dht.sim.clock import VirtualClock
 from dht.sim.events import EventQueue
-from dht.sim.latency import ConstantLatency, LogNormalLatency, address_number
+from dht.sim.latency import ConstantLatency, LogNormalLatency, SlowNodes, address_number
 from dht.sim.network import Network
 from dht.sim.node import SimNode, engine_options
 from dht.sim.population import Population
@@ -280,3 +280,81 @@ def test_durations_read_with_their_units() -> None:
     assert parse_duration("80ms") == pytest.approx(0.08)
     with pytest.raises(ValueError):
         parse_duration("soon")
+
+
+# ---------------------------------------------------------------------------
+# The living network
+
+
+def _first_holders_leave(maintenance: bool) -> Simulation:
+    """100 nodes, no churn; from a minute after the first count, every 150 s
+    (more than the 120 s replicate interval) a quarter of each value's first
+    holders leave, until none is left."""
+    scenario = Scenario(
+        nodes=100,
+        seed=4,
+        stores=4,
+        lookups=0,
+        probes=4,
+        join_time=10.0,
+        settle=5.0,
+        store_time=5.0,
+        duration=1500.0,
+        sample_interval=300.0,
+        republish_interval=120.0,
+        replicate_interval=120.0,
+        maintenance=maintenance,
+    )
+    simulation = Simulation(scenario)
+
+    def leave(steps_left: int) -> None:
+        nodes = simulation.network.nodes
+        for holders in simulation.first_holders:
+            live = sorted(address for address in holders if address in nodes)
+            for address in live[: -(-len(live) // steps_left)]:
+                simulation.population.leave(nodes[address])
+
+    for step in range(4):
+        simulation.queue.post(simulation.timeline.lookups + 60 + 150 * step, leave, 4 - step)
+    simulation.run()
+    return simulation
+
+
+@pytest.mark.timeout(60)
+def test_replication_keeps_values_whose_first_holders_all_left_and_only_it() -> None:
+    kept = _first_holders_leave(maintenance=True).results
+    lost = _first_holders_leave(maintenance=False).results
+    for results in (kept, lost):
+        assert len(results.samples) == 6
+        assert results.samples[0].holders == [20] * 4
+        assert results.samples[-1].initial == [0] * 4  # every first holder left
+    last = kept.samples[-1].time
+    assert min(kept.samples[-1].holders) >= 10
+    assert [p.outcome for p in kept.probes if p.time == last] == ["found"] * 4
+    assert kept.counters["values-replicated"] > 0
+    assert lost.samples[-1].holders == [0] * 4
+    assert [p.outcome for p in lost.probes if p.time == last] == ["not-found"] * 4
+    assert "values-replicated" not in lost.counters
+
+
+def test_slow_nodes_multiply_their_pairs_round_trips_the_same_for_a_seed() -> None:
+    base = LogNormalLatency(0.08, 0.84, seed=1)
+    slow = SlowNodes(base, 0.1, 10.0, seed=1)
+    numbers = [address_number((f"127.1.{i // 250}.{i % 250 + 1}", 4000)) for i in range(2000)]
+    flags = [slow.slow(n) for n in numbers]
+    assert 0.08 * len(numbers) < sum(flags) < 0.12 * len(numbers)
+    assert flags == [SlowNodes(base, 0.1, 10.0, seed=1).slow(n) for n in numbers]
+    assert flags != [SlowNodes(base, 0.1, 10.0, seed=2).slow(n) for n in numbers]
+    for a, b in itertools.islice(itertools.combinations(numbers, 2), 5000):
+        factor = 10.0 if slow.slow(a) or slow.slow(b) else 1.0
+        assert slow.one_way(a, b) == pytest.approx(base.one_way(a, b) * factor)
+
+
+def test_maintenance_off_and_latency_unaware_reach_the_config() -> None:
+    on = Scenario().config()
+    off = Scenario(maintenance=False, latency_aware=False).config()
+    assert on.replicate_interval == 3600.0 and on.latency_aware_routing
+    assert off.refresh_interval == off.republish_interval == off.replicate_interval == 1e9
+    assert not off.latency_aware_routing
+    schedule = engine_options(off)["schedule"]
+    assert schedule.replicate_interval == 1e9 and not schedule.latency_aware_routing

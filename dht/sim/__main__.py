@@ -121,7 +121,65 @@ def parser() -> argparse.ArgumentParser:
         "--refresh-interval",
         type=_duration,
         default=default.refresh_interval,
-        help="the engine's liveness check period (default: Config's, %(default)ss)",
+        help="bucket refresh (default: Config's, %(default)ss)",
+    )
+    add(
+        "--republish-interval",
+        type=_duration,
+        default=default.republish_interval,
+        help="republishing by the publisher (default: Config's, %(default)ss)",
+    )
+    add(
+        "--replicate-interval",
+        type=_duration,
+        default=default.replicate_interval,
+        help="replication by the holders (default: Config's, %(default)ss)",
+    )
+    add(
+        "--no-maintenance",
+        action="store_true",
+        help="no bucket refresh, republishing or replication (their intervals at 1e9 s)",
+    )
+    add(
+        "--no-latency-aware",
+        action="store_true",
+        help="lookups ignore round trips (Config.latency_aware_routing off)",
+    )
+    add(
+        "--slow-fraction",
+        type=_fraction,
+        default=default.slow_fraction,
+        help="share of the nodes that are slow, 0.1 or 10%% (default none)",
+    )
+    add(
+        "--slow-factor",
+        type=float,
+        default=default.slow_factor,
+        help="a pair with a slow node takes this many times its round trip (default %(default)s)",
+    )
+    add(
+        "--ttl",
+        type=_duration,
+        default=default.ttl,
+        help="lifetime of the stored values (default 24h)",
+    )
+    add(
+        "--probes",
+        type=int,
+        default=default.probes,
+        help="FirstValue Finds of random stored values at each count of the replicas",
+    )
+    add(
+        "--short-stores",
+        type=int,
+        default=default.short_stores,
+        help="values stored with --short-ttl beside the others, each probed at every count",
+    )
+    add(
+        "--short-ttl",
+        type=_duration,
+        default=default.short_ttl,
+        help="lifetime of those (default 1h)",
     )
     add(
         "--trust-local-networks",
@@ -176,8 +234,10 @@ class ProgressBar:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if args.nodes < 1 or args.stores < 0 or args.lookups < 0:
-        parser().error("--nodes must be at least 1, --stores and --lookups not negative")
+    if args.nodes < 1 or min(args.stores, args.lookups, args.probes, args.short_stores) < 0:
+        parser().error("--nodes must be at least 1, the counts not negative")
+    if args.slow_factor < 1:
+        parser().error("--slow-factor must be at least 1")
     scenario = Scenario(
         nodes=args.nodes,
         loss=args.loss,
@@ -196,7 +256,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         value_size=args.value_size,
         timeout=args.timeout,
         refresh_interval=args.refresh_interval,
+        republish_interval=args.republish_interval,
+        replicate_interval=args.replicate_interval,
+        maintenance=not args.no_maintenance,
+        latency_aware=not args.no_latency_aware,
         trust_local_networks=args.trust_local_networks,
+        slow_fraction=args.slow_fraction,
+        slow_factor=args.slow_factor,
+        ttl=args.ttl,
+        probes=args.probes,
+        short_stores=args.short_stores,
+        short_ttl=args.short_ttl,
     )
     started = time.monotonic()
     progress = None if args.quiet else ProgressBar(sys.stderr, started)

@@ -126,3 +126,53 @@ class LogNormalLatency:
             f"sigma {self.sigma:g} (5-95 %: {self.rtt_quantile(0.05) * 1e3:.0f}"
             f"-{self.rtt_quantile(0.95) * 1e3:.0f} ms); one way is half"
         )
+
+
+class SlowNodes:
+    """``base``'s round trips, with a share of the nodes slow: a pair with a
+    slow node at either end (or both) takes ``factor`` times its round trip
+    (``10 % at 10x``: a tenth of the nodes behind a congested or distant
+    link; two slow ends are not compounded, which would put their pairs
+    past any timeout).
+
+    Whether an address is slow is a hash of its number and ``seed``, below
+    ``fraction``: the same in every run with that seed, nothing drawn from
+    any of the run's random streams, so adding slow nodes changes no node's
+    id, address or session.
+    """
+
+    def __init__(self, base: Latency, fraction: float, factor: float, *, seed: int = 0) -> None:
+        if not 0.0 <= fraction < 1.0 or factor < 1.0:
+            raise ValueError("the fraction must be in [0, 1) and the factor at least 1")
+        self.base = base
+        self.fraction = fraction
+        self.factor = factor
+        self.seed = seed
+        self._threshold = int(fraction * 2**64)
+        self._slow: dict[int, bool] = {}
+
+    def slow(self, number: int) -> bool:
+        """Whether the node at the address numbered ``number`` is slow."""
+        slow = self._slow.get(number)
+        if slow is None:
+            # The pair hash of the address with itself, under another seed.
+            slow = self._slow[number] = (
+                pair_hash(number, number, self.seed ^ 0x510E) < self._threshold
+            )
+        return slow
+
+    def one_way(self, a: int, b: int) -> float:
+        delay = self.base.one_way(a, b)
+        if self.slow(a) or self.slow(b):
+            return delay * self.factor
+        return delay
+
+    @property
+    def median_rtt(self) -> float:
+        return self.base.median_rtt
+
+    def describe(self) -> str:
+        return (
+            f"{self.base.describe()}; {100 * self.fraction:g}% of the nodes slow: "
+            f"a pair with one (or two) takes {self.factor:g}x its round trip"
+        )

@@ -15,13 +15,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..wire.events import EventType
-from .latency import LogNormalLatency
-from .scenario import Checkpoint, Results
+from .scenario import OFF, Checkpoint, Probe, Results
 from .trace import CLOSEST, FIRST, LookupTrace
 
 TIMING_MARK = "== timing"
 """The line that starts the section that varies from run to run."""
 MODES = ((CLOSEST, "K-closest"), (FIRST, "FirstValue"))
+STEADY_AFTER = 3600.0
+"""Seconds into the lookups phase after which traffic counts as steady
+(past the first round of bucket refresh, republishing and replication)."""
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -55,7 +57,7 @@ def render(results: Results, *, timing: dict[str, float] | None = None) -> str:
     scenario, timeline = results.scenario, results.timeline
     sessions = scenario.sessions()
     add(f"dht.sim: {_n(scenario.nodes)} nodes, seed {scenario.seed}")
-    model = LogNormalLatency(scenario.median_rtt, scenario.rtt_sigma)
+    model = scenario.latency()
     add(f"  network: {100 * scenario.loss:g}% of datagrams lost; {model.describe()}")
     churn = "none" if sessions is None else sessions.describe()
     add(f"  churn: {churn}" + ("; each node that leaves is replaced" if sessions else ""))
@@ -64,6 +66,16 @@ def render(results: Results, *, timing: dict[str, float] | None = None) -> str:
         f"refresh_interval {scenario.refresh_interval:g} s), "
         f"Limits(trust_local_networks={scenario.trust_local_networks}); an address per node"
     )
+    config = scenario.config()
+    if scenario.maintenance:
+        upkeep = (
+            f"maintenance on (bucket refresh {config.refresh_interval:g} s, republish "
+            f"{config.republish_interval:g} s, replicate {config.replicate_interval:g} s)"
+        )
+    else:
+        upkeep = f"maintenance off (refresh, republish, replicate every {OFF:g} s)"
+    aware = "on" if scenario.latency_aware else "off"
+    add(f"  {upkeep}; latency-aware routing {aware}")
     last_end = max((t.end for t in results.traces if t.end is not None), default=math.nan)
     add(
         f"  timeline (virtual s): joins 0-{timeline.joins_end:g}, stores {timeline.stores:g}-"
@@ -94,6 +106,18 @@ def render(results: Results, *, timing: dict[str, float] | None = None) -> str:
         f"unfinished {len(stores) - sum(outcomes.values())}"
     )
 
+    short = results.short_stores
+    if short:
+        ok = sum(s.outcome == "ok" for s in short)
+        add(
+            f"short-lived stores (ttl {scenario.short_ttl:g} s): {_n(len(short))}; "
+            f"succeeded {_n(ok)}"
+        )
+    add(
+        f"  values' ttl {scenario.ttl:g} s, {scenario.value_size} bytes each; "
+        f"stored from t = {timeline.stores:g} s"
+    )
+
     add("")
     _lookups(results, add)
     add("")
@@ -101,6 +125,12 @@ def render(results: Results, *, timing: dict[str, float] | None = None) -> str:
     add("")
     _replicas(results, add)
     add("")
+    if results.probes:
+        _retention(results, add)
+        add("")
+    if steady_span(results) is not None:
+        _steady(results, add)
+        add("")
     counters = results.counters
     add("engine counters (all nodes, whole run):")
     items = [f"{name} {_n(count)}" for name, count in counters.items()]
@@ -222,6 +252,108 @@ def _replicas(results: Results, add: Any) -> None:
     add("  the first count, still live (key transfer hands values to nodes that join).")
 
 
+def probes_at(results: Results) -> list[tuple[float, list[Probe], list[Probe]]]:
+    """The probes by count: ``(time, long-lived, short-lived)``."""
+    times: dict[float, tuple[list[Probe], list[Probe]]] = {}
+    for probe in results.probes:
+        long, short = times.setdefault(probe.time, ([], []))
+        (short if probe.short else long).append(probe)
+    return [(time, long, short) for time, (long, short) in times.items()]
+
+
+def _found(probes: list[Probe]) -> str:
+    ran = [p for p in probes if p.outcome != "aborted"]
+    found = sum(p.outcome == "found" for p in ran)
+    return f"{found}/{len(ran)}" if ran else "-"
+
+
+def _retention(results: Results, add: Any) -> None:
+    scenario, start = results.scenario, results.timeline.stores
+    samples = {sample.time: sample for sample in results.samples}
+    add(
+        f"retention: at each count, FirstValue Finds of {scenario.probes} random stored "
+        f"values (ttl {scenario.ttl:g} s) and of each short-lived one (ttl "
+        f"{scenario.short_ttl:g} s), from random joined nodes"
+    )
+    add(
+        f"  {'t-store (h)':>11}  {'found':>9}  {'%':>7}  {'holders p10/p50':>15}  "
+        f"{'held nowhere':>12}  {'short found':>11}  {'short holders max':>17}"
+    )
+    for time, long, short in probes_at(results):
+        sample = samples.get(time)
+        holders = sample.holders if sample else []
+        ran = [p for p in long if p.outcome != "aborted"]
+        share = 100 * sum(p.outcome == "found" for p in ran) / len(ran) if ran else math.nan
+        add(
+            f"  {(time - start) / 3600:>11.2f}  {_found(long):>9}  {share:>7.2f}  "
+            f"{percentile(holders, 0.1):>7.0f}/{percentile(holders, 0.5):<7.0f}  "
+            f"{sum(h == 0 for h in holders):>12}  {_found(short):>11}  "
+            f"{max(sample.short, default=0) if sample else 0:>17}"
+        )
+    add("  found: Finds that returned the value / Finds whose origin stayed; short")
+    add("  holders: live nodes holding a short-lived value unexpired, the most of any.")
+
+
+def steady_span(results: Results) -> tuple[Checkpoint, Checkpoint] | None:
+    """The counts between which traffic is steady: the first at least
+    ``STEADY_AFTER`` into the lookups phase (or the first), and the last,
+    if at least half an hour apart."""
+    series = results.series
+    if len(series) < 2:
+        return None
+    steady = results.timeline.lookups + STEADY_AFTER
+    first = next((c for c in series if c.time >= steady), series[0])
+    last = series[-1]
+    if last.time - first.time < 1800 or not first.event_bytes:
+        return None
+    return first, last
+
+
+def steady_traffic(results: Results) -> dict[str, Any] | None:
+    """Per node per hour in steady state: datagrams and bytes received by
+    event type (requests and answers together), and sent in all."""
+    span = steady_span(results)
+    if span is None:
+        return None
+    first, last = span
+    hours = (last.node_seconds - first.node_seconds) / 3600
+    by_type: dict[str, dict[str, float]] = {}
+    for kind in EventType:
+        datagrams = bytes_ = 0.0
+        for response in (0, 1):
+            slot = 2 * kind + response
+            datagrams += last.event_datagrams[slot] - first.event_datagrams[slot]
+            bytes_ += last.event_bytes[slot] - first.event_bytes[slot]
+        if datagrams:
+            by_type[kind.name] = {"datagrams": datagrams / hours, "bytes": bytes_ / hours}
+    sent_bytes = (last.bytes_sent - first.bytes_sent) / hours
+    return {
+        "from_s": first.time,
+        "to_s": last.time,
+        "by_type": by_type,
+        "sent_datagrams": (last.sent - first.sent) / hours,
+        "sent_bytes": sent_bytes,
+        "bytes_per_s": sent_bytes / 3600,
+    }
+
+
+def _steady(results: Results, add: Any) -> None:
+    traffic = steady_traffic(results)
+    assert traffic is not None
+    add(
+        f"traffic in steady state ({traffic['from_s']:.0f}-{traffic['to_s']:.0f} s), "
+        "per node per hour, received, by event type (requests and their answers):"
+    )
+    add(f"  {'type':<12}{'datagrams':>12}{'bytes':>14}")
+    for name, row in traffic["by_type"].items():
+        add(f"  {name:<12}{row['datagrams']:>12,.1f}{row['bytes']:>14,.0f}")
+    add(
+        f"  sent in all: {traffic['sent_datagrams']:,.1f} datagrams, "
+        f"{traffic['sent_bytes']:,.0f} bytes per node per hour = "
+        f"{traffic['bytes_per_s']:,.1f} bytes/s per node (lost ones included)"
+    )
+
+
 def to_json(results: Results, *, timing: dict[str, float] | None = None) -> dict[str, Any]:
     """The raw figures, for plots."""
     return {
@@ -247,9 +379,29 @@ def to_json(results: Results, *, timing: dict[str, float] | None = None) -> dict
             {"outcome": s.outcome, "start_s": s.start, "end_s": s.end} for s in results.stores
         ],
         "replicas": [
-            {"time_s": s.time, "holders": s.holders, "first_holders_alive": s.initial}
+            {
+                "time_s": s.time,
+                "holders": s.holders,
+                "first_holders_alive": s.initial,
+                "short_holders": s.short,
+            }
             for s in results.samples
         ],
+        "short_stores": [
+            {"outcome": s.outcome, "start_s": s.start, "end_s": s.end} for s in results.short_stores
+        ],
+        "probes": [
+            {
+                "time_s": p.time,
+                "short": p.short,
+                "index": p.index,
+                "outcome": p.outcome,
+                "latency_s": None if p.end is None else p.end - p.start,
+            }
+            for p in results.probes
+        ],
+        "series": [dataclasses.asdict(c) for c in results.series],
+        "steady_traffic": steady_traffic(results),
         "checkpoints": {
             name: dataclasses.asdict(checkpoint) for name, checkpoint in results.checkpoints.items()
         },

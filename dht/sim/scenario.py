@@ -10,6 +10,15 @@ random times over ``duration``, alternately K-closest and FirstValue.
 Churn, if any, runs from the first join to the end. Replicas are counted
 every ``sample_interval`` from the start of the lookups.
 
+For a long run (``retention``): ``short_stores`` more values, with
+``short_ttl``, are stored beside the others; at each count, ``probes``
+FirstValue Finds of random stored values (and one of each short-lived
+value) start from random joined nodes, which says what share of the values
+a user would still find. ``maintenance`` off puts bucket refresh,
+republishing and replication at ``OFF`` seconds (never, in any run);
+``latency_aware`` off makes lookups ignore round trips; ``slow_fraction``
+of the nodes are slow (``latency.SlowNodes``).
+
 Randomness: one ``random.Random`` per concern, each seeded from the seed
 and the concern's name (a string seed is hashed by SHA-512, so the same
 in every process, whatever ``PYTHONHASHSEED``): node ids, event ids,
@@ -32,7 +41,7 @@ from .addresses import AddressPool
 from .churn import ExponentialSessions, Sessions, WeibullSessions
 from .clock import VirtualClock
 from .events import EventQueue
-from .latency import LogNormalLatency
+from .latency import Latency, LogNormalLatency, SlowNodes
 from .network import Network
 from .node import SimNode, engine_options
 from .population import Population
@@ -48,6 +57,8 @@ GC_INTERVAL = 60.0
 """Virtual seconds between two runs of the garbage collector (``run``)."""
 PAIRS_SAMPLED = 10_000
 """Node pairs whose round trip is measured for the report."""
+OFF = 1e9
+"""An interval (seconds, about 32 years) that stands for "never"."""
 
 
 @dataclass(frozen=True)
@@ -82,8 +93,48 @@ class Scenario:
     """Lifetime of the stored values (longer than the run: none expires)."""
     timeout: float = DEFAULT_CONFIG.timeout
     refresh_interval: float = DEFAULT_CONFIG.refresh_interval
+    """Bucket refresh (``Config.refresh_interval``)."""
+    republish_interval: float = DEFAULT_CONFIG.republish_interval
+    replicate_interval: float = DEFAULT_CONFIG.replicate_interval
+    maintenance: bool = True
+    """False: bucket refresh, republishing and replication never run (their
+    intervals at ``OFF``); liveness pings and key transfer still do."""
+    latency_aware: bool = True
+    """``Config.latency_aware_routing``."""
     trust_local_networks: bool = False
     """False: the per-address and per-/24 limits act as on the internet."""
+    slow_fraction: float = 0.0
+    """Share of the nodes that are slow (``latency.SlowNodes``)."""
+    slow_factor: float = 10.0
+    """How many times its round trip a pair with a slow node takes."""
+    probes: int = 0
+    """FirstValue Finds of random stored values at each count of the replicas."""
+    short_stores: int = 0
+    """Values stored with ``short_ttl`` beside the others (each probed at every count)."""
+    short_ttl: float = 3600.0
+
+    def config(self) -> Config:
+        """The nodes' ``Config``: the defaults, with this scenario's changes."""
+        config = dataclasses.replace(
+            DEFAULT_CONFIG,
+            timeout=self.timeout,
+            refresh_interval=self.refresh_interval,
+            republish_interval=self.republish_interval,
+            replicate_interval=self.replicate_interval,
+            latency_aware_routing=self.latency_aware,
+        )
+        if not self.maintenance:
+            config = dataclasses.replace(
+                config, refresh_interval=OFF, republish_interval=OFF, replicate_interval=OFF
+            )
+        return config
+
+    def latency(self) -> Latency:
+        """The network's latency model."""
+        base = LogNormalLatency(self.median_rtt, self.rtt_sigma, seed=self.seed)
+        if not self.slow_fraction:
+            return base
+        return SlowNodes(base, self.slow_fraction, self.slow_factor, seed=self.seed)
 
     def sessions(self) -> Sessions | None:
         if self.churn is None:
@@ -122,6 +173,23 @@ class StoreRecord:
     end: float | None = None
     outcome: str = "unfinished"
     """``ok``, ``failed``, ``aborted`` (the origin left) or ``unfinished``."""
+    ttl: float = 0.0
+
+
+@dataclass
+class Probe:
+    """One FirstValue Find of a stored value, started at a count."""
+
+    time: float
+    """The count's time (virtual seconds)."""
+    short: bool
+    """A value of ``short_stores``."""
+    index: int
+    """The value's ``StoreRecord.index``."""
+    start: float
+    end: float | None = None
+    outcome: str = "unfinished"
+    """``found``, ``not-found``, ``error``, ``aborted`` or ``unfinished``."""
 
 
 @dataclass
@@ -134,6 +202,8 @@ class ReplicaSample:
     """Live nodes holding the value."""
     initial: list[int]
     """Of the nodes that held it at the first sample, those still live."""
+    short: list[int] = field(default_factory=list)
+    """Live nodes holding each short-lived value unexpired, in store order."""
 
 
 @dataclass
@@ -145,6 +215,8 @@ class Checkpoint:
     sent: int
     bytes_sent: int
     events: list[int]
+    event_bytes: list[int] = field(default_factory=list)
+    event_datagrams: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -155,6 +227,10 @@ class Results:
     stores: list[StoreRecord] = field(default_factory=list)
     samples: list[ReplicaSample] = field(default_factory=list)
     checkpoints: dict[str, Checkpoint] = field(default_factory=dict)
+    series: list[Checkpoint] = field(default_factory=list)
+    """Running totals at each count of the replicas."""
+    probes: list[Probe] = field(default_factory=list)
+    short_stores: list[StoreRecord] = field(default_factory=list)
     pair_rtts: list[float] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
     """Engine counters, summed over every node that ever ran."""
@@ -182,17 +258,13 @@ class Simulation:
 
         self.clock = VirtualClock()
         self.queue = EventQueue(self.clock)
-        self.latency = LogNormalLatency(scenario.median_rtt, scenario.rtt_sigma, seed=seed)
+        self.latency = scenario.latency()
         self.network: Network[SimNode] = Network(
             self.queue, latency=self.latency, loss=scenario.loss, rng=stream("loss")
         )
         self.tracer = Tracer(self.queue)
         self._event_ids = stream("event-ids")
-        self._options = engine_options(
-            dataclasses.replace(
-                DEFAULT_CONFIG, timeout=scenario.timeout, refresh_interval=scenario.refresh_interval
-            )
-        )
+        self._options = engine_options(scenario.config())
         self._options["limits"] = dataclasses.replace(
             self._options["limits"], trust_local_networks=scenario.trust_local_networks
         )
@@ -207,11 +279,21 @@ class Simulation:
         )
         self.population.on_leave = self._on_leave
         self._workload = stream("workload")
+        self._short_workload = stream("short-stores")
+        self._probing = stream("probes")
         self.results = Results(scenario, self.timeline)
         self._counters: dict[str, int] = {}
         self._stored: list[StoreRecord] = []  # succeeded, in the order they did
+        self._short: list[StoreRecord] = []  # short-lived ones that succeeded
+        self._probes_running = 0
         self._looking: set[Address] = set()  # origins of running lookups
         self._initial: list[set[Address]] | None = None
+
+    @property
+    def first_holders(self) -> list[set[Address]]:
+        """The nodes holding each stored value at the first count (in the
+        order the stores succeeded); empty before it."""
+        return self._initial or []
 
     def _make_node(self, node_id: bytes, address: Address) -> SimNode:
         randbytes = self._event_ids.randbytes
@@ -244,6 +326,13 @@ class Simulation:
         )
         for i, when in enumerate(store_times):
             post(when, self._store, i)
+        short = self._short_workload
+        short_times = sorted(
+            timeline.stores + short.random() * scenario.store_time
+            for _ in range(scenario.short_stores)
+        )
+        for i, when in enumerate(short_times):
+            post(when, self._store, i, True)
         lookup_times = sorted(
             timeline.lookups + workload.random() * scenario.duration
             for _ in range(scenario.lookups)
@@ -258,15 +347,20 @@ class Simulation:
         post(timeline.lookups, self._checkpoint, "lookups")
         post(timeline.lookups, self._measure_pairs)
 
-    def _checkpoint(self, name: str) -> None:
-        network = self.network
-        self.results.checkpoints[name] = Checkpoint(
+    def _totals(self) -> Checkpoint:
+        network, tracer = self.network, self.tracer
+        return Checkpoint(
             self.clock.now,
             self.population.node_seconds,
             network.sent,
             network.bytes_sent,
-            list(self.tracer.events),
+            list(tracer.events),
+            list(tracer.event_bytes),
+            list(tracer.event_datagrams),
         )
+
+    def _checkpoint(self, name: str) -> None:
+        self.results.checkpoints[name] = self._totals()
 
     def _measure_pairs(self) -> None:
         joined = self.population.joined
@@ -280,24 +374,33 @@ class Simulation:
 
     # -- stores -------------------------------------------------------------------
 
-    def _store(self, index: int) -> None:
-        origin = self.population.random_joined()
+    def _store(self, index: int, short: bool = False) -> None:
+        if short:  # its own streams: the other values and origins stay the same
+            joined = self.population.joined
+            origin = self._short_workload.choice(joined) if joined else None
+        else:
+            origin = self.population.random_joined()
         if origin is None:
             return
-        workload = self._workload
+        workload = self._short_workload if short else self._workload
         key, value = workload.randbytes(20), workload.randbytes(self.scenario.value_size)
-        record = StoreRecord(index, key, value, origin.address, self.clock.now)
-        self.results.stores.append(record)
+        ttl = self.scenario.short_ttl if short else self.scenario.ttl
+        record = StoreRecord(index, key, value, origin.address, self.clock.now, ttl=ttl)
+        (self.results.short_stores if short else self.results.stores).append(record)
 
         def done(error: Exception | None) -> None:
             record.end = self.clock.now
             if error is None:
                 record.outcome = "ok"
-                self._stored.append(record)
+                (self._short if short else self._stored).append(record)
             else:
                 record.outcome = "aborted" if isinstance(error, ClosedError) else "failed"
 
-        origin.engine.store(key, value, int(self.scenario.ttl * NS_PER_SECOND), done)
+        origin.engine.store(key, value, int(ttl * NS_PER_SECOND), done)
+        if not self.scenario.maintenance:
+            # A republish interval of OFF still republishes at half the
+            # remaining life (``Publications``): the user call stops it.
+            origin.engine.stop_republishing(key)
 
     # -- lookups ------------------------------------------------------------------
 
@@ -342,9 +445,43 @@ class Simulation:
             lambda: engine.find(record.key, 0, on_value, on_done, first_only=mode == FIRST),
         )
 
+    # -- probes -------------------------------------------------------------------
+
+    def _probe(self) -> None:
+        """FirstValue Finds of ``probes`` random stored values and of every
+        short-lived one, each from a random joined node (not traced)."""
+        joined = self.population.joined
+        if not joined:
+            return
+        rng, now = self._probing, self.clock.now
+        chosen = rng.sample(self._stored, min(self.scenario.probes, len(self._stored)))
+        for short, records in ((False, chosen), (True, self._short)):
+            for record in records:
+                probe = Probe(now, short, record.index, now)
+                self.results.probes.append(probe)
+                self._probes_running += 1
+                self._find(rng.choice(joined), record, probe)
+
+    def _find(self, origin: SimNode, record: StoreRecord, probe: Probe) -> None:
+        def on_value(value: bytes) -> None:
+            pass
+
+        def on_done(error: Exception | None, values: list[bytes]) -> None:
+            probe.end = self.clock.now
+            self._probes_running -= 1
+            if error is None or isinstance(error, NotFoundError):
+                probe.outcome = "found" if record.value in values else "not-found"
+            else:
+                probe.outcome = "aborted" if isinstance(error, ClosedError) else "error"
+
+        origin.engine.find(record.key, 0, on_value, on_done, first_only=True)
+
     # -- replicas -----------------------------------------------------------------
 
     def _sample(self) -> None:
+        self.results.series.append(self._totals())
+        if self.scenario.probes or self._short:
+            self._probe()
         stored = self._stored
         index = {record.key: i for i, record in enumerate(stored)}
         holders: list[set[Address]] = [set() for _ in stored]
@@ -358,6 +495,7 @@ class Simulation:
             self._initial = holders
         initial = self._initial
         nodes = self.network.nodes
+        live = [node for node in nodes.values() if node.online]
         self.results.samples.append(
             ReplicaSample(
                 self.clock.now,
@@ -366,6 +504,7 @@ class Simulation:
                     sum(1 for a in initial[i] if a in nodes) if i < len(initial) else 0
                     for i in range(len(stored))
                 ],
+                [sum(1 for node in live if node.storage.Get(r.key)) for r in self._short],
             )
         )
 
@@ -394,7 +533,7 @@ class Simulation:
             while now < stop:
                 now = min(now + tick, stop)
                 queue.run(now)
-                if now >= timeline.end and not self._looking:
+                if now >= timeline.end and not self._looking and not self._probes_running:
                     break
                 if now - collected >= GC_INTERVAL:
                     gc.collect()

@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..wire.events import Address, Event, EventType, FindValue
+from ..wire.framing import MAX_DATAGRAM
 from .events import EventQueue
 from .node import Observer, SimNode
 
@@ -95,6 +96,9 @@ class Tracer(Observer):
         """Events decoded, by ``2 * type + response``."""
         self.event_bytes = [0] * len(self.events)
         """Their bytes on the wire, the same way."""
+        self.event_datagrams = [0] * len(self.events)
+        """Their datagrams, the same way (every one but an event's last is
+        ``MAX_DATAGRAM`` bytes)."""
 
     def id_source(self, address: Address, new_id: Callable[[], bytes]) -> Callable[[], bytes]:
         """The event-id source for the node at ``address``: ``new_id``,
@@ -129,6 +133,7 @@ class Tracer(Observer):
         slot = 2 * event.type + event.response
         self.events[slot] += 1
         self.event_bytes[slot] += size
+        self.event_datagrams[slot] += -(-size // MAX_DATAGRAM)
         trace = self._traces.get(event.id) if self._traces else None
         if trace is None:
             node.engine.receive(event, source, size)
