@@ -12,7 +12,7 @@ from simnet import Outcome, SimNetwork, SimNode
 from test_faults import sim_find, sim_join
 
 import dht.core.refresh as refresh_module
-from dht.core.operations import RefreshLookup
+from dht.core.operations import NodeLookup
 from dht.core.roundtrip import MIN_RTO
 from dht.core.schedule import Schedule
 from dht.errors import NotFoundError
@@ -64,7 +64,7 @@ class RefreshLog:
         self.lookups: list[list[object]] = []
         log = self.lookups
 
-        class Recorded(RefreshLookup):
+        class Recorded(NodeLookup):
             def start(self) -> None:
                 table = self.context.table
                 self.record = [table.local_id, self.context.clock(), None, 0]
@@ -76,7 +76,7 @@ class RefreshLog:
                 self.record[2] = self.context.clock()
                 super().report(error)
 
-        monkeypatch.setattr(refresh_module, "RefreshLookup", Recorded)
+        monkeypatch.setattr(refresh_module, "NodeLookup", Recorded)
 
     def of(self, node: SimNode) -> list[tuple[float, float | None, int]]:
         return [(s, e, b) for n, s, e, b in self.lookups if n == node.id]  # type: ignore[misc]

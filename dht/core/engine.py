@@ -197,6 +197,7 @@ class Engine:
         self.maintenance.stop()
         self.refresh.close()
         self.republisher.close()
+        self.replication.close()
         self.running.close(ClosedError("the node was closed"))
         self.requests.close()
         self._sender.close()

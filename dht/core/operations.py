@@ -344,11 +344,15 @@ class Bootstrap(LookupOperation):
         self.on_done(error)
 
 
-class RefreshLookup(LookupOperation):
-    """A FIND_NODE lookup of ``target`` for what it teaches the routing
-    table (bucket refresh, ``refresh``); ``on_done()`` when it ends."""
+class NodeLookup(LookupOperation):
+    """A FIND_NODE lookup of ``target``: ``on_done(nodes)`` with the K
+    closest that answered when it ends (none if the node closed). Bucket
+    refresh runs it for what it teaches the routing table (``refresh``),
+    replication for whom to send a key's values (``replication``)."""
 
-    def __init__(self, context: Context, target: bytes, on_done: Callable[[], None]) -> None:
+    def __init__(
+        self, context: Context, target: bytes, on_done: Callable[[list[Node]], None]
+    ) -> None:
         super().__init__(context, target)
         self.on_done = on_done
 
@@ -361,7 +365,9 @@ class RefreshLookup(LookupOperation):
         self.finish(None)
 
     def report(self, error: Exception | None) -> None:
-        self.on_done()
+        with self.lock:
+            nodes = self.lookup.closest(K) if error is None else []
+        self.on_done(nodes)
 
 
 class FindOperation(LookupOperation):

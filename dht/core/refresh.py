@@ -14,8 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
+from ..wire.events import Node
 from .context import Context
-from .operations import RefreshLookup
+from .operations import NodeLookup
 from .slots import Slots
 
 
@@ -39,7 +40,10 @@ class BucketRefresh:
             self.slots.submit(partial(self._lookup, target))
 
     def _lookup(self, target: bytes, done: Callable[[], None]) -> None:
-        RefreshLookup(self._context, target, done).start()
+        def ended(_: list[Node]) -> None:
+            done()
+
+        NodeLookup(self._context, target, ended).start()
 
     def close(self) -> None:
         self.slots.close()

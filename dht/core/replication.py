@@ -1,5 +1,5 @@
 """Replication: each node re-sends the values it holds, for which it is
-among the K closest, to the other K closest nodes it knows, every
+among the K closest, to the other K closest nodes, every
 ``replicate_interval`` (the Kademlia paper, 2.5).
 
 Nodes leave and others join closer to a key; the holders that remain hand
@@ -12,7 +12,11 @@ instant as the first one. Each node's first round comes at a random point
 of the interval, so the holders of a key do not all send at once.
 
 The scan of the storage runs on the node's ``background`` thread (a user's
-storage may be slow); the values go out through a ``Shipper`` paced by
+storage may be slow). Each key to send gets a FIND_NODE lookup first, as
+the paper's republishing does, a few at a time: the routing table alone
+still listed the holders that had left (nothing else had asked them), and
+a simulated value whose first holders left a quarter at a time was lost
+with them. The values go out through a ``Shipper`` paced by
 ``replicate_rate``.
 """
 
@@ -20,11 +24,15 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
+from functools import partial
 
 from ..keys import K
 from ..wire.events import NS_PER_SECOND, Node, Value
 from .context import Context
+from .operations import NodeLookup
 from .shipping import Shipper
+from .slots import Slots
 
 RECEIVED_REMEMBERED = 1 << 16
 """Values whose last STORE a node remembers (the least recently received
@@ -34,6 +42,8 @@ REPLICATING_TO = 512
 neighbourhood, a few dozen, unless it holds keys from all over)."""
 CLOSEST_CACHED = 1024
 """Keys whose K closest nodes a scan keeps at once."""
+LOOKUPS_AT_ONCE = 4
+"""Lookups of keys to replicate one node runs at once; the others wait."""
 
 
 class Replication:
@@ -55,6 +65,7 @@ class Replication:
             rate=schedule.replicate_rate,
             waiting=REPLICATING_TO,
         )
+        self.slots = Slots(LOOKUPS_AT_ONCE)
         self._lock = threading.Lock()  # guards the three below
         self._received: OrderedDict[int, int] = OrderedDict()  # hash -> ns
         self._next = first_round
@@ -85,12 +96,30 @@ class Replication:
         context = self._context
         try:
             if not context.requests.closed:
-                self.shipper.ship(self._choose())
+                for key, values in self._choose().items():
+                    self.slots.submit(partial(self._lookup, key, values))
         finally:
             with self._lock:
                 self._scanning = False
 
-    def _choose(self) -> dict[Node, list[Value]]:
+    def _lookup(self, key: bytes, values: list[Value], done: Callable[[], None]) -> None:
+        """Find the K closest nodes to ``key`` now, and send them its values."""
+
+        def found(nodes: list[Node]) -> None:
+            target = int.from_bytes(key, "big")
+            ours = int.from_bytes(self._context.local_id, "big") ^ target
+            among = len(nodes) < K or ours < int.from_bytes(nodes[-1].id, "big") ^ target
+            self.shipper.ship({node: values for node in nodes[: K - 1 if among else K]})
+            done()
+
+        NodeLookup(self._context, key, found).start()
+
+    def close(self) -> None:
+        self.slots.close()
+
+    def _choose(self) -> dict[bytes, list[Value]]:
+        """The values to send, by key: those not received within the
+        interval, of keys this node is among the K closest to (by its table)."""
         context = self._context
         stored: list[Value] = []
 
@@ -105,26 +134,22 @@ class Replication:
                 identity: when for identity, when in self._received.items() if when >= since
             }
         local = int.from_bytes(context.local_id, "big")
-        closest: dict[bytes, list[Node] | None] = {}  # per key: the others to send to
-        shipments: dict[Node, list[Value]] = {}
+        among: dict[bytes, bool] = {}  # per key: whether this node is a holder
+        chosen: dict[bytes, list[Value]] = {}
         for value in stored:
             if hash((value.key, value.value)) in received:
                 continue
             key = value.key
-            if key not in closest:
-                if len(closest) >= CLOSEST_CACHED:
-                    closest.clear()
-                closest[key] = self._others(key, local)
-            others = closest[key]
-            for node in others or ():
-                shipments.setdefault(node, []).append(value)
-        return shipments
+            if key not in among:
+                if len(among) >= CLOSEST_CACHED:
+                    among.clear()
+                among[key] = self._among_closest(key, local)
+            if among[key]:
+                chosen.setdefault(key, []).append(value)
+        return chosen
 
-    def _others(self, key: bytes, local: int) -> list[Node] | None:
-        """The K - 1 contacts that hold ``key`` with this node, or None if
-        this node is not among its K closest."""
+    def _among_closest(self, key: bytes, local: int) -> bool:
+        """Whether this node is among the K closest to ``key`` it knows of."""
         nodes = self._context.table.closest(key, K)
         target = int.from_bytes(key, "big")
-        if len(nodes) == K and int.from_bytes(nodes[-1].id, "big") ^ target < local ^ target:
-            return None
-        return nodes[: K - 1]
+        return len(nodes) < K or int.from_bytes(nodes[-1].id, "big") ^ target > local ^ target

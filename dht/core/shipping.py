@@ -94,15 +94,18 @@ class Shipper:
             return len(self._active) + len(self._waiting)
 
     def ship(self, shipments: dict[Node, list[Value]]) -> None:
-        """Queue each node's values (a node already queued gets the new list
-        instead), then start as many as may run."""
+        """Queue each node's values (after those still to go to it, if any),
+        then start as many shipments as may run."""
         skipped: list[Node] = []
         with self._lock:
             for node, values in shipments.items():
                 batches = batch_values(values, self.batch_bytes)
                 if not batches:
                     continue
-                if len(self._waiting) >= self._max_waiting and node.id not in self._waiting:
+                current = self._active.get(node.id) or self._waiting.get(node.id)
+                if current is not None and current.node == node:
+                    current.batches.extend(batches)
+                elif len(self._waiting) >= self._max_waiting:
                     skipped.append(node)
                 else:
                     self._waiting[node.id] = _Shipment(node, batches)
@@ -130,11 +133,6 @@ class Shipper:
                 started.append(shipment)
         for shipment in started:
             self._send_next(shipment)
-
-    def _end(self, shipment: _Shipment) -> None:
-        with self._lock:
-            self._active.pop(shipment.node.id, None)
-        self._start_waiting()
 
     def _send_next(self, shipment: _Shipment) -> None:
         """Send the shipment's next batch once the budgets and the pending
@@ -189,10 +187,14 @@ class Shipper:
             context.stats.incr(self._acked, kept)
         refusal = error if isinstance(error, StoreRefused) else None
         stop = error is not None and (refusal is None or "full" in refusal.reasons)
-        shipment.next += 1
-        if stop or shipment.next == len(shipment.batches):
+        with self._lock:  # ``ship`` may be adding batches
+            shipment.next += 1
+            ended = stop or shipment.next >= len(shipment.batches)
+            if ended and self._active.get(shipment.node.id) is shipment:
+                del self._active[shipment.node.id]
+        if ended:
             if stop:
                 context.stats.incr(self._stopped)
-            self._end(shipment)
+            self._start_waiting()
             return
         context.timers.schedule(self.interval, partial(self._send_next, shipment))
