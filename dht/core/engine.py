@@ -198,6 +198,7 @@ class Engine:
         self.refresh.close()
         self.republisher.close()
         self.replication.close()
+        self.keeper.on_received = None  # a cycle through the context: freed at once
         self.running.close(ClosedError("the node was closed"))
         self.requests.close()
         self._sender.close()

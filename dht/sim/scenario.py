@@ -54,6 +54,8 @@ DRAIN = 60.0
 """Seconds after the last lookup starts that a lookup still running is
 waited for (then it counts as unfinished, a failure)."""
 GC_INTERVAL = 60.0
+FULL_GC_INTERVAL = 3600.0
+"""Virtual seconds between two collections of everything (``run``)."""
 """Virtual seconds between two runs of the garbage collector (``run``)."""
 PAIRS_SAMPLED = 10_000
 """Node pairs whose round trip is measured for the report."""
@@ -519,14 +521,16 @@ class Simulation:
         reference counting). It runs every ``GC_INTERVAL`` virtual seconds
         instead, then freezes what survived (``gc.freeze``), so the next run
         walks only what is new (0.1 s); cycles among frozen objects are not
-        collected.
+        collected until the next ``FULL_GC_INTERVAL``, when everything is
+        unfrozen and collected (a day-long run otherwise kept every node
+        that ever left and one of its cycles: 3.7 GB at 1,000 nodes).
         """
         self._plan()
         timeline = self.timeline
         queue = self.queue
         stop = timeline.end + DRAIN
         now = 0.0
-        collected = 0.0
+        collected = full = 0.0
         automatic = gc.isenabled()
         gc.disable()
         try:
@@ -536,6 +540,9 @@ class Simulation:
                 if now >= timeline.end and not self._looking and not self._probes_running:
                     break
                 if now - collected >= GC_INTERVAL:
+                    if now - full >= FULL_GC_INTERVAL:
+                        gc.unfreeze()
+                        full = now
                     gc.collect()
                     gc.freeze()
                     collected = now
