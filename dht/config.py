@@ -68,13 +68,14 @@ class Config:
     storage's expiry sweep, and the checks below for buckets to refresh and
     values to republish or replicate (which are as late as one round). Also
     how long a node served by key transfer waits before it is served again."""
-    liveness_interval: float = 900.0
-    """Seconds a contact may go unheard before a maintenance round pings it,
-    if its bucket has replacements waiting for room (BEP 5's 15 minutes
-    before a node is "questionable"; the Kademlia paper pings only for a
-    place someone wants). A contact that fails a lookup's request is found
-    out at once (its own retransmission timeout). Pinging every contact
-    unheard for 60 s made three quarters of a simulated network's datagrams."""
+    liveness_interval: float = 300.0
+    """Seconds a contact may go unheard before a maintenance round pings it.
+    A node lists its contacts in its answers, and each dead one costs the
+    asker a wait: in a simulated network two hours into 1 h sessions, the
+    median K-closest lookup took 1.42 s at 300 s, 1.60 s at 900 s (BEP 5's
+    15 minutes), 2.40 s pinging only where replacements wait (the Kademlia
+    paper's rule). At 60 s, three quarters of the datagrams were pings. A
+    contact that fails a lookup's request is found out at once anyway."""
     refresh_interval: float = 3600.0
     """Seconds after which a bucket that no lookup has passed through is
     refreshed by a lookup of a random id in its range (the Kademlia paper,

@@ -1,12 +1,14 @@
 """Periodic maintenance: what a node does every ``maintenance_interval``.
 
-Each round: ping the suspect contacts, less often the longer they stay
-silent (an answer makes them live again),
-those not heard from for ``liveness_interval`` in buckets where
-replacements wait for room (the Kademlia paper, 2.2: only a place someone
-wants is worth a ping; a dead contact elsewhere is found out by the first
-lookup that asks it, within its own retransmission timeout), and the
-candidates waiting for room (``verification``); queue key transfer for live contacts never served
+Each round: drop the contacts that failed many times in a row
+(``RoutingTable.forget_gone``); ping the suspect ones, less often the
+longer they stay silent (an answer makes them live again), and those not
+heard from for ``liveness_interval``: a node lists its contacts in its
+answers, and each dead one listed costs the asker a wait (with pings only
+where replacements waited for room, the K-closest lookups of a simulated
+network two hours into 1 h sessions took 2.4 s at the median instead of
+1.4 s); ping the candidates waiting for room (``verification``); queue
+key transfer for live contacts never served
 (the queue was full when they were new); sweep expired values out of the
 storage, on the background thread (a user's storage may be slow); then the
 ``tasks`` with their own intervals: bucket refresh (``refresh``),
@@ -71,11 +73,14 @@ class Maintenance:
             return
         now = context.clock()
         table = context.table
-        stale = table.stale(now, context.schedule.liveness_interval, contended=True)
+        stale = table.stale(now, context.schedule.liveness_interval)
         for contact in stale:
             self._ping(contact.id, contact.address)
         pinged = {contact.id for contact in stale}
         schedule = context.schedule
+        gone = table.forget_gone(now)
+        if gone:
+            context.stats.incr("contacts-dropped", gone)
         for contact in table.suspects():
             # Each unanswered ping doubles the wait for the next, up to
             # liveness_interval: a dead contact nothing replaces (a bucket

@@ -55,6 +55,10 @@ SIZE_ESTIMATE_AGE = 1.0
 """Seconds a network-size estimate is used for before it is made again."""
 SUSPECT_AFTER_FAILURES = 2
 """Consecutive unanswered requests after which a contact is suspect."""
+GONE_AFTER_FAILURES = 6
+"""Consecutive unanswered requests after which a suspect is dropped, if
+most contacts are live (``forget_gone``): in a churning network the dead
+otherwise piled up in buckets with room, each pinged for ever."""
 STRANGERS_REMEMBERED = 256
 """Nodes outside the buckets whose unanswered requests are counted (the
 least recently failed are forgotten): after a crash, every answer lists
@@ -460,6 +464,26 @@ class RoutingTable:
             return contact.suspect
         return self._strangers.get(node_id, 0) >= SUSPECT_AFTER_FAILURES
 
+    def forget_gone(self, now: float) -> int:
+        """Drop the contacts unanswered ``GONE_AFTER_FAILURES`` times in a
+        row, unless most contacts are suspect (the fault is then likely
+        ours: see ``mostly_live``). How many were dropped."""
+        if not self.mostly_live(now):
+            return 0
+        dropped = 0
+        for bucket in self._buckets:
+            if bucket is not None and bucket.contacts:
+                with bucket.lock:
+                    gone = [
+                        c.id for c in bucket.contacts.values() if c.failures >= GONE_AFTER_FAILURES
+                    ]
+                    for node_id in gone:
+                        del bucket.contacts[node_id]
+                    if gone:
+                        bucket.changed()
+                        dropped += len(gone)
+        return dropped
+
     def suspects(self) -> list[Contact]:
         """The suspect contacts (maintenance pings them: one that answers is
         live again)."""
@@ -553,13 +577,12 @@ class RoutingTable:
             verdict = self._mostly_live = (now, 2 * suspect <= total)
         return verdict[1]
 
-    def stale(self, now: float, age: float, *, contended: bool = False) -> list[Contact]:
+    def stale(self, now: float, age: float) -> list[Contact]:
         """Contacts not heard from for ``age`` seconds (the liveness check's
-        targets; the reference's condition is inverted, D42); with
-        ``contended``, only in buckets where replacements wait for room."""
+        targets; the reference's condition is inverted, D42)."""
         out: list[Contact] = []
         for bucket in self._buckets:
-            if bucket is not None and bucket.contacts and (bucket.replacements or not contended):
+            if bucket is not None and bucket.contacts:
                 with bucket.lock:
                     out.extend(c for c in bucket.contacts.values() if now - c.last_seen >= age)
         return out

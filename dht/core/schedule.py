@@ -17,7 +17,7 @@ class Schedule:
 
     maintenance_interval: float = 60.0
     """Seconds between two maintenance rounds (``maintenance``)."""
-    liveness_interval: float = 900.0
+    liveness_interval: float = 300.0
     """Seconds a contact may go unheard before a round pings it."""
     refresh_interval: float = 3600.0
     """Seconds after which a bucket no lookup passed through is refreshed."""

@@ -155,6 +155,10 @@ STATS: dict[str, Stat] = {
     "buckets-refreshed": _counter(
         "lookups", "Bucket-refresh lookups started (a bucket no lookup passed through)."
     ),
+    "contacts-dropped": _counter(
+        "contacts",
+        "Contacts dropped from the routing table after six unanswered requests in a row.",
+    ),
 }
 """Every fixed key of ``DHT.stats()``; the shipping and lookup keys are added below."""
 
