@@ -585,7 +585,13 @@ def main_living(args: argparse.Namespace) -> int:
     RAW.mkdir(parents=True, exist_ok=True)
     todo = living(args.retention_nodes, args.hours, args.slow_nodes, args.traffic_nodes)
     machine = machine_of(args.seed)
-    runs = {name: run_living(name, extra, args.seed) for name, extra in todo.items()}
+    # The longest (retention) first, ``--jobs`` at a time.
+    names = sorted(todo, key=lambda name: not name.startswith("living-retention"))
+    with ThreadPoolExecutor(args.jobs) as pool:
+        done = dict(
+            zip(names, pool.map(lambda n: run_living(n, todo[n], args.seed), names), strict=True)
+        )
+    runs = {name: done[name] for name in todo}
     plots = living_plots(runs)
     write_living(living_page(runs, machine, plots))
     print(f"wrote {RESULTS / 'SIM.md'}")
