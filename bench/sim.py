@@ -98,7 +98,9 @@ def living(
     }
 
 
-def run_living(name: str, args: list[str], seed: int) -> dict[str, Any]:
+def run_sim(name: str, args: list[str], seed: int) -> dict[str, Any]:
+    """Run ``python -m dht.sim`` with ``args``; keep its report and JSON as
+    ``name`` under ``RAW``; its figures, with the command that made them."""
     raw = RAW / f"{name}.json"
     command = [sys.executable, "-m", "dht.sim", *args, f"--seed={seed}", f"--json={raw}", "--quiet"]
     started = time.perf_counter()
@@ -153,28 +155,8 @@ def name_of(nodes: int, loss: float, churn: str) -> str:
 
 
 def run(nodes: int, loss: float, churn: str, seed: int, extra: list[str]) -> dict[str, Any]:
-    name = name_of(nodes, loss, churn)
-    raw = RAW / f"{name}.json"
-    command = [
-        sys.executable,
-        "-m",
-        "dht.sim",
-        f"--nodes={nodes}",
-        f"--loss={loss}",
-        f"--churn={churn}",
-        f"--seed={seed}",
-        f"--json={raw}",
-        "--quiet",
-        *extra,
-    ]
-    started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode:
-        raise RuntimeError(f"{name} failed ({done.returncode}): {done.stderr.strip()[-400:]}")
-    (RAW / f"{name}.txt").write_text(done.stdout)
-    print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)
-    figures: dict[str, Any] = json.loads(raw.read_text())
-    return figures
+    args = [f"--nodes={nodes}", f"--loss={loss}", f"--churn={churn}", *extra]
+    return run_sim(name_of(nodes, loss, churn), args, seed)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -589,7 +571,7 @@ def main_living(args: argparse.Namespace) -> int:
     names = sorted(todo, key=lambda name: not name.startswith("living-retention"))
     with ThreadPoolExecutor(args.jobs) as pool:
         done = dict(
-            zip(names, pool.map(lambda n: run_living(n, todo[n], args.seed), names), strict=True)
+            zip(names, pool.map(lambda n: run_sim(n, todo[n], args.seed), names), strict=True)
         )
     runs = {name: done[name] for name in todo}
     plots = living_plots(runs)
