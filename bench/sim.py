@@ -8,8 +8,8 @@ hops, requests, traffic and replicas, beside published figures of deployed
 DHTs, with a latency CDF and replicas over time per network size. Timing
 targets live here and in the page, never in the tests.
 
-``--living`` runs instead the living-network scenarios (``LIVING``), one
-at a time: retention over a day with maintenance on and off, the slow-nodes
+``--living`` runs instead the living-network scenarios (``LIVING``),
+``--jobs`` at a time: retention over a day with maintenance on and off, the slow-nodes
 latency with and without latency-aware routing, and maintenance traffic
 with 1,000 values held per node. It rewrites only the page's section
 between ``LIVING_BEGIN`` and ``LIVING_END`` (appended if missing), so the
@@ -363,9 +363,9 @@ def living_page(runs: dict[str, dict[str, Any]], machine: dict[str, Any], plots:
         "",
         f"One run of `python -m bench.sim --living` on {machine['cores']} cores (shared "
         f"with other work), Python {machine['python']}, {machine['platform']}, "
-        f"{machine['when']}, revision {machine['revision']}, seed {machine['seed']}, one "
-        "simulation at a time. Text reports: `sim/living-*.txt`. Each run, its command "
-        "and its wall time:",
+        f"{machine['when']}, revision {machine['revision']}, seed {machine['seed']}, "
+        f"{machine['jobs']} simulation(s) at a time. Text reports: `sim/living-*.txt`. "
+        "Each run, its command and its wall time:",
         "",
         "| run | command | wall s | wall s per simulated hour | peak MB |",
         "|---|---|---|---|---|",
@@ -566,7 +566,7 @@ def machine_of(seed: int) -> dict[str, Any]:
 def main_living(args: argparse.Namespace) -> int:
     RAW.mkdir(parents=True, exist_ok=True)
     todo = living(args.retention_nodes, args.hours, args.slow_nodes, args.traffic_nodes)
-    machine = machine_of(args.seed)
+    machine = {**machine_of(args.seed), "jobs": args.jobs}
     # The longest (retention) first, ``--jobs`` at a time.
     names = sorted(todo, key=lambda name: not name.startswith("living-retention"))
     with ThreadPoolExecutor(args.jobs) as pool:
