@@ -321,24 +321,15 @@ class Simulation:
         post(0.0, population.first)
         for i in range(1, scenario.nodes):
             post(i * timeline.joins_end / max(1, scenario.nodes - 1), population.join)
-        workload = self._workload
-        store_times = sorted(
-            timeline.stores + workload.random() * scenario.store_time
-            for _ in range(scenario.stores)
-        )
-        for i, when in enumerate(store_times):
+        workload, short = self._workload, self._short_workload
+        for i, when in enumerate(
+            _times(workload, timeline.stores, scenario.store_time, scenario.stores)
+        ):
             post(when, self._store, i)
-        short = self._short_workload
-        short_times = sorted(
-            timeline.stores + short.random() * scenario.store_time
-            for _ in range(scenario.short_stores)
-        )
+        short_times = _times(short, timeline.stores, scenario.store_time, scenario.short_stores)
         for i, when in enumerate(short_times):
             post(when, self._store, i, True)
-        lookup_times = sorted(
-            timeline.lookups + workload.random() * scenario.duration
-            for _ in range(scenario.lookups)
-        )
+        lookup_times = _times(workload, timeline.lookups, scenario.duration, scenario.lookups)
         for i, when in enumerate(lookup_times):
             post(when, self._lookup, i)
         when = timeline.lookups
@@ -593,3 +584,8 @@ class Simulation:
 def run(scenario: Scenario, progress: Progress | None = None) -> Results:
     """Simulate ``scenario``."""
     return Simulation(scenario).run(progress)
+
+
+def _times(rng: random.Random, start: float, span: float, count: int) -> list[float]:
+    """``count`` random instants in ``[start, start + span)``, in order."""
+    return sorted(start + rng.random() * span for _ in range(count))
