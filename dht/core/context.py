@@ -90,7 +90,3 @@ class Context:
     """20 random bytes (the engine's id source: random ids to refresh with)."""
     schedule: Schedule
     """How often the node does its periodic work."""
-
-    def network_size(self) -> int:
-        """About how many nodes the network has (``RoutingTable.network_size``)."""
-        return self.table.network_size(self.clock())

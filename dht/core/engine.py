@@ -257,7 +257,7 @@ class Engine:
         return self.requests.hedge_delay()
 
     def network_size(self) -> int:
-        return self.context.network_size()
+        return self.table.network_size(self.clock())
 
     # -- receiving ----------------------------------------------------------
 

@@ -109,7 +109,9 @@ class LookupOperation(Operation):
         is on each), so the faster of them are asked first."""
         super().__init__(context)
         self.target = target
-        self.network_size = context.network_size()
+        now = context.clock()
+        self.started = now
+        self.network_size = context.table.network_size(now)
         """About how many nodes the network has, when the lookup began."""
         self.lookup = Lookup(
             context.local_id,
@@ -124,12 +126,11 @@ class LookupOperation(Operation):
             holders_within=(K << KEY_BITS) // self.network_size if holders else 0,
         )
         self.completing = False
-        context.table.looked_up(target, context.clock())
-        self._skip_suspects = context.table.mostly_live(context.clock())
+        context.table.looked_up(target, now)
+        self._skip_suspects = context.table.mostly_live(now)
         """Whether contacts that failed us lately are not asked again on
         another node's word (after a crash, every answer still lists the
         dead); not when most did (``RoutingTable.mostly_live``)."""
-        self.started = context.clock()
         self._reseeds = 0
 
     def payload(self) -> Payload:

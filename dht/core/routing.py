@@ -228,7 +228,9 @@ class RoutingTable:
 
     def _met(self, node_id: bytes) -> None:
         """``node_id`` was heard from: no failures of it are held against it."""
-        if self._strangers:  # no lock to read: a race only keeps a count a moment
+        # Read without the lock (every request received comes here): a race
+        # only keeps a count a moment longer.
+        if node_id in self._strangers:
             with self._strangers_lock:
                 self._strangers.pop(node_id, None)
 

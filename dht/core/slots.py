@@ -36,11 +36,6 @@ class Slots:
         with self._lock:
             return max(0, self.size - self._running - len(self._waiting))
 
-    @property
-    def waiting(self) -> int:
-        with self._lock:
-            return len(self._waiting)
-
     def submit(self, job: Job) -> None:
         """Start ``job`` now if a slot is free, else when one is; never once
         closed."""
