@@ -583,6 +583,29 @@ def test_finished_operations_leave_no_reference_cycles() -> None:
                 gc.enable()
 
 
+def test_closed_nodes_leave_no_reference_cycles() -> None:
+    """A closed node's parts, timers it left scheduled and its key transfer
+    included, are freed by reference counting: a process that opens and
+    closes nodes does not wait for the garbage collector to free them."""
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # unreachable cycles go to gc.garbage
+    try:
+        with running_cluster(3) as nodes:
+            store(nodes[1], new_key(), b"transferred to the newcomer")
+            nodes.append(add_node(nodes[0]))  # key transfer ships to it
+        del nodes
+        gc.collect()
+        ours = [o for o in gc.garbage if type(o).__module__.startswith("dht")]
+        assert not ours, f"{len(ours)} objects in cycles, e.g. {ours[:5]}"
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        if was_enabled:
+            gc.enable()
+
+
 def test_a_slow_storage_scan_holds_up_no_timeout() -> None:
     # Key transfer iterated the user's storage on the timer thread that all
     # nodes of a process share: while a slow Iterate ran (a database, say),

@@ -64,7 +64,7 @@ class Shipper:
         batch_bytes: int,
         interval: float,
         rate: float,
-        on_skipped: Callable[[Node], None] | None = None,
+        on_skipped: Callable[[Node], None] | None = None,  # a bound method
         waiting: int = WAITING,
     ) -> None:
         # Weak: the node's engine holds both, and callbacks still scheduled
@@ -74,7 +74,8 @@ class Shipper:
         """Largest STORE batch sent to a node (bytes of values)."""
         self.interval = interval
         """Seconds between two batches to one node, at least."""
-        self._on_skipped = on_skipped
+        # Weak too: the owner of ``on_skipped`` holds this shipper.
+        self._on_skipped = None if on_skipped is None else weakref.WeakMethod(on_skipped)
         self._max_waiting = waiting
         self._acked = acked
         self._bytes = f"{name}-bytes"
@@ -114,8 +115,9 @@ class Shipper:
             return
         for node in skipped:
             context.stats.incr(self._skipped)
-            if self._on_skipped is not None:
-                self._on_skipped(node)
+            on_skipped = None if self._on_skipped is None else self._on_skipped()
+            if on_skipped is not None:
+                on_skipped(node)
         self._start_waiting()
 
     def _start_waiting(self) -> None:

@@ -25,12 +25,14 @@ class Timer:
     usually close over the object that holds the timer, and that cycle would
     otherwise outlive the timer until the garbage collector finds it."""
 
-    __slots__ = ("callback", "due_tick", "slot")
+    __slots__ = ("callback", "due_tick", "pending")
 
     def __init__(self, due_tick: int, callback: Callable[[], None]) -> None:
         self.due_tick = due_tick
         self.callback = callback
-        self.slot: dict[Timer, None] | None = None
+        # Not a reference to its slot: that would make a cycle of every
+        # timer a closed node leaves scheduled.
+        self.pending = True
 
 
 class TimerWheel:
@@ -59,17 +61,17 @@ class TimerWheel:
         if slot is None:
             slot = self._slots[index] = {}
         slot[timer] = None
-        timer.slot = slot
         self._count += 1
         return timer
 
     def cancel(self, timer: Timer) -> bool:
         """Remove a pending timer. False if it already fired or was cancelled."""
-        slot = timer.slot
-        if slot is None:
+        if not timer.pending:
             return False
+        slot = self._slots[timer.due_tick % len(self._slots)]
+        assert slot is not None
         del slot[timer]
-        timer.slot = None
+        timer.pending = False
         timer.callback = _spent
         self._count -= 1
         return True
@@ -92,9 +94,10 @@ class TimerWheel:
         due.sort(key=_due_tick)  # slot order is due order only within one turn
         callbacks = []
         for timer in due:
-            assert timer.slot is not None
-            del timer.slot[timer]
-            timer.slot = None
+            slot = slots[timer.due_tick % len(slots)]
+            assert slot is not None
+            del slot[timer]
+            timer.pending = False
             callbacks.append(timer.callback)
             timer.callback = _spent
         self._count -= len(due)
