@@ -115,6 +115,15 @@ class Config:
     process 1.5 to 1.9 times as fast, and a two-node request flood 1.6 to
     3.2 times (the runs in ``bench/results/results.jsonl``). Only the
     node's own threads are pinned."""
+    shared_io: bool = False
+    """True: one thread of the process reads the sockets and fires the
+    timers of every node that sets it (one such thread per ``timer_tick``
+    and ``cpus``: ``dht.loop``), instead of a listener thread per socket and
+    the shared timer thread; the node's callbacks then run on that thread.
+    For processes that host many nodes (tests, simulations, services with
+    many identities), where handing the GIL between a hundred threads cost
+    more than the protocol itself (``bench/README.md``). The ``listeners``
+    sockets are still bound, all read by that one thread."""
 
     # Limits that keep a node on an open port bounded and hard to abuse.
     # The defaults leave a 100-node cluster on one machine unthrottled.

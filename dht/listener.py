@@ -150,13 +150,19 @@ class Listener:
                 size, source = sock.recvfrom_into(buffer)
             except BlockingIOError:  # quiet for QUIET_S
                 return
-            except OSError as error:  # e.g. ICMP port unreachable reported late
-                self._count("receive-error")
-                if error.errno in PEER_GONE:
-                    log.debug("receive error: %s", error)
-                else:
-                    self._errors.note("receive-error", detail=str(error))
+            except OSError as error:
+                receive_failed(error, self._count, self._errors)
                 return
             if not size and stopping():  # the shutdown in stop() woke us
                 return
             receive(view[:size], source, time.monotonic())
+
+
+def receive_failed(error: OSError, count: Callable[[str], None], errors: nodelog.Bursts) -> None:
+    """Count and log a read error: most often an ICMP port unreachable,
+    reported late, for a datagram sent to a peer that is gone."""
+    count("receive-error")
+    if error.errno in PEER_GONE:
+        log.debug("receive error: %s", error)
+    else:
+        errors.note("receive-error", detail=str(error))

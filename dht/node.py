@@ -4,12 +4,14 @@ Threads of a node: ``listeners`` listener threads (one UDP socket each, all
 bound to the same address, with SO_REUSEPORT when there are several; no
 other node may bind it: see ``_bind``), and a timer thread and a
 worker thread (scans of the storage), which the nodes of a process share
-(see ``dht.timer`` and ``dht.worker``). User callbacks run on a listener
-or the timer thread, or on the calling thread when the answer is immediate
-(a Find answered from local storage, a call after Close); they must not
-block for long: a callback that blocks the timer thread delays every node's
-timeouts. An exception raised by a callback is logged on the ``dht`` logger
-and swallowed.
+(see ``dht.timer`` and ``dht.worker``). With ``Config.shared_io`` one
+thread of the process (``dht.loop``) reads the sockets and fires the timers
+of every such node instead. User callbacks run on a listener or the timer
+thread (the shared loop's thread with ``shared_io``), or on the calling
+thread when the answer is immediate (a Find answered from local storage, a
+call after Close); they must not block for long: a callback that blocks the
+timer thread delays every node's timeouts. An exception raised by a
+callback is logged on the ``dht`` logger and swallowed.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ from .errors import (
 )
 from .keys import INT64_MAX, INT64_MIN, EventIds, check_id, random_id
 from .listener import Listener
-from .timer import release_timer, shared_timer
+from .loop import SharedLoop, release_loop, shared_loop
+from .timer import TimerThread, release_timer, shared_timer
 from .wire.events import MAX_VALUE_SIZE, NS_PER_SECOND, Address
 from .wire.framing import Reassembler
 from .worker import release_worker, shared_worker
@@ -112,8 +115,14 @@ class DHT:
         with nodelog.acting_as(self._tag), contextlib.ExitStack() as undo:
             for sock in self._sockets:
                 undo.callback(sock.close)
-            self._timers = shared_timer(cfg.timer_tick, cpus)
-            undo.callback(release_timer, self._timers)
+            self._loop: SharedLoop | None = None
+            self._timers: TimerThread | SharedLoop
+            if cfg.shared_io:
+                self._loop = self._timers = shared_loop(cfg.timer_tick, cpus)
+                undo.callback(release_loop, self._loop)
+            else:
+                self._timers = shared_timer(cfg.timer_tick, cpus)
+                undo.callback(release_timer, self._timers)
             self._worker = shared_worker(cpus)
             undo.callback(release_worker, self._worker)
             host, port = self._sockets[0].getsockname()[:2]
@@ -136,19 +145,22 @@ class DHT:
             )
             undo.callback(self._engine.close)  # what started listeners set going
             self._engine.stats.alarm = nodelog.Bursts(log, time.monotonic).note
-            self._listeners = [
-                Listener(
-                    sock,
-                    receiver_for(cfg, self._engine.receive, self._engine),
-                    self._engine.stats.incr,
-                    name=f"dht-listener-{port}-{i}",
-                    cpus=cpus,
-                )
-                for i, sock in enumerate(self._sockets)
+            self._receivers = [
+                receiver_for(cfg, self._engine.receive, self._engine) for _ in self._sockets
             ]
-            for listener in self._listeners:
+            self._listeners: list[Listener] = []
+            count = self._engine.stats.incr
+            for i, (sock, receiver) in enumerate(zip(self._sockets, self._receivers, strict=True)):
+                if self._loop is not None:
+                    self._loop.add(sock, receiver, count)
+                    undo.callback(self._loop.remove, sock)
+                    continue
+                listener = Listener(
+                    sock, receiver, count, name=f"dht-listener-{port}-{i}", cpus=cpus
+                )
                 listener.start()
                 undo.callback(listener.stop)
+                self._listeners.append(listener)
             undo.pop_all()
         _library_threads.update(self.threads())
         with nodelog.acting_as(self._tag):
@@ -193,7 +205,7 @@ class DHT:
         counts.update(self._engine.stats.lookup_figures())
         counts["routing-table-size"] = len(self._engine.table)
         counts["pending-requests"] = self._engine.pending_requests
-        receivers = [listener.receiver for listener in self._listeners]
+        receivers = self._receivers
         counts["datagrams-received"] = sum(receiver.datagrams for receiver in receivers)
         counts["events-received"] = sum(receiver.events for receiver in receivers)
         counts["requests-received"] = sum(receiver.requests for receiver in receivers)
@@ -202,9 +214,9 @@ class DHT:
         return counts
 
     def threads(self) -> list[threading.Thread]:
-        """The node's threads: its listeners, and the timer thread and worker
-        thread it shares with the process's other nodes of the same
-        ``timer_tick`` and ``cpus``."""
+        """The node's threads: its listeners, and the timer thread (or, with
+        ``shared_io``, the loop's thread) and worker thread it shares with
+        the process's other nodes of the same ``timer_tick`` and ``cpus``."""
         shared = [self._timers.thread, self._worker.thread]
         return [listener.thread for listener in self._listeners] + shared
 
@@ -339,13 +351,20 @@ class DHT:
             with nodelog.acting_as(self._tag):
                 for listener in self._listeners:
                     listener.stop()
+                if self._loop is not None:
+                    for sock in self._sockets:
+                        self._loop.remove(sock)
                 if self.config.state_path is not None:
                     with self._state_lock:  # no periodic save starts after this one
                         self._timers.cancel(self._state_timer)
                     self._save_state(closing=True)
                 self._engine.close()
                 release_worker(self._worker)
-                release_timer(self._timers)
+                if self._loop is not None:
+                    release_loop(self._loop)
+                else:
+                    assert isinstance(self._timers, TimerThread)
+                    release_timer(self._timers)
                 for sock in self._sockets:
                     sock.close()
                 log.info("closed")

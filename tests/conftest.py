@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import cluster
 import pytest
 from helpers import Vector, expected_event, load_vectors, vectors_skip_reason
 
@@ -24,3 +25,26 @@ def vectors() -> list[Vector]:
 def event_from_vector() -> Callable[[dict[str, Any]], Event]:
     """Builds the expected ``Event`` from a vector's ``event`` object."""
     return expected_event
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked ``both_io`` run with each I/O mode (``Config.shared_io``)."""
+    if metafunc.definition.get_closest_marker("both_io"):
+        metafunc.fixturenames.append("io_mode")
+        metafunc.parametrize("io_mode", ["threads", "shared"])
+
+
+@pytest.fixture(autouse=True)
+def _io_mode(request: pytest.FixtureRequest) -> Iterator[None]:
+    """In a ``both_io`` test, sets ``shared_io`` in the config of every node
+    the cluster helpers start."""
+    callspec = getattr(request.node, "callspec", None)
+    mode = callspec.params.get("io_mode") if callspec is not None else None
+    if mode is None:
+        yield
+        return
+    cluster.DEFAULT_CONFIG["shared_io"] = mode == "shared"
+    try:
+        yield
+    finally:
+        cluster.DEFAULT_CONFIG.pop("shared_io", None)

@@ -32,6 +32,8 @@ import dht
 from dht.keys import random_id
 from dht.wire import Event, EventType
 
+pytestmark = pytest.mark.both_io  # with a thread per socket, and with the shared loop
+
 TTL = 600
 THREADS = 8
 REMOTE_FOUND_SHARE = 0.9

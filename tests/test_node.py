@@ -214,6 +214,7 @@ def test_lone_missing_key(lone: dht.DHT) -> None:
 # A cluster
 
 
+@pytest.mark.both_io
 def test_store_on_one_node_find_from_others(net: Net) -> None:
     key = new_key()
     store(net.nodes[1], key, b"cluster-value")
@@ -293,6 +294,7 @@ def test_leaving_node_does_not_lose_values() -> None:
 # Close, leaks
 
 
+@pytest.mark.both_io
 def test_close_is_idempotent_and_ends_calls_with_closed_error() -> None:
     with add_node(None) as node:
         assert not node.closed
@@ -316,6 +318,7 @@ def test_close_is_idempotent_and_ends_calls_with_closed_error() -> None:
         assert isinstance(calls[0].error, dht.ClosedError)
 
 
+@pytest.mark.both_io
 def test_a_second_close_returns_only_once_the_node_is_closed() -> None:
     """While one thread is closing the node (here held up in a ClosedError
     callback), a Close from another thread waits for it to finish."""
@@ -352,6 +355,7 @@ def test_a_second_close_returns_only_once_the_node_is_closed() -> None:
         first.join(RESULT)
 
 
+@pytest.mark.both_io
 def test_nodes_closing_each_other_from_callbacks_do_not_deadlock() -> None:
     """Thread 1 closes A, whose ClosedError callback closes B; thread 2 is
     closing B and waits for B's listener, which (in a Find callback) closes A.
@@ -395,6 +399,7 @@ def test_nodes_closing_each_other_from_callbacks_do_not_deadlock() -> None:
         holder.Close()
 
 
+@pytest.mark.both_io
 def test_a_close_from_a_listener_callback_does_not_wait_for_the_close_joining_it() -> None:
     """Thread T closes A and joins A's listener, which is in a Find callback
     that closes A too: that second Close, on a library thread, must not wait
@@ -425,6 +430,7 @@ def test_a_close_from_a_listener_callback_does_not_wait_for_the_close_joining_it
         holder.Close()
 
 
+@pytest.mark.both_io
 def test_closes_nested_in_each_others_callbacks_do_not_wait_for_each_other() -> None:
     """Threads 1 and 2 close A and B; each one's ClosedError callback closes
     the other node: a Close inside a Close must not wait (the guard this
@@ -458,7 +464,8 @@ def test_closes_nested_in_each_others_callbacks_do_not_wait_for_each_other() -> 
     assert not first.is_alive() and not second.is_alive(), "deadlocked"
 
 
-def test_close_from_a_callback() -> None:
+@pytest.mark.both_io
+def test_close_from_a_callback(io_mode: str) -> None:
     snapshot = ResourceSnapshot.take()
     with running_cluster(2) as nodes:
         node = nodes[1]
@@ -472,28 +479,52 @@ def test_close_from_a_callback() -> None:
         assert future.result(timeout=RESULT) is None
         assert closed.wait_for(1, RESULT)
         assert closed.total == 1 and closed.errors() == []
-        # Its listeners stop now; the timer thread, shared with nodes[0], when
-        # the cluster closes (the snapshot checks that).
+        # Its listeners stop now; the timer thread or the loop, shared with
+        # nodes[0], when the cluster closes (the snapshot checks that).
         listeners = [t for t in node.threads() if t.name.startswith("dht-listener")]
-        assert listeners
+        assert len(listeners) == (io_mode == "threads")
         assert wait_until(lambda: not any(t.is_alive() for t in listeners), RESULT)
         assert node.closed
     snapshot.assert_no_leaks()
 
 
-def test_no_thread_or_fd_leaks_after_closing_a_cluster() -> None:
+@pytest.mark.both_io
+def test_no_thread_or_fd_leaks_after_closing_a_cluster(io_mode: str) -> None:
     snapshot = ResourceSnapshot.take()
     with running_cluster(5, listeners=2) as nodes:
         new = snapshot.new_threads()
         listeners = [t for t in new if t.name.startswith("dht-listener")]
-        assert len(listeners) == 5 * 2  # two each
-        # and the timer thread the process's nodes share, unless it already ran
-        assert [t.name for t in new if t not in listeners] in (["dht-timer"], [])
+        # two each, or none: the loop reads every socket
+        assert len(listeners) == (5 * 2 if io_mode == "threads" else 0)
+        # and the timer thread or the loop the process's nodes share, unless
+        # it already ran
+        shared = "dht-timer" if io_mode == "threads" else "dht-loop"
+        assert [t.name for t in new if t not in listeners] in ([shared], [])
         key = new_key()
         store(nodes[0], key, b"leak check")
         assert find_all(nodes[4], key) == [b"leak check"]
     assert all(node.closed for node in nodes)
     snapshot.assert_no_leaks()
+
+
+def test_shared_io_serves_every_node_of_the_process_from_one_thread() -> None:
+    snapshot = ResourceSnapshot.take()
+    with running_cluster(5, shared_io=True, listeners=2) as nodes:
+        new = snapshot.new_threads()
+        assert [t.name for t in new if t.name.startswith("dht-listener")] == []
+        loops = {node.threads()[0] for node in nodes}
+        assert len(loops) == 1 and loops.pop().name == "dht-loop"
+        ran_on: list[str] = []
+        key = new_key()
+        nodes[1].Store(key, b"one thread", TTL, lambda error: ran_on.append(current_name()))
+        assert wait_until(lambda: ran_on, RESULT)
+        assert ran_on == ["dht-loop"]
+        assert find_all(nodes[4], key) == [b"one thread"]
+    snapshot.assert_no_leaks()
+
+
+def current_name() -> str:
+    return threading.current_thread().name
 
 
 FLOOD = r"""
@@ -512,6 +543,7 @@ with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
 """
 
 
+@pytest.mark.both_io
 def test_close_is_prompt_under_incoming_traffic() -> None:
     """A node flooded with PINGs (and junk) by another process still closes at
     once: the listener must not drain the socket forever before it looks at
@@ -557,6 +589,7 @@ def test_close_wakes_a_listener_waiting_in_a_read(monkeypatch: pytest.MonkeyPatc
         node.Close()
 
 
+@pytest.mark.both_io
 def test_finished_operations_leave_no_reference_cycles() -> None:
     """Stores and finds that have ended leave nothing of ours for the garbage
     collector: requests, timers and lookups are freed by reference counting.
@@ -583,6 +616,7 @@ def test_finished_operations_leave_no_reference_cycles() -> None:
                 gc.enable()
 
 
+@pytest.mark.both_io
 def test_closed_nodes_leave_no_reference_cycles() -> None:
     """A closed node's parts, timers it left scheduled and its key transfer
     included, are freed by reference counting: a process that opens and
@@ -606,6 +640,7 @@ def test_closed_nodes_leave_no_reference_cycles() -> None:
             gc.enable()
 
 
+@pytest.mark.both_io
 def test_a_slow_storage_scan_holds_up_no_timeout() -> None:
     # Key transfer iterated the user's storage on the timer thread that all
     # nodes of a process share: while a slow Iterate ran (a database, say),
@@ -639,6 +674,7 @@ def test_a_slow_storage_scan_holds_up_no_timeout() -> None:
         close_all(nodes)
 
 
+@pytest.mark.both_io
 def test_a_closed_node_is_freed_without_the_garbage_collector() -> None:
     # The node held its engine and the engine the node's send method: every
     # closed node waited for a full collection. (So did its engine, held by

@@ -118,6 +118,13 @@ class _AsNode:
         return repr(self.fn)
 
 
+def become(node: str | None) -> None:
+    """From now on this library thread works for ``node`` (not reset after:
+    the next piece of work sets its own), as a thread serving many nodes
+    (``dht.loop``) does before each node's datagrams."""
+    _node.set(node)
+
+
 def bound(fn: Callable[[], None]) -> Callable[[], None]:
     """``fn``, to run on a library thread as the node current here (none
     if none is): for callbacks handed to the shared timer and worker
