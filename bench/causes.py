@@ -331,6 +331,8 @@ class Snapshot:
     nivcsw: int
     requests: int
     datagrams: int
+    machine_busy: float
+    """CPU seconds the whole machine was busy since boot (``/proc/stat``)."""
     threads: dict[str, dict[str, float]]
     """By kind of thread: ``cpu_s`` (schedstat), ``nvcsw``, ``nivcsw``, ``count``."""
 
@@ -352,8 +354,17 @@ class Snapshot:
             nivcsw=usage.ru_nivcsw,
             requests=requests,
             datagrams=datagrams,
+            machine_busy=_machine_busy(),
             threads=_threads_by_kind(),
         )
+
+
+def _machine_busy() -> float:
+    """CPU seconds all CPUs spent busy (not idle or waiting for I/O)."""
+    with open("/proc/stat") as stat:
+        fields = [int(x) for x in stat.readline().split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def _threads_by_kind() -> dict[str, dict[str, float]]:
@@ -391,11 +402,14 @@ def _phase_figures(before: Snapshot, after: Snapshot, ops: int, ok: int) -> dict
             "ivcsw_per_request": (entry["nivcsw"] - start["nivcsw"]) * count_per,
         }
     cpu = after.cpu - before.cpu
+    seconds = after.wall - before.wall
+    others = after.machine_busy - before.machine_busy - cpu
     return {
         "ops": ops,
         "success_pct": 100.0 * ok / ops if ops else 0.0,
-        "seconds": after.wall - before.wall,
+        "seconds": seconds,
         "cpu_s": cpu,
+        "others_cpus": max(0.0, others / seconds) if seconds else 0.0,
         "requests": requests,
         "datagrams": after.datagrams - before.datagrams,
         "requests_per_op": requests / ops if ops else 0.0,
@@ -876,8 +890,8 @@ def markdown_table(result: dict[str, Any]) -> str:
         f"CPU per request received (and its answer), {title}:",
         "",
         "| phase | requests/op | CPU us/request | protocol (floor) | system | "
-        "rest (threads, GIL, wake-ups) | user | vol. cs/req | invol. cs/req |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "rest (threads, GIL, wake-ups) | user | vol. cs/req | invol. cs/req | others' CPUs |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     phases = [(name, result["phases"][name]) for name in PHASES if name in result["phases"]]
     for name, phase in phases:
@@ -899,6 +913,7 @@ def markdown_table(result: dict[str, Any]) -> str:
             f"{phase['user_us_per_request']:.0f}",
             f"{phase['vcsw_per_request']:.2f}",
             f"{phase['ivcsw_per_request']:.2f}",
+            f"{phase['others_cpus']:.2f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     deep = [(name, phase) for name, phase in phases if "perf" in phase or "gil" in phase]
