@@ -337,26 +337,51 @@ class Snapshot:
     """By kind of thread: ``cpu_s`` (schedstat), ``nvcsw``, ``nivcsw``, ``count``."""
 
     @staticmethod
-    def take(nodes: list[dht.DHT]) -> Snapshot:
-        requests = datagrams = 0
-        for node in nodes:
-            for listener in node._listeners:
-                requests += listener.receiver.requests
-                datagrams += listener.receiver.datagrams
+    def take(nodes: list[dht.DHT], *, end: bool = False) -> Snapshot:
+        """The counters now. What is slow to read (the nodes, /proc) is read
+        outside the window: before the clocks at a phase's start, after
+        them at its ``end``."""
+
+        def slow() -> tuple[int, int, float, dict[str, dict[str, float]]]:
+            requests, datagrams = _received(nodes)
+            return requests, datagrams, _machine_busy(), _threads_by_kind()
+
+        if not end:
+            requests, datagrams, busy, threads = slow()
+        wall, cpu = time.perf_counter(), time.process_time()
         times = os.times()
         usage = resource.getrusage(resource.RUSAGE_SELF)
+        if end:
+            requests, datagrams, busy, threads = slow()
         return Snapshot(
-            wall=time.perf_counter(),
-            cpu=time.process_time(),
+            wall=wall,
+            cpu=cpu,
             user=times.user,
             system=times.system,
             nvcsw=usage.ru_nvcsw,
             nivcsw=usage.ru_nivcsw,
             requests=requests,
             datagrams=datagrams,
-            machine_busy=_machine_busy(),
-            threads=_threads_by_kind(),
+            machine_busy=busy,
+            threads=threads,
         )
+
+
+def _received(nodes: list[dht.DHT]) -> tuple[int, int]:
+    """Requests and datagrams received by all ``nodes`` (their listeners'
+    receivers; ``stats()`` where a node has no listeners of its own)."""
+    requests = datagrams = 0
+    for node in nodes:
+        listeners = getattr(node, "_listeners", None)
+        if listeners is None:
+            stats = node.stats()
+            requests += stats["requests-received"]
+            datagrams += stats["datagrams-received"]
+            continue
+        for listener in listeners:
+            requests += listener.receiver.requests
+            datagrams += listener.receiver.datagrams
+    return requests, datagrams
 
 
 def _machine_busy() -> float:
@@ -428,7 +453,7 @@ def _quiet(nodes: list[dht.DHT], *, step: float = 0.05, limit: float = 2.0) -> N
     still on their way when a phase's last operation ended)."""
     last, deadline = -1, time.monotonic() + limit
     while time.monotonic() < deadline:
-        count = sum(listener.receiver.datagrams for node in nodes for listener in node._listeners)
+        count = _received(nodes)[1]
         if count == last:
             return
         last = count
@@ -504,7 +529,7 @@ def _measured_phase(
     before = Snapshot.take(nodes)
     result = run_callback_phase(ops, concurrency, start)
     _quiet(nodes)
-    after = Snapshot.take(nodes)
+    after = Snapshot.take(nodes, end=True)
     return _phase_figures(before, after, len(ops), result.ok)
 
 
@@ -570,7 +595,7 @@ def _deep_phase(
     result = run_callback_phase(ops, concurrency, start)
     _quiet(nodes)
     window.disable()
-    return before, Snapshot.take(nodes), result.ok
+    return before, Snapshot.take(nodes, end=True), result.ok
 
 
 def perf_events() -> list[str]:
@@ -785,7 +810,7 @@ def _gil_pass(
                         result = run_callback_phase(ops, concurrency, start)
                         _quiet(nodes)
                         window_end = time.monotonic()
-                        after = Snapshot.take(nodes)
+                        after = Snapshot.take(nodes, end=True)
                     finally:
                         recorder.send_signal(signal.SIGINT)
                         _, err = recorder.communicate(timeout=300)
