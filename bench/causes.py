@@ -747,9 +747,11 @@ def _syscall_names(events: list[str]) -> list[str]:
 
 GIL_PROBES = "causes19"
 """Group of the uprobes the GIL pass adds (and removes)."""
-GIL_WAIT_NS = 10_000
-"""A ``take_gil`` call longer than this waited for the GIL (an uncontended
-one, uprobe overhead included, takes a few microseconds)."""
+FUTEX_EVENT = "syscalls:sys_enter_futex"
+"""Recorded beside the probes: a ``take_gil`` call that made a futex call
+waited for the GIL (it slept on the GIL's condition variable or mutex).
+In a loaded run's histogram, calls under 10 us had none and calls over
+20 us nearly all had one."""
 
 
 def python_library() -> str:
@@ -791,7 +793,7 @@ def _gil_pass(
         return {"error": "perf not found"}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "gil.data"
-        events = f"{GIL_PROBES}:take_gil,{GIL_PROBES}:take_gil__return"
+        events = f"{GIL_PROBES}:take_gil,{GIL_PROBES}:take_gil__return,{FUTEX_EVENT}"
         # No --control here: perf 6.1's record with -p and a control fd
         # fails at the end of a quiet spell ("Thread and evlist pollfd index
         # mismatch"). It records from its start; the window is cut by time
@@ -881,8 +883,10 @@ def _gil_waits(
 ) -> tuple[Counter[int], dict[int, list[float]]]:
     """From ``perf script -F tid,time,event`` lines: ``take_gil`` calls by
     thread that returned within [start, end] (monotonic seconds), and each
-    thread's waits (seconds, those over ``GIL_WAIT_NS``)."""
+    thread's waits: the durations (seconds) of the calls that made a futex
+    call."""
     entered: dict[int, float] = {}
+    futexes: dict[int, int] = {}
     calls: Counter[int] = Counter()
     waits: dict[int, list[float]] = {}
     for line in script.splitlines():
@@ -892,12 +896,17 @@ def _gil_waits(
         tid, stamp, event = int(fields[0]), float(fields[1].rstrip(":")), fields[2]
         if event.endswith(":take_gil:"):
             entered[tid] = stamp
+            futexes[tid] = 0
+        elif event.startswith(FUTEX_EVENT):
+            if tid in entered:
+                futexes[tid] += 1
         elif event.endswith(":take_gil__return:") and tid in entered:
             waited = stamp - entered.pop(tid)
+            slept = futexes.pop(tid)
             if not start <= stamp <= end:
                 continue
             calls[tid] += 1
-            if waited * 1e9 > GIL_WAIT_NS:
+            if slept:
                 waits.setdefault(tid, []).append(waited)
     return calls, waits
 
