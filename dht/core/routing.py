@@ -32,7 +32,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from operator import attrgetter, itemgetter
 
-from ..keys import KEY_BITS, K, common_prefix_length
+from ..keys import KEY_BITS, K
 from ..wire.events import Address, Node
 from .diversity import PER_NETWORK, SMALLEST_ESTIMATE, Diversity
 from .roundtrip import RoundTrip
@@ -194,8 +194,10 @@ class RoutingTable:
         self._looked_up: list[float | None] = [None] * KEY_BITS
 
     def bucket_index(self, node_id: bytes) -> int:
-        """``159 - cpl(local, node)``: bucket 159 holds the farthest half."""
-        return KEY_BITS - 1 - common_prefix_length(self.local_id, node_id)
+        """``159 - cpl(local, node)``: bucket 159 holds the farthest half
+        (-1 for the local id). Inline arithmetic: every answer asks it for
+        each node it lists."""
+        return (self._local ^ int.from_bytes(node_id, "big")).bit_length() - 1
 
     def _bucket(self, node_id: bytes, *, create: bool = False) -> Bucket | None:
         """The bucket for ``node_id`` (None for the local id, or if it does
@@ -438,7 +440,8 @@ class RoutingTable:
         return [nodes[i] for i in order[:n]]
 
     def _contact(self, node_id: bytes) -> Contact | None:
-        bucket = self._bucket(node_id)
+        index = (self._local ^ int.from_bytes(node_id, "big")).bit_length() - 1
+        bucket = self._buckets[index] if 0 <= index < KEY_BITS else None
         return bucket.contacts.get(node_id) if bucket is not None else None
 
     def rto(self, node_id: bytes, address: Address) -> float | None:
