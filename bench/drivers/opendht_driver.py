@@ -46,6 +46,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from bench.workload import (
@@ -141,9 +142,44 @@ def _shutdown(runners: list[Any]) -> None:
         runner.join()
 
 
-def run_cluster(params: Params) -> dict[str, object]:
+def store_op(runners: Any) -> Callable[[Op, Completion], None]:
+    """A plan's store from its node (``runners[op.node]``): ``put``."""
     import opendht
 
+    def store(op: Op, complete: Completion) -> None:
+        value = opendht.Value(op.value)
+        runners[op.node].put(_infohash(op.key), value, lambda ok, nodes: complete(ok))
+
+    return store
+
+
+def find_op(runners: Any) -> Callable[[Op, Completion], None]:
+    """A plan's find from its node: ``get``, a success on the stored value,
+    which also stops the lookup."""
+
+    def find(op: Op, complete: Completion) -> None:
+        def on_value(value: Any) -> bool:
+            if value.data == op.value:
+                complete(True)
+                return False  # found it: stop the lookup
+            return True
+
+        runners[op.node].get(_infohash(op.key), on_value, lambda ok, nodes: complete(False))
+
+    return find
+
+
+def get_absent_op(client: Any) -> Callable[[Op, Completion], None]:
+    """The micro workload's request: a ``get`` of an absent key on ``client``
+    (one GET to the node it knows), a success when its done callback says ok."""
+
+    def get(op: Op, complete: Completion) -> None:
+        client.get(_infohash(op.key), lambda value: True, lambda ok, nodes: complete(ok))
+
+    return get
+
+
+def run_cluster(params: Params) -> dict[str, object]:
     work = plan(params)
     runners: list[Any] = []
     try:
@@ -157,21 +193,8 @@ def run_cluster(params: Params) -> dict[str, object]:
         join_s = time.perf_counter() - t0
         idle = idle_cpu(2.0)
 
-        def store(op: Op, complete: Completion) -> None:
-            value = opendht.Value(op.value)
-            runners[op.node].put(_infohash(op.key), value, lambda ok, nodes: complete(ok))
-
-        def find(op: Op, complete: Completion) -> None:
-            def on_value(value: Any) -> bool:
-                if value.data == op.value:
-                    complete(True)
-                    return False  # found it: stop the lookup
-                return True
-
-            runners[op.node].get(_infohash(op.key), on_value, lambda ok, nodes: complete(False))
-
-        stores = run_callback_phase(work.stores, params.concurrency, store)
-        finds = run_callback_phase(work.finds, params.concurrency, find)
+        stores = run_callback_phase(work.stores, params.concurrency, store_op(runners))
+        finds = run_callback_phase(work.finds, params.concurrency, find_op(runners))
         figures = process_figures()
     finally:
         _shutdown(runners)
@@ -200,10 +223,7 @@ def run_micro(params: Params, requests: int = MICRO_REQUESTS) -> dict[str, objec
         if not _wait(lambda done: client.ping(server.getBound(), done), deadline, "ping"):
             raise RuntimeError("node B did not answer node A's ping")
 
-        def get(op: Op, complete: Completion) -> None:
-            client.get(_infohash(op.key), lambda value: True, lambda ok, nodes: complete(ok))
-
-        result = run_callback_phase(work.finds, params.concurrency, get)
+        result = run_callback_phase(work.finds, params.concurrency, get_absent_op(client))
     finally:
         _shutdown(runners)
     return micro_result(IMPL, params, requests, result)
