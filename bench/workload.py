@@ -33,7 +33,7 @@ class Params:
     base_port: int = 20000
     pin: bool = False  # dht only: every node's threads on one CPU (Config.cpus)
     shared: bool = False  # dht only: Config(shared_io=True), one I/O thread per process
-    finds_all: int | None = None  # dht only: K-closest finds (None: as many as finds)
+    finds_all: int | None = None  # find_all phase: the first finds_all finds (None: all)
 
     def port(self, index: int) -> int:
         """Node ``index``'s UDP port (0: the OS chooses, when base_port is 0)."""
@@ -59,7 +59,7 @@ class Plan:
     stores: list[Op]
     finds: list[Op]
     finds_all: list[Op] = field(default_factory=list)
-    """dht's K-closest finds: the first ``Params.finds_all`` of ``finds``."""
+    """The find_all phase's finds: the first ``Params.finds_all`` of ``finds``."""
 
 
 def plan(params: Params) -> Plan:
@@ -231,9 +231,10 @@ def cluster_result(
 ) -> dict[str, object]:
     """The JSON line of a cluster run: the same fields for every driver.
     ``find`` is the finds that end at the first holder (dht's ``FirstValue``,
-    kademlia's ``get``, opendht's ``get`` stopped at the value); ``find_all``,
-    dht only, the same keys found with a plain ``Find`` (the K closest asked,
-    every value returned)."""
+    kademlia's ``get``, opendht's ``get`` stopped at the value); ``find_all``
+    (dht and opendht) the same keys found again, to the lookup's end: dht's
+    plain ``Find`` (the K closest asked, every value returned), opendht's
+    ``get`` left to run until its search is done."""
     extra = {} if finds_all is None else {"find_all": finds_all.summary()}
     return {
         "impl": impl,

@@ -13,7 +13,10 @@ node 0 and counts as joined when node 0 has answered its ping and its lookup of
 its own id has ended (``bootstrap()`` alone is fire-and-forget; this is what
 kademlia's ``bootstrap()`` and dht's join wait for). Stores are ``put`` (done
 when the closest nodes acknowledged it), finds are ``get``; a find succeeds on
-the first value equal to the stored one, and stops the lookup there.
+the first value equal to the stored one, and stops the lookup there. Then
+``find_all``: the same keys (the first ``finds_all``) with a ``get`` left to
+run until opendht's search is done (its closest nodes answered), a success if
+the stored value came: like dht's plain ``Find``.
 
 Rate limits: opendht drops incoming requests over a global limit (8,192/s by
 default) and over a per-source-IP limit (global / 8 = 1,024/s by default), and
@@ -169,6 +172,24 @@ def find_op(runners: Any) -> Callable[[Op, Completion], None]:
     return find
 
 
+def find_all_op(runners: Any) -> Callable[[Op, Completion], None]:
+    """A plan's find from its node, left to run to its end: ``get`` with a
+    callback that asks for more, done when opendht's search is (its closest
+    nodes answered); a success if the stored value came."""
+
+    def find(op: Op, complete: Completion) -> None:
+        seen: list[bool] = []
+
+        def on_value(value: Any) -> bool:
+            if value.data == op.value:
+                seen.append(True)
+            return True
+
+        runners[op.node].get(_infohash(op.key), on_value, lambda ok, nodes: complete(bool(seen)))
+
+    return find
+
+
 def get_absent_op(client: Any) -> Callable[[Op, Completion], None]:
     """The micro workload's request: a ``get`` of an absent key on ``client``
     (one GET to the node it knows), a success when its done callback says ok."""
@@ -195,6 +216,7 @@ def run_cluster(params: Params) -> dict[str, object]:
 
         stores = run_callback_phase(work.stores, params.concurrency, store_op(runners))
         finds = run_callback_phase(work.finds, params.concurrency, find_op(runners))
+        finds_all = run_callback_phase(work.finds_all, params.concurrency, find_all_op(runners))
         figures = process_figures()
     finally:
         _shutdown(runners)
@@ -206,6 +228,7 @@ def run_cluster(params: Params) -> dict[str, object]:
         finds=finds,
         idle_cpu_per_s=idle,
         figures=figures,
+        finds_all=finds_all,
     )
 
 
