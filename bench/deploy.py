@@ -74,11 +74,11 @@ from bench.workload import (
 HOST = "127.0.0.1"
 P99_TARGET_MS = 5.0
 SERVER_LIMITS: dict[str, float | int] = {
-    "request_rate": 1e9,
+    "request_rate": 1_000_000_000.0,
     "request_burst": 1_000_000_000,
-    "answer_rate": 1e12,
-    "unproven_answer_rate": 1e12,
-    "amplification_limit": 1 << 40,
+    "answer_rate": 1_000_000_000_000.0,
+    "unproven_answer_rate": 1_000_000_000_000.0,
+    "amplification_limit": 1_000_000_000_000,
 }
 """dht's server ``Config`` in the single shape (the fields its ``Config``
 has), in place of the defaults: 2,000 requests/s per source after a burst
@@ -278,7 +278,7 @@ def run_single(settings: Deploy) -> dict[str, object]:
 def _server_limits_text(impl: str) -> str:
     if impl == "opendht":
         return "DhtConfig.setRateLimit(-1, -1) (no limits) on the server and the generators"
-    return "Config(" + ", ".join(f"{k}={v:g}" for k, v in SERVER_LIMITS.items()) + ")"
+    return "Config(" + ", ".join(f"{k}={v:_}" for k, v in SERVER_LIMITS.items()) + ")"
 
 
 def run_network(settings: Deploy) -> dict[str, object]:
