@@ -139,6 +139,10 @@ def _median_of(values: list[float]) -> float:
     return statistics.median(values) if values else NAN
 
 
+def _divide(a: float, b: float) -> float:
+    return a / b if b else NAN
+
+
 def _fmt(value: float, digits: int = 2) -> str:
     return "-" if value != value else f"{value:.{digits}f}"
 
@@ -155,7 +159,7 @@ def _targets(rows: list[Row], cluster: dict[tuple[str, int], list[Row]]) -> list
             mine, other = cluster.get((variant, c)), cluster.get((peer, c))
             if not mine or not other:
                 return NAN
-            return _median(mine, *ours) / _median(other, *theirs)
+            return _divide(_median(mine, *ours), _median(other, *theirs))
 
         return ratio
 
@@ -164,7 +168,7 @@ def _targets(rows: list[Row], cluster: dict[tuple[str, int], list[Row]]) -> list
             mine = cluster.get((variant, c))
             if not mine:
                 return NAN
-            return _median_of([_cpu_us_per_request(row) for row in mine]) / floor
+            return _divide(_median_of([_cpu_us_per_request(row) for row in mine]), floor)
 
         return ratio
 
@@ -172,7 +176,7 @@ def _targets(rows: list[Row], cluster: dict[tuple[str, int], list[Row]]) -> list
         mine, other = single.get(variant), single.get("opendht")
         if not mine or not other:
             return NAN
-        return _median(mine, "best_under_5ms") / _median(other, "best_under_5ms")
+        return _divide(_median(mine, "best_under_5ms"), _median(other, "best_under_5ms"))
 
     table: list[tuple[str, str, str, Any, bool]] = []  # label, C, goal, ratio(variant), higher
     for c in (1, 32):
@@ -389,8 +393,9 @@ def _network(rows: list[Row], machine: dict[str, Any]) -> list[str]:
             continue
         for ours, peer, theirs in pairs:
             if peer in groups:
-                ratio = _median(groups[variant], ours, "ops_per_s") / _median(
-                    groups[peer], theirs, "ops_per_s"
+                ratio = _divide(
+                    _median(groups[variant], ours, "ops_per_s"),
+                    _median(groups[peer], theirs, "ops_per_s"),
                 )
                 lines.append(f"- {variant} {ours} ops/s ÷ {peer} {theirs}: {_fmt(ratio)}")
     if lines:
@@ -427,7 +432,8 @@ def _floor(rows: list[Row], cluster: dict[tuple[str, int], list[Row]]) -> list[s
             _fmt(_median_of([_cpu_us_per_request(r, (p,)) for r in group]), 0) for p in PHASES
         ]
         out.append(
-            f"| {impl} | {c} | {' | '.join(phases)} | {every:.0f} | {every / floor_all:.2f} |"
+            f"| {impl} | {c} | {' | '.join(phases)} | {every:.0f} "
+            f"| {_fmt(_divide(every, floor_all))} |"
         )
     return out
 
