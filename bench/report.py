@@ -525,6 +525,9 @@ def chart(rows: list[Row], path: Path) -> None:
         ("cluster", ("find_all", "ops_per_s"), "cluster find to the end ops/s"),
         ("micro", ("ops_per_s",), "micro requests/s"),
     ]
+    drawn = {str(row.get("impl")) for row in rows if row.get("workload") in ("cluster", "micro")}
+    everyone = sorted(drawn - set(ECHOES))
+    colour = {impl: f"C{i % 10}" for i, impl in enumerate(everyone)}  # the same in every panel
     fig, axes = plt.subplots(1, len(panels), figsize=(20, 4.5))
     for axis, (workload, metric, title) in zip(axes, panels, strict=True):
         groups = _group(rows, workload)
@@ -540,11 +543,12 @@ def chart(rows: list[Row], path: Path) -> None:
         for i, impl in enumerate(impls):
             heights = [_median(groups.get((impl, c), []), *metric) for c in levels]
             positions = [x + i * width for x in range(len(levels))]
-            axis.bar(positions, heights, width, label=impl)
+            axis.bar(positions, heights, width, label=impl, color=colour.get(impl))
         axis.set_xticks([x + width * (len(impls) - 1) / 2 for x in range(len(levels))])
         axis.set_xticklabels([f"C={c}" for c in levels])
         axis.set_title(title)
-        axis.legend()
+        if impls:
+            axis.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
