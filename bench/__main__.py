@@ -2,15 +2,19 @@
 
 Runs, each in a fresh process: the cluster workload (N nodes, S stores, F
 finds, C in {1, 32}) and the micro workload (5,000 FIND_VALUE requests) for
-dht and each installed peer, the bare UDP echo ceiling, and the Go-shaped
-reference benchmarks of dht. Appends one JSON line per (implementation,
-workload, C, repetition) to bench/results/results.jsonl and writes
+dht and each installed peer, the bare UDP echo ceiling, the deployment
+shapes (``bench.deploy``: one node serving load generators in other
+processes; N nodes over several processes), the in-process floor of CPU per
+request (``bench.causes``, where present), and the Go-shaped reference
+benchmarks of dht. Appends one JSON line per (implementation, workload, C,
+repetition) to bench/results/results.jsonl and writes
 bench/results/RESULTS.md and bench/results/chart.png from this invocation.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import importlib.util
 import json
@@ -20,17 +24,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.report import chart, markdown
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PEERS = {"kademlia": "kademlia", "opendht": "opendht"}  # impl -> module that must import
+Row = dict[str, object]
 
 
 def _run(
     module: str,
     workload: str,
-    params: dict[str, int],
+    params: dict[str, object],
     timeout: float,
     cwd: str | None = None,
 ) -> dict[str, object]:
@@ -49,12 +55,36 @@ def _run(
     return result
 
 
+def _has_shared_io() -> bool:
+    """Whether this tree's ``dht.Config`` has ``shared_io`` (the ``dht-shared`` variant)."""
+    import dht
+
+    return "shared_io" in {f.name for f in dataclasses.fields(dht.Config)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--nodes", type=int, default=100)
     parser.add_argument("--stores", type=int, default=500)
     parser.add_argument("--finds", type=int, default=2000)
+    parser.add_argument(
+        "--finds-all",
+        type=int,
+        help="finds to the end of the lookup (dht's K-closest Find): the first this many "
+        "of the F finds, cluster and network (default: all F)",
+    )
+    parser.add_argument("--processes", type=int, default=4, help="network shape: processes")
+    parser.add_argument(
+        "--network-concurrency", type=int, default=8, help="network shape: in flight per process"
+    )
+    parser.add_argument("--generators", type=int, default=2, help="single shape: load generators")
+    parser.add_argument(
+        "--single-requests",
+        type=int,
+        default=10000,
+        help="single shape: requests per generator and in-flight level",
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes, one repetition")
     parser.add_argument(
         "--baseline",
@@ -66,11 +96,23 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.repeat, args.nodes, args.stores, args.finds = 1, 20, 50, 200
+        args.single_requests = 1000
+    args.finds_all = args.finds if args.finds_all is None else min(args.finds_all, args.finds)
     peers = {} if args.no_peers else PEERS
     impls = ["dht"] + [name for name, mod in peers.items() if importlib.util.find_spec(mod)]
     missing = sorted(set(peers) - set(impls))
     if missing:
         print(f"peers not installed, skipped: {missing} (pip install -e '.[compare]')")
+    # Our variants: defaults, every node pinned to one CPU, and (where this
+    # tree's Config has it) one process-wide I/O thread.
+    ours: list[tuple[str, dict[str, object]]] = [("dht", {}), ("dht-pinned", {"pin": True})]
+    if _has_shared_io():
+        ours.append(("dht-shared", {"shared": True}))
+    else:
+        print("dht.Config has no shared_io: the dht-shared variant is skipped")
+    floor = importlib.util.find_spec("bench.causes") is not None
+    if not floor:
+        print("bench.causes is not in this tree: the in-process floor is skipped")
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     machine = {
@@ -81,6 +123,13 @@ def main() -> int:
         "repeat": args.repeat,
         "cluster": f"N={args.nodes} nodes, S={args.stores} stores of 64-byte values, "
         f"F={args.finds} finds, from random nodes; seed 2026.",
+        "finds_all": args.finds_all,
+        "network": f"N={args.nodes} nodes over {args.processes} processes, the cluster's "
+        f"plan (S={args.stores}, F={args.finds}, finds to the end: the first "
+        f"{args.finds_all}), at most {args.network_concurrency} in flight "
+        f"per process ({args.network_concurrency * args.processes} in all).",
+        "single": f"{args.generators} load generator processes, {args.single_requests} "
+        "requests each per in-flight level.",
     }
     rows: list[dict[str, object]] = []
     started = time.perf_counter()
@@ -90,17 +139,28 @@ def main() -> int:
         rows.append(row)
         with open(RESULTS / "results.jsonl", "a") as out:
             out.write(json.dumps(row) + "\n")
-        brief = {k: v for k, v in row.items() if k not in ("machine", "invocation")}
+        brief = {k: v for k, v in row.items() if k not in ("machine", "invocation", "levels")}
         print(json.dumps(brief), flush=True)
 
-    # dht runs twice: with defaults, and with every node pinned to one CPU.
-    variants = [("dht", "dht-pinned", {"pin": True}, None)]
-    variants += [(impl, impl, {}, None) for impl in impls]
+    def timed(module: str, workload: str, params: dict[str, object], **kw: Any) -> Row:
+        t0 = time.perf_counter()
+        row = _run(module, workload, params, **kw)
+        return {**row, "run_s": time.perf_counter() - t0}
+
+    # (driver, name, extra params, tree): ours, the peers, an earlier revision.
+    variants = [("dht", name, extra, None) for name, extra in ours[1:] + ours[:1]]
+    variants += [(impl, impl, {}, None) for impl in impls if impl != "dht"]
+    before: list[tuple[str, dict[str, object]]] = []
     if args.baseline:
-        variants += [
-            ("dht", "dht-before", {}, args.baseline),
-            ("dht", "dht-before-pinned", {"pin": True}, args.baseline),
-        ]
+        before = [("dht-before", {}), ("dht-before-pinned", {"pin": True})]
+        variants += [("dht", name, extra, args.baseline) for name, extra in before]
+    # The deployment shapes (bench/deploy.py) run our tree's coordinator; an
+    # earlier revision's dht is imported from its checkout ("tree").
+    tree = {"tree": os.path.abspath(args.baseline)} if args.baseline else {}
+    deployed = [("dht", name, extra) for name, extra in ours]
+    deployed += [("dht", name, {**extra, **tree}) for name, extra in before]
+    single = deployed + [("opendht", "opendht", {})] * ("opendht" in impls)
+    network = deployed + [(impl, impl, {}) for impl in ("opendht", "kademlia") if impl in impls]
     for repetition in range(1, args.repeat + 1):
         for c in (1, 32):
             for impl, name, extra, cwd in variants:
@@ -112,18 +172,48 @@ def main() -> int:
                     "concurrency": c,
                     **extra,
                 }
-                row = _run(module, "cluster", cluster, timeout=600, cwd=cwd)
+                if cwd is None:  # an earlier revision's Params may not have it
+                    cluster["finds_all"] = args.finds_all
+                row = timed(module, "cluster", cluster, timeout=600, cwd=cwd)
                 record({**row, "impl": name, "concurrency": c}, repetition)
-                row = _run(module, "micro", {"concurrency": c, **extra}, timeout=300, cwd=cwd)
+                row = timed(module, "micro", {"concurrency": c, **extra}, timeout=300, cwd=cwd)
                 record({**row, "impl": name, "concurrency": c}, repetition)
             for pin in (False, True):
                 name = "udp-echo-pinned" if pin else "udp-echo"
-                row = _run("bench.echo", "micro", {"concurrency": c, "pin": pin}, timeout=120)
+                row = timed("bench.echo", "micro", {"concurrency": c, "pin": pin}, timeout=120)
                 record({**row, "impl": name, "concurrency": c}, repetition)
-    shapes = _run("bench.shapes", "json", {}, timeout=600)
+        for impl, name, extra in single:
+            shape = {
+                "impl": impl,
+                "generators": args.generators,
+                "requests": args.single_requests,
+                **extra,
+            }
+            row = timed("bench.deploy", "single", shape, timeout=600)
+            record({**row, "impl": name, "workload": "single"}, repetition)
+        for impl, name, extra in network:
+            shape = {
+                "impl": impl,
+                "nodes": args.nodes,
+                "processes": args.processes,
+                "stores": args.stores,
+                "finds": args.finds,
+                "finds_all": args.finds_all,
+                "concurrency": args.network_concurrency,
+                **extra,
+            }
+            row = timed("bench.deploy", "network", shape, timeout=900)
+            record({**row, "impl": name, "workload": "network"}, repetition)
+        if floor:
+            sizes = {"nodes": args.nodes, "stores": args.stores, "finds": args.finds}
+            row = timed("bench.causes", "floor", sizes, timeout=600)
+            record({**row, "impl": "floor", "workload": "floor"}, repetition)
+    shapes = timed("bench.shapes", "json", {}, timeout=600)
+    machine["shapes_s"] = shapes["run_s"]
     shape_rows = shapes.get("rows")
     for shape in shape_rows if isinstance(shape_rows, list) else []:
         record({"impl": "dht", "workload": "shapes", "concurrency": 1, **shape}, 1)
+    machine["total_s"] = time.perf_counter() - started
     report = markdown(rows, machine)
     (RESULTS / "RESULTS.md").write_text(report)
     chart(rows, RESULTS / "chart.png")

@@ -32,6 +32,8 @@ class Params:
     seed: int = 2026
     base_port: int = 20000
     pin: bool = False  # dht only: every node's threads on one CPU (Config.cpus)
+    shared: bool = False  # dht only: Config(shared_io=True), one I/O thread per process
+    finds_all: int | None = None  # find_all phase: the first finds_all finds (None: all)
 
     def port(self, index: int) -> int:
         """Node ``index``'s UDP port (0: the OS chooses, when base_port is 0)."""
@@ -56,6 +58,8 @@ class Plan:
     node_ids: list[bytes]
     stores: list[Op]
     finds: list[Op]
+    finds_all: list[Op] = field(default_factory=list)
+    """The find_all phase's finds: the first ``Params.finds_all`` of ``finds``."""
 
 
 def plan(params: Params) -> Plan:
@@ -71,7 +75,8 @@ def plan(params: Params) -> Plan:
         Op("find", rng.randrange(params.nodes), op.key, op.value)
         for op in (rng.choice(stores) for _ in range(params.finds))
     ]
-    return Plan(node_ids, stores, finds)
+    count = len(finds) if params.finds_all is None else params.finds_all
+    return Plan(node_ids, stores, finds, finds[:count])
 
 
 def micro_plan(params: Params, requests: int = MICRO_REQUESTS) -> Plan:
@@ -90,9 +95,12 @@ class PhaseResult:
     seconds: float = 0.0
     cpu_seconds: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
+    requests: int | None = None
+    """Requests the nodes received during the phase, where the driver counts them."""
 
     def summary(self) -> dict[str, float]:
         lat = sorted(self.latencies_ms)
+        counted = {} if self.requests is None else {"requests": self.requests}
         return {
             "ops": self.ops,
             "ops_per_s": self.ops / self.seconds if self.seconds else 0.0,
@@ -101,6 +109,7 @@ class PhaseResult:
             "success_pct": 100.0 * self.ok / self.ops if self.ops else 0.0,
             "cpu_s": self.cpu_seconds,
             "seconds": self.seconds,
+            **counted,
         }
 
 
@@ -218,8 +227,15 @@ def cluster_result(
     finds: PhaseResult,
     idle_cpu_per_s: float,
     figures: dict[str, float],
+    finds_all: PhaseResult | None = None,
 ) -> dict[str, object]:
-    """The JSON line of a cluster run: the same fields for every driver."""
+    """The JSON line of a cluster run: the same fields for every driver.
+    ``find`` is the finds that end at the first holder (dht's ``FirstValue``,
+    kademlia's ``get``, opendht's ``get`` stopped at the value); ``find_all``
+    (dht and opendht) the same keys found again, to the lookup's end: dht's
+    plain ``Find`` (the K closest asked, every value returned), opendht's
+    ``get`` left to run until its search is done."""
+    extra = {} if finds_all is None else {"find_all": finds_all.summary()}
     return {
         "impl": impl,
         "workload": "cluster",
@@ -228,6 +244,7 @@ def cluster_result(
         "join_s": join_s,
         "store": stores.summary(),
         "find": finds.summary(),
+        **extra,
         "idle_cpu_per_s": idle_cpu_per_s,
         **figures,
     }

@@ -13,7 +13,10 @@ node 0 and counts as joined when node 0 has answered its ping and its lookup of
 its own id has ended (``bootstrap()`` alone is fire-and-forget; this is what
 kademlia's ``bootstrap()`` and dht's join wait for). Stores are ``put`` (done
 when the closest nodes acknowledged it), finds are ``get``; a find succeeds on
-the first value equal to the stored one, and stops the lookup there.
+the first value equal to the stored one, and stops the lookup there. Then
+``find_all``: the same keys (the first ``finds_all``) with a ``get`` left to
+run until opendht's search is done (its closest nodes answered), a success if
+the stored value came: like dht's plain ``Find``.
 
 Rate limits: opendht drops incoming requests over a global limit (8,192/s by
 default) and over a per-source-IP limit (global / 8 = 1,024/s by default), and
@@ -46,6 +49,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from bench.workload import (
@@ -141,9 +145,62 @@ def _shutdown(runners: list[Any]) -> None:
         runner.join()
 
 
-def run_cluster(params: Params) -> dict[str, object]:
+def store_op(runners: Any) -> Callable[[Op, Completion], None]:
+    """A plan's store from its node (``runners[op.node]``): ``put``."""
     import opendht
 
+    def store(op: Op, complete: Completion) -> None:
+        value = opendht.Value(op.value)
+        runners[op.node].put(_infohash(op.key), value, lambda ok, nodes: complete(ok))
+
+    return store
+
+
+def find_op(runners: Any) -> Callable[[Op, Completion], None]:
+    """A plan's find from its node: ``get``, a success on the stored value,
+    which also stops the lookup."""
+
+    def find(op: Op, complete: Completion) -> None:
+        def on_value(value: Any) -> bool:
+            if value.data == op.value:
+                complete(True)
+                return False  # found it: stop the lookup
+            return True
+
+        runners[op.node].get(_infohash(op.key), on_value, lambda ok, nodes: complete(False))
+
+    return find
+
+
+def find_all_op(runners: Any) -> Callable[[Op, Completion], None]:
+    """A plan's find from its node, left to run to its end: ``get`` with a
+    callback that asks for more, done when opendht's search is (its closest
+    nodes answered); a success if the stored value came."""
+
+    def find(op: Op, complete: Completion) -> None:
+        seen: list[bool] = []
+
+        def on_value(value: Any) -> bool:
+            if value.data == op.value:
+                seen.append(True)
+            return True
+
+        runners[op.node].get(_infohash(op.key), on_value, lambda ok, nodes: complete(bool(seen)))
+
+    return find
+
+
+def get_absent_op(client: Any) -> Callable[[Op, Completion], None]:
+    """The micro workload's request: a ``get`` of an absent key on ``client``
+    (one GET to the node it knows), a success when its done callback says ok."""
+
+    def get(op: Op, complete: Completion) -> None:
+        client.get(_infohash(op.key), lambda value: True, lambda ok, nodes: complete(ok))
+
+    return get
+
+
+def run_cluster(params: Params) -> dict[str, object]:
     work = plan(params)
     runners: list[Any] = []
     try:
@@ -157,21 +214,9 @@ def run_cluster(params: Params) -> dict[str, object]:
         join_s = time.perf_counter() - t0
         idle = idle_cpu(2.0)
 
-        def store(op: Op, complete: Completion) -> None:
-            value = opendht.Value(op.value)
-            runners[op.node].put(_infohash(op.key), value, lambda ok, nodes: complete(ok))
-
-        def find(op: Op, complete: Completion) -> None:
-            def on_value(value: Any) -> bool:
-                if value.data == op.value:
-                    complete(True)
-                    return False  # found it: stop the lookup
-                return True
-
-            runners[op.node].get(_infohash(op.key), on_value, lambda ok, nodes: complete(False))
-
-        stores = run_callback_phase(work.stores, params.concurrency, store)
-        finds = run_callback_phase(work.finds, params.concurrency, find)
+        stores = run_callback_phase(work.stores, params.concurrency, store_op(runners))
+        finds = run_callback_phase(work.finds, params.concurrency, find_op(runners))
+        finds_all = run_callback_phase(work.finds_all, params.concurrency, find_all_op(runners))
         figures = process_figures()
     finally:
         _shutdown(runners)
@@ -183,6 +228,7 @@ def run_cluster(params: Params) -> dict[str, object]:
         finds=finds,
         idle_cpu_per_s=idle,
         figures=figures,
+        finds_all=finds_all,
     )
 
 
@@ -200,10 +246,7 @@ def run_micro(params: Params, requests: int = MICRO_REQUESTS) -> dict[str, objec
         if not _wait(lambda done: client.ping(server.getBound(), done), deadline, "ping"):
             raise RuntimeError("node B did not answer node A's ping")
 
-        def get(op: Op, complete: Completion) -> None:
-            client.get(_infohash(op.key), lambda value: True, lambda ok, nodes: complete(ok))
-
-        result = run_callback_phase(work.finds, params.concurrency, get)
+        result = run_callback_phase(work.finds, params.concurrency, get_absent_op(client))
     finally:
         _shutdown(runners)
     return micro_result(IMPL, params, requests, result)
