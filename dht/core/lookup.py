@@ -51,9 +51,7 @@ class State(enum.IntEnum):
 class Candidate:
     __slots__ = ("distance", "group", "node", "progress", "rtt", "state")
 
-    def __init__(
-        self, node: Node, distance: int, state: State, group: str | None, rtt: float
-    ) -> None:
+    def __init__(self, node: Node, distance: int, state: State, group: str | None) -> None:
         self.node = node
         self.distance = distance
         self.progress = distance.bit_length()
@@ -61,16 +59,18 @@ class Candidate:
         self.state = state
         self.group = group
         """The network it counts against (None: exempt)."""
-        self.rtt = rtt
-        """Its round trip in seconds, as known when it was added."""
+        self.rtt: float | None = None
+        """Its round trip in seconds, looked up the first time ``next`` has
+        to choose between it and an equally close one (most never are)."""
 
 
 def _distance_of(candidate: Candidate) -> int:
     return candidate.distance
 
 
-def _progress_then_speed(candidate: Candidate) -> tuple[int, float]:
-    return candidate.progress, candidate.rtt
+def _speed(candidate: Candidate) -> float:
+    assert candidate.rtt is not None
+    return candidate.rtt
 
 
 class Lookup:
@@ -123,8 +123,7 @@ class Lookup:
             if node_id == self.local_id:
                 continue
             group = self._group(node.address[0]) if self._group is not None else None
-            rtt = self._round_trip(node_id) if self._round_trip is not None else 0.0
-            candidate = Candidate(node, int.from_bytes(node_id, "big") ^ target, state, group, rtt)
+            candidate = Candidate(node, int.from_bytes(node_id, "big") ^ target, state, group)
             if candidate.distance < self._holders_within:
                 candidate.progress = 0
             by_id[node_id] = candidate
@@ -165,9 +164,20 @@ class Lookup:
         if room <= 0 or not self._counts[State.UNQUERIED]:
             return []
         unqueried = [c for c in self._window() if c.state is State.UNQUERIED]
-        if self._round_trip is not None and len(unqueried) > room:
-            unqueried.sort(key=_progress_then_speed)  # stable: closest first among equals
-        chosen = unqueried[:room]
+        round_trip = self._round_trip
+        if round_trip is not None and len(unqueried) > room:
+            # In distance order, so in progress order: those before the last
+            # progress that fits are chosen; only those at it need a speed.
+            edge = unqueried[room - 1].progress
+            chosen = [c for c in unqueried if c.progress < edge]
+            tied = [c for c in unqueried if c.progress == edge]
+            for candidate in tied:
+                if candidate.rtt is None:
+                    candidate.rtt = round_trip(candidate.node.id)
+            tied.sort(key=_speed)  # stable: closest first among equals
+            chosen += tied[: room - len(chosen)]
+        else:
+            chosen = unqueried[:room]
         for candidate in chosen:
             self._move(candidate, State.IN_FLIGHT)
         self.queried += len(chosen)
