@@ -368,19 +368,23 @@ class Snapshot:
 
 
 def _received(nodes: list[dht.DHT]) -> tuple[int, int]:
-    """Requests and datagrams received by all ``nodes`` (their listeners'
-    receivers; ``stats()`` where a node has no listeners of its own)."""
+    """Requests and datagrams received by all ``nodes``: their receivers'
+    counts (cheaper than ``stats()``, whose ``stored-*`` keys scan storage),
+    or ``stats()`` in a revision that keeps receivers elsewhere."""
     requests = datagrams = 0
     for node in nodes:
-        listeners = getattr(node, "_listeners", None)
-        if listeners is None:
+        receivers = getattr(node, "_receivers", None)
+        if receivers is None:
+            listeners = getattr(node, "_listeners", None)
+            receivers = [listener.receiver for listener in listeners] if listeners else None
+        if receivers is None:
             stats = node.stats()
             requests += stats["requests-received"]
             datagrams += stats["datagrams-received"]
             continue
-        for listener in listeners:
-            requests += listener.receiver.requests
-            datagrams += listener.receiver.datagrams
+        for receiver in receivers:
+            requests += receiver.requests
+            datagrams += receiver.datagrams
     return requests, datagrams
 
 
