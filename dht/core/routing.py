@@ -575,11 +575,16 @@ class RoutingTable:
         suspicion then says little about them."""
         verdict = self._mostly_live
         if verdict is None or now - verdict[0] >= SIZE_ESTIMATE_AGE:
-            suspect = total = 0
-            for contact in self.contacts():
-                total += 1
-                suspect += contact.suspect
-            verdict = self._mostly_live = (now, 2 * suspect <= total)
+            # From the buckets' cached views: each of the process's nodes
+            # judges again every second, and a walk over every contact was
+            # a tenth of a FirstValue find's CPU in a 100-node process.
+            live = suspect = 0
+            for _, bucket in self._created:
+                if bucket.contacts:
+                    view = bucket.view()
+                    live += len(view[0])
+                    suspect += len(view[2])
+            verdict = self._mostly_live = (now, suspect <= live)
         return verdict[1]
 
     def stale(self, now: float, age: float) -> list[Contact]:
