@@ -67,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             for i in range(n):
                 bootstrap = [nodes[0].address] if nodes else []
-                cfg = Config(listen_address=LOOPBACK, bootstrap_addresses=bootstrap)
+                # Many nodes in one process: one I/O thread for all (README, Tuning).
+                cfg = Config(listen_address=LOOPBACK, bootstrap_addresses=bootstrap, shared_io=True)
                 nodes.append(start_node(cfg))
                 progress.update(i + 1)
         except BaseException:
