@@ -79,11 +79,6 @@ def _distance_of(candidate: Candidate) -> int:
     return candidate.distance
 
 
-def _speed(candidate: Candidate) -> float:
-    assert candidate.rtt is not None
-    return candidate.rtt
-
-
 class Lookup:
     """Which nodes to ask next when looking for ``target``; not thread-safe."""
 
@@ -122,6 +117,7 @@ class Lookup:
         Known ids and the local id are ignored; how many were new."""
         by_id = self._by_id
         target = self._target
+        local_id, group_of, holders_within = self.local_id, self._group, self._holders_within
         fresh = []
         for node in nodes:
             node_id = node.id
@@ -131,11 +127,11 @@ class Lookup:
                     self.queried += existing.state is State.UNQUERIED
                     self._move(existing, state)
                 continue
-            if node_id == self.local_id:
+            if node_id == local_id:
                 continue
-            group = self._group(node.address[0]) if self._group is not None else None
+            group = group_of(node.address[0]) if group_of is not None else None
             candidate = Candidate(node, int.from_bytes(node_id, "big") ^ target, state, group)
-            if candidate.distance < self._holders_within:
+            if candidate.distance < holders_within:
                 candidate.progress = 0
             by_id[node_id] = candidate
             fresh.append(candidate)
@@ -154,6 +150,7 @@ class Lookup:
         stalled), at most ``PER_NETWORK`` of a network."""
         window = []
         counts: Counter[str] | None = None
+        room = self.k
         for candidate in self._ordered:
             if candidate.state < State.STALLED or candidate.state is State.ANSWERED:
                 group = candidate.group
@@ -163,7 +160,8 @@ class Lookup:
                         continue
                     counts[group] += 1
                 window.append(candidate)
-                if len(window) == self.k:
+                room -= 1
+                if not room:
                     break
         return window
 
@@ -182,12 +180,16 @@ class Lookup:
             edge = unqueried[room - 1].progress
             chosen = [c for c in unqueried if c.progress < edge]
             tied = [c for c in unqueried if c.progress == edge]
+            rtts = []
             for candidate in tied:
-                if candidate.rtt is None:
-                    candidate.rtt = round_trip(candidate.node.id)
-            limit = SLOWER * min(map(_speed, tied))
-            tied.sort(key=lambda c: _speed(c) > limit)  # stable: closest first among equals
-            chosen += tied[: room - len(chosen)]
+                rtt = candidate.rtt
+                if rtt is None:
+                    rtt = candidate.rtt = round_trip(candidate.node.id)
+                rtts.append(rtt)
+            limit = SLOWER * min(rtts)
+            chosen += [c for c, rtt in zip(tied, rtts, strict=True) if rtt <= limit]
+            chosen += [c for c, rtt in zip(tied, rtts, strict=True) if rtt > limit]
+            del chosen[room:]  # each part closest first
         else:
             chosen = unqueried[:room]
         for candidate in chosen:

@@ -34,10 +34,9 @@ callback or the user's storage, which the library swallows.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextvars import ContextVar
 
 from ..wire.events import Address
@@ -88,15 +87,21 @@ def logger(name: str) -> logging.Logger:
     return log
 
 
-@contextlib.contextmanager
-def acting_as(node: str | None) -> Iterator[None]:
+class acting_as:  # noqa: N801 - used as a function, like contextlib's
     """Within the block, records are tagged with ``node`` (then the tag
-    before it again: a user's thread may act for several nodes in turn)."""
-    token = _node.set(node)
-    try:
-        yield
-    finally:
-        _node.reset(token)
+    before it again: a user's thread may act for several nodes in turn).
+    A class, not a generator: every Store and Find enters one."""
+
+    __slots__ = ("_node", "_token")
+
+    def __init__(self, node: str | None) -> None:
+        self._node = node
+
+    def __enter__(self) -> None:
+        self._token = _node.set(self._node)
+
+    def __exit__(self, *exc: object) -> None:
+        _node.reset(self._token)
 
 
 class _AsNode:
