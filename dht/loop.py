@@ -33,9 +33,9 @@ from collections.abc import Callable, Hashable
 
 from .core import nodelog
 from .core.receiver import Receiver
-from .core.timerwheel import Timer, TimerWheel
 from .listener import RECEIVE_BUFFER, receive_failed
-from .shared import SharedThread, SharedThreads
+from .shared import SharedThreads
+from .timer import TimerThread, fire
 
 log = nodelog.logger("dht.loop")
 
@@ -72,17 +72,14 @@ class _Served:
         """True while the loop handles its datagrams."""
 
 
-class SharedLoop(SharedThread):
+class SharedLoop(TimerThread):
     """Thread-safe ``add``/``remove`` of sockets and ``schedule``/``cancel``
-    of timers, all served by the loop's own thread."""
+    of timers (``TimerThread``'s), all served by the loop's own thread."""
 
     def __init__(
         self, *, tick: float = 0.01, name: str = "dht-loop", cpus: frozenset[int] | None = None
     ) -> None:
-        super().__init__(name=name, cpus=cpus)
-        self.tick = tick
-        self._clock = time.monotonic
-        self._wheel = TimerWheel(self._clock(), tick=tick)
+        super().__init__(tick=tick, name=name, cpus=cpus)
         self._sleep_until = 0.0  # when a sleeping loop wakes; 0 while it works
         self._selector = selectors.DefaultSelector()
         self._wake_read, self._wake_write = os.pipe()
@@ -114,27 +111,6 @@ class SharedLoop(SharedThread):
             served.open = False  # before reading busy; _read does the reverse
             if threading.current_thread() is not self._thread:
                 self._cond.wait_for(lambda: not served.busy)
-
-    # -- timers --------------------------------------------------------------
-
-    def schedule(self, delay: float, callback: Callable[[], None]) -> Timer:
-        """Run ``callback`` on the loop's thread ``delay`` seconds from now
-        (at most one tick late), as the node current here (``nodelog``)."""
-        callback = nodelog.bound(callback)
-        with self._cond:
-            timer = self._wheel.schedule(self._clock() + delay, callback)
-            if timer.due_tick * self._wheel.tick < self._sleep_until:
-                self._wake()
-            return timer
-
-    def cancel(self, handle: object) -> None:
-        if isinstance(handle, Timer):
-            with self._cond:
-                self._wheel.cancel(handle)
-
-    def __len__(self) -> int:
-        with self._cond:
-            return len(self._wheel)
 
     # -- the thread ----------------------------------------------------------
 
@@ -177,7 +153,7 @@ class SharedLoop(SharedThread):
                     ready = selector.select(0)
                 with cond:
                     due = wheel.advance(self._clock())
-                _fire(due)
+                fire(due)
                 del due, ready
         finally:
             with cond:
@@ -212,14 +188,6 @@ def _read(served: _Served, buffer: bytearray, view: memoryview, cond: threading.
         if not served.open:  # a remove may be waiting
             with cond:
                 cond.notify_all()
-
-
-def _fire(callbacks: list[Callable[[], None]]) -> None:
-    for callback in callbacks:
-        try:
-            callback()
-        except Exception:
-            log.exception("timer callback %r raised", callback)
 
 
 def _make(key: Hashable) -> SharedLoop:

@@ -45,8 +45,12 @@ class TimerThread(SharedThread):
             deadline = self._clock() + delay
             timer = self._wheel.schedule(deadline, callback)
             if timer.due_tick * self._wheel.tick < self._sleep_until:
-                self._cond.notify()  # wake up earlier than planned
+                self._wake()  # earlier than planned
             return timer
+
+    def _wake(self) -> None:
+        """Under ``_cond``: make the sleeping thread look at the wheel again."""
+        self._cond.notify()
 
     def cancel(self, handle: object) -> None:
         if isinstance(handle, Timer):
@@ -74,10 +78,11 @@ class TimerThread(SharedThread):
                     # a wait over TIMEOUT_MAX raises OverflowError.
                     pause = None if wake is None else max(wake - now, 0.0)
                     self._cond.wait(None if pause is None else min(pause, threading.TIMEOUT_MAX))
-            _fire(due)  # in a function: no local keeps the last callback while idle
+            fire(due)  # in a function: no local keeps the last callback while idle
 
 
-def _fire(callbacks: list[Callable[[], None]]) -> None:
+def fire(callbacks: list[Callable[[], None]]) -> None:
+    """Run due timer callbacks in order; one that raises is logged."""
     for callback in callbacks:
         try:
             callback()

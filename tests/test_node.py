@@ -597,23 +597,12 @@ def test_finished_operations_leave_no_reference_cycles() -> None:
     100-node process take 14% of a find run.)"""
     with running_cluster(5) as nodes:
         gc.collect()
-        was_enabled = gc.isenabled()
-        gc.disable()
-        gc.set_debug(gc.DEBUG_SAVEALL)  # unreachable cycles go to gc.garbage
-        try:
+        with no_cycles_of_ours():
             for i in range(10):
                 key, value = new_key(), b"value-%d" % i
                 store(nodes[i % 5], key, value)
                 found = nodes[(i + 2) % 5].Find(key, None, dht.FirstValue())
                 assert found.result(timeout=RESULT) == [value]
-            gc.collect()
-            ours = [o for o in gc.garbage if type(o).__module__.startswith("dht")]
-            assert not ours, f"{len(ours)} objects in cycles, e.g. {ours[:5]}"
-        finally:
-            gc.set_debug(0)
-            gc.garbage.clear()
-            if was_enabled:
-                gc.enable()
 
 
 @pytest.mark.both_io
@@ -622,14 +611,22 @@ def test_closed_nodes_leave_no_reference_cycles() -> None:
     included, are freed by reference counting: a process that opens and
     closes nodes does not wait for the garbage collector to free them."""
     gc.collect()
-    was_enabled = gc.isenabled()
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)  # unreachable cycles go to gc.garbage
-    try:
+    with no_cycles_of_ours():
         with running_cluster(3) as nodes:
             store(nodes[1], new_key(), b"transferred to the newcomer")
             nodes.append(add_node(nodes[0]))  # key transfer ships to it
         del nodes
+
+
+@contextlib.contextmanager
+def no_cycles_of_ours() -> Iterator[None]:
+    """Fails if the block leaves objects of ``dht`` in reference cycles (the
+    garbage collector is off within it; what it would free is checked)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # unreachable cycles go to gc.garbage
+    try:
+        yield
         gc.collect()
         ours = [o for o in gc.garbage if type(o).__module__.startswith("dht")]
         assert not ours, f"{len(ours)} objects in cycles, e.g. {ours[:5]}"
