@@ -14,7 +14,6 @@ bench/results/RESULTS.md and bench/results/chart.png from this invocation.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import importlib.util
 import json
@@ -26,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.drivers import dht_driver
 from bench.report import chart, markdown
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -53,13 +53,6 @@ def _run(
         return {"workload": workload, "error": f"exit {done.returncode}: {' | '.join(tail)}"}
     result: dict[str, object] = json.loads(lines[-1])
     return result
-
-
-def _has_shared_io() -> bool:
-    """Whether this tree's ``dht.Config`` has ``shared_io`` (the ``dht-shared`` variant)."""
-    import dht
-
-    return "shared_io" in {f.name for f in dataclasses.fields(dht.Config)}
 
 
 def main() -> int:
@@ -106,7 +99,7 @@ def main() -> int:
     # Our variants: defaults, every node pinned to one CPU, and (where this
     # tree's Config has it) one process-wide I/O thread.
     ours: list[tuple[str, dict[str, object]]] = [("dht", {}), ("dht-pinned", {"pin": True})]
-    if _has_shared_io():
+    if dht_driver.has_shared_io():  # this tree's dht: the dht-shared variant
         ours.append(("dht-shared", {"shared": True}))
     else:
         print("dht.Config has no shared_io: the dht-shared variant is skipped")

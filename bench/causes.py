@@ -50,14 +50,13 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import dht
+from bench.drivers import dht_driver
 from bench.workload import (
     Completion,
     Op,
@@ -65,6 +64,8 @@ from bench.workload import (
     idle_cpu,
     plan,
     run_callback_phase,
+    stdout_for_json,
+    write_result,
 )
 
 TTL = 3600.0
@@ -299,15 +300,8 @@ def _simulated_phase(
 
 
 def _config(params: Params, options: Options, **kwargs: Any) -> dht.Config:
-    if params.pin:
-        kwargs["cpus"] = {max(os.sched_getaffinity(0))}
-    if options.shared_io:
-        kwargs["shared_io"] = True
-    return dht.Config(**kwargs)
-
-
-def has_shared_io() -> bool:
-    return "shared_io" in {f.name for f in dataclasses.fields(dht.Config)}
+    """The dht driver's config: ``pin`` and ``shared_io`` as it sets them."""
+    return dht_driver._config(dataclasses.replace(params, shared=options.shared_io), **kwargs)
 
 
 def thread_kind(name: str) -> str:
@@ -465,7 +459,7 @@ def _quiet(nodes: list[dht.DHT], *, step: float = 0.05, limit: float = 2.0) -> N
 
 
 def run_cluster(params: Params, options: Options) -> dict[str, Any]:
-    if options.shared_io and not has_shared_io():
+    if options.shared_io and not dht_driver.has_shared_io():
         raise RuntimeError("dht.Config has no field shared_io in this tree")
     floor = _floor_in_child(params, options) if options.floor else None
     work = plan(params)
@@ -487,7 +481,7 @@ def run_cluster(params: Params, options: Options) -> dict[str, Any]:
         def finder(*opts: dht.FirstValue) -> Callable[[Op, Completion], None]:
             def find(op: Op, complete: Completion) -> None:
                 future = nodes[op.node].Find(op.key, None, *opts)
-                future.add_done_callback(lambda f: _complete_find(f, op, complete))
+                future.add_done_callback(lambda f: dht_driver.complete_find(f, op, complete))
 
             return find
 
@@ -535,15 +529,6 @@ def _measured_phase(
     _quiet(nodes)
     after = Snapshot.take(nodes, end=True)
     return _phase_figures(before, after, len(ops), result.ok)
-
-
-def _complete_find(future: Future[list[bytes]], op: Op, complete: Completion) -> None:
-    try:
-        values = future.result()
-    except dht.DHTError:
-        complete(False)
-        return
-    complete(op.value in values)
 
 
 def _breakdown(phase: dict[str, Any], floor: dict[str, float]) -> dict[str, float]:
@@ -996,26 +981,18 @@ def _cell(value: float | None, digits: int = 2) -> str:
 
 def main(argv: list[str]) -> int:
     """``python -m bench.causes floor|cluster '<json>'``: one JSON line on stdout."""
-    out = os.dup(1)
-    os.dup2(2, 1)  # whatever a library prints goes to stderr
+    out = stdout_for_json()
     command = argv[1] if len(argv) > 1 else ""
-    result: dict[str, Any]
-    try:
+
+    def run() -> dict[str, Any]:
         params, options = _split_arguments(argv[2] if len(argv) > 2 else "{}")
         if command == "floor":
-            result = run_floor(params, options)
-        elif command == "cluster":
-            result = run_cluster(params, options)
-        else:
-            raise ValueError(f"unknown command {command!r}: floor or cluster")
-        code = 0
-    except Exception as error:
-        traceback.print_exc()
-        result = {"impl": "causes", "workload": command, "error": repr(error)}
-        code = 1
-    sys.stdout.flush()
-    os.write(out, (json.dumps(result) + "\n").encode())
-    return code
+            return run_floor(params, options)
+        if command == "cluster":
+            return run_cluster(params, options)
+        raise ValueError(f"unknown command {command!r}: floor or cluster")
+
+    return write_result(out, "causes", command, run)
 
 
 if __name__ == "__main__":

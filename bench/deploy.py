@@ -69,6 +69,8 @@ from bench.workload import (
     plan,
     process_figures,
     run_callback_phase,
+    stdout_for_json,
+    write_result,
 )
 
 HOST = "127.0.0.1"
@@ -683,30 +685,22 @@ def _child(role: str, settings: Deploy, out: int) -> int:
 
 def main(argv: list[str]) -> int:
     """``python -m bench.deploy single|network|server|generator|host '<json>'``."""
-    out = os.dup(1)  # stdout carries JSON lines only; whatever else is printed goes to stderr
-    os.dup2(2, 1)
+    out = stdout_for_json()
     what = argv[1] if len(argv) > 1 else ""
     settings = Deploy(**json.loads(argv[2] if len(argv) > 2 else "{}"))
     if settings.tree:  # before anything imports dht
         sys.path.insert(0, os.path.abspath(settings.tree))
     if what in ("server", "generator", "host"):
         return _child(what, settings, out)
-    result: dict[str, object]
-    try:
+
+    def run() -> dict[str, object]:
         if what == "single":
-            result = run_single(settings)
-        elif what == "network":
-            result = run_network(settings)
-        else:
-            raise ValueError(f"unknown shape {what!r}: single or network")
-        code = 0
-    except Exception as error:
-        traceback.print_exc()
-        result = {"impl": settings.name(), "workload": what, "error": repr(error)}
-        code = 1
-    sys.stdout.flush()
-    os.write(out, (json.dumps(result) + "\n").encode())
-    return code
+            return run_single(settings)
+        if what == "network":
+            return run_network(settings)
+        raise ValueError(f"unknown shape {what!r}: single or network")
+
+    return write_result(out, settings.name(), what, run)
 
 
 if __name__ == "__main__":

@@ -263,27 +263,19 @@ def micro_result(
     }
 
 
-def driver_main(
-    impl: str,
-    run_cluster: Callable[[Params], dict[str, object]],
-    run_micro: Callable[[Params], dict[str, object]],
-    argv: list[str],
-) -> int:
-    """Entry point of every driver: ``python -m bench.drivers.X cluster|micro
-    '<Params as JSON>'`` prints exactly one JSON line on stdout."""
-    # Anything a library prints goes to stderr: stdout carries one JSON line.
+def stdout_for_json() -> int:
+    """Send whatever is printed from now on to stderr; return a descriptor of
+    the real stdout, which carries the JSON lines only."""
     out = os.dup(1)
     os.dup2(2, 1)
-    workload = argv[1] if len(argv) > 1 else ""
-    result: dict[str, object]
+    return out
+
+
+def write_result(out: int, impl: str, workload: str, run: Callable[[], dict[str, object]]) -> int:
+    """Write what ``run`` returns, or the error it raised (with its traceback
+    on stderr), as one JSON line on ``out``; the exit code (0 or 1)."""
     try:
-        params = Params(**json.loads(argv[2] if len(argv) > 2 else "{}"))
-        if workload == "cluster":
-            result = run_cluster(params)
-        elif workload == "micro":
-            result = run_micro(params)
-        else:
-            raise ValueError(f"unknown workload {workload!r}: cluster or micro")
+        result = run()
         code = 0
     except Exception as error:  # report it, don't hang the runner
         traceback.print_exc()
@@ -292,3 +284,25 @@ def driver_main(
     sys.stdout.flush()
     os.write(out, (json.dumps(result) + "\n").encode())
     return code
+
+
+def driver_main(
+    impl: str,
+    run_cluster: Callable[[Params], dict[str, object]],
+    run_micro: Callable[[Params], dict[str, object]],
+    argv: list[str],
+) -> int:
+    """Entry point of every driver: ``python -m bench.drivers.X cluster|micro
+    '<Params as JSON>'`` prints exactly one JSON line on stdout."""
+    out = stdout_for_json()
+    workload = argv[1] if len(argv) > 1 else ""
+
+    def run() -> dict[str, object]:
+        params = Params(**json.loads(argv[2] if len(argv) > 2 else "{}"))
+        if workload == "cluster":
+            return run_cluster(params)
+        if workload == "micro":
+            return run_micro(params)
+        raise ValueError(f"unknown workload {workload!r}: cluster or micro")
+
+    return write_result(out, impl, workload, run)

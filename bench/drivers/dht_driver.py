@@ -98,7 +98,7 @@ def find_op(nodes: list[dht.DHT], *, first: bool) -> Callable[[Op, Completion], 
 
     def find(op: Op, complete: Completion) -> None:
         future = nodes[op.node].Find(op.key, None, *opts)
-        future.add_done_callback(lambda f: _complete_find(f, op, complete))
+        future.add_done_callback(lambda f: complete_find(f, op, complete))
 
     return find
 
@@ -134,7 +134,7 @@ def run_cluster(params: Params) -> dict[str, object]:
     )
 
 
-def _complete_find(future: Future[list[bytes]], op: Op, complete: Completion) -> None:
+def complete_find(future: Future[list[bytes]], op: Op, complete: Completion) -> None:
     try:
         values = future.result()
     except dht.DHTError:
