@@ -29,7 +29,7 @@ import selectors
 import socket
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 
 from .core import nodelog
 from .core.receiver import Receiver
@@ -75,6 +75,8 @@ class _Served:
 class SharedLoop(TimerThread):
     """Thread-safe ``add``/``remove`` of sockets and ``schedule``/``cancel``
     of timers (``TimerThread``'s), all served by the loop's own thread."""
+
+    NAME = "dht-loop"
 
     def __init__(
         self, *, tick: float = 0.01, name: str = "dht-loop", cpus: frozenset[int] | None = None
@@ -190,14 +192,7 @@ def _read(served: _Served, buffer: bytearray, view: memoryview, cond: threading.
                 cond.notify_all()
 
 
-def _make(key: Hashable) -> SharedLoop:
-    assert isinstance(key, tuple)
-    tick, cpus = key
-    name = "dht-loop" if cpus is None else f"dht-loop-cpus-{min(cpus)}"
-    return SharedLoop(tick=tick, name=name, cpus=cpus)
-
-
-_loops = SharedThreads(_make)
+_loops = SharedThreads(SharedLoop.made_for)
 
 
 def shared_loop(tick: float, cpus: frozenset[int] | None) -> SharedLoop:

@@ -17,6 +17,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Hashable
+from typing import Self
 
 from .core import nodelog
 from .core.timerwheel import Timer, TimerWheel
@@ -28,6 +29,9 @@ log = nodelog.logger("dht.timer")
 class TimerThread(SharedThread):
     """Thread-safe ``schedule``/``cancel`` on a wheel driven by its own thread."""
 
+    NAME = "dht-timer"
+    """The thread's name (with ``-cpus-N`` when pinned)."""
+
     def __init__(
         self, *, tick: float = 0.01, name: str = "dht-timer", cpus: frozenset[int] | None = None
     ) -> None:
@@ -36,6 +40,14 @@ class TimerThread(SharedThread):
         self._clock = time.monotonic
         self._wheel = TimerWheel(self._clock(), tick=tick)
         self._sleep_until = math.inf
+
+    @classmethod
+    def made_for(cls, key: Hashable) -> Self:
+        """The thread a ``SharedThreads`` starts for ``(tick, cpus)``."""
+        assert isinstance(key, tuple)
+        tick, cpus = key
+        name = cls.NAME if cpus is None else f"{cls.NAME}-cpus-{min(cpus)}"
+        return cls(tick=tick, name=name, cpus=cpus)
 
     def schedule(self, delay: float, callback: Callable[[], None]) -> Timer:
         """Run ``callback`` on the timer thread ``delay`` seconds from now
@@ -90,14 +102,7 @@ def fire(callbacks: list[Callable[[], None]]) -> None:
             log.exception("timer callback %r raised", callback)
 
 
-def _make(key: Hashable) -> TimerThread:
-    assert isinstance(key, tuple)
-    tick, cpus = key
-    name = "dht-timer" if cpus is None else f"dht-timer-cpus-{min(cpus)}"
-    return TimerThread(tick=tick, name=name, cpus=cpus)
-
-
-_timers = SharedThreads(_make)
+_timers = SharedThreads(TimerThread.made_for)
 
 
 def shared_timer(tick: float, cpus: frozenset[int] | None) -> TimerThread:
