@@ -115,8 +115,8 @@ class DHT:
         with nodelog.acting_as(self._tag), contextlib.ExitStack() as undo:
             for sock in self._sockets:
                 undo.callback(sock.close)
-            self._loop: SharedLoop | None = None
-            self._timers: TimerThread | SharedLoop
+            self._loop: SharedLoop | None = None  # also self._timers, if set
+            self._timers: TimerThread
             if cfg.shared_io:
                 self._loop = self._timers = shared_loop(cfg.timer_tick, cpus)
                 undo.callback(release_loop, self._loop)
@@ -363,7 +363,6 @@ class DHT:
                 if self._loop is not None:
                     release_loop(self._loop)
                 else:
-                    assert isinstance(self._timers, TimerThread)
                     release_timer(self._timers)
                 for sock in self._sockets:
                     sock.close()
