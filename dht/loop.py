@@ -83,11 +83,26 @@ class SharedLoop(TimerThread):
     ) -> None:
         super().__init__(tick=tick, name=name, cpus=cpus)
         self._sleep_until = 0.0  # when a sleeping loop wakes; 0 while it works
-        self._selector = selectors.DefaultSelector()
-        self._wake_read, self._wake_write = os.pipe()
-        os.set_blocking(self._wake_read, False)
-        os.set_blocking(self._wake_write, False)
-        self._selector.register(self._wake_read, selectors.EVENT_READ)
+        # Its descriptors are the thread's to close; until it runs, ours.
+        with contextlib.ExitStack() as undo:
+            self._selector = selectors.DefaultSelector()
+            undo.callback(self._selector.close)
+            self._wake_read, self._wake_write = os.pipe()
+            undo.callback(os.close, self._wake_read)
+            undo.callback(os.close, self._wake_write)
+            os.set_blocking(self._wake_read, False)
+            os.set_blocking(self._wake_write, False)
+            self._selector.register(self._wake_read, selectors.EVENT_READ)
+            undo.pop_all()
+
+    def start(self) -> None:
+        """Start the thread; if it cannot start (out of threads), close the
+        selector and the wake pipe before raising."""
+        try:
+            super().start()
+        except BaseException:
+            self._close()
+            raise
 
     # -- sockets -------------------------------------------------------------
 
@@ -161,9 +176,12 @@ class SharedLoop(TimerThread):
             with cond:
                 self._running = False
                 cond.notify_all()
-            selector.close()
-            os.close(self._wake_read)
-            os.close(self._wake_write)
+            self._close()
+
+    def _close(self) -> None:
+        self._selector.close()
+        os.close(self._wake_read)
+        os.close(self._wake_write)
 
 
 def _read(served: _Served, buffer: bytearray, view: memoryview, cond: threading.Condition) -> bool:

@@ -51,6 +51,7 @@ import dht.timer as dht_timer
 from dht.core.engine import Engine
 from dht.core.storage import MemoryStorage
 from dht.keys import random_id
+from dht.shared import SharedThread
 from dht.wire import Event, EventType, Value, encode, fragment
 
 RESULT = 10.0
@@ -1099,6 +1100,24 @@ def test_config_defaults_are_valid() -> None:
     cfg = config()
     assert cfg.listeners == 1 and cfg.timeout == 1.0
     assert dht.Config().timeout == 2.0
+
+
+def test_a_shared_loop_that_failed_to_start_leaves_no_descriptor_and_is_not_shared(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def cannot_start(self: SharedThread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    tick = 0.0124  # a loop of its own, not one other tests' nodes share
+    snapshot = ResourceSnapshot.take()
+    with monkeypatch.context() as patch:
+        patch.setattr(SharedThread, "start", cannot_start)
+        with pytest.raises(RuntimeError):
+            dht.New(dht.Config(listen_address="127.0.0.1:0", timer_tick=tick, shared_io=True))
+    assert open_fds() == snapshot.fds  # sockets, selector and wake pipe closed at once
+    with dht.New(dht.Config(listen_address="127.0.0.1:0", timer_tick=tick, shared_io=True)) as node:
+        assert node._timers.thread.is_alive()
+        assert node.threads()[0].name == "dht-loop"
 
 
 def test_a_timer_thread_that_failed_to_start_is_not_shared_with_later_nodes(
