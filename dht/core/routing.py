@@ -440,7 +440,7 @@ class RoutingTable:
         return [nodes[i] for i in order[:n]]
 
     def _contact(self, node_id: bytes) -> Contact | None:
-        index = (self._local ^ int.from_bytes(node_id, "big")).bit_length() - 1
+        index = self.bucket_index(node_id)
         bucket = self._buckets[index] if 0 <= index < KEY_BITS else None
         return bucket.contacts.get(node_id) if bucket is not None else None
 
